@@ -1,0 +1,111 @@
+//! Errors shared by every Strata crate.
+//!
+//! An [`Error`] says which [`Tier`] failed and whether retrying may help ([`Error::is_retryable`]); the engine uses
+//! both to decide between fail-safe, retry and surfacing the error. Expected states are not errors: a miss is
+//! `Ok(None)`, an absent key is a negative entry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::envelope::CodecError;
+
+/// Where in the tier chain something happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Tier {
+    /// The in-process memory tier.
+    L1,
+    /// The shared remote tier (Redis/Valkey).
+    L2,
+    /// The source of truth (a loader, a database, an origin).
+    Source,
+}
+
+impl Tier {
+    /// A short lowercase name for logs and metric labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Tier::L1 => "l1",
+            Tier::L2 => "l2",
+            Tier::Source => "source",
+        }
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A shared, cloneable error from a loader or a tier client. Cloneable so that every waiter of a coalesced load
+/// gets the same error.
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The error type of Strata's engine.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The loader (or a source) returned an error, and no stale value could be served instead.
+    #[error("loading from the {tier} failed: {source}")]
+    Load {
+        /// Which tier failed.
+        tier: Tier,
+        /// The loader's error, shared by every coalesced waiter.
+        source: SharedError,
+    },
+    /// A load did not finish within the namespace's hard timeout.
+    #[error("loading from the {tier} timed out after {after:?}")]
+    Timeout {
+        /// Which tier timed out.
+        tier: Tier,
+        /// The timeout that elapsed.
+        after: Duration,
+    },
+    /// The loader panicked. The panic was caught; the cache is unaffected.
+    #[error("the loader panicked: {message}")]
+    LoaderPanicked {
+        /// The panic payload, when it was a string.
+        message: String,
+    },
+    /// Bytes read back from a tier could not be decoded.
+    #[error("corrupt entry in the {tier}: {source}")]
+    Corrupt {
+        /// The tier the bytes came from.
+        tier: Tier,
+        /// What was wrong with them.
+        source: CodecError,
+    },
+    /// The named namespace was never configured.
+    #[error("unknown namespace {0:?}")]
+    UnknownNamespace(String),
+    /// A namespace with this name already exists with another value type.
+    #[error("namespace {0:?} is already registered with a different value type")]
+    NamespaceTypeMismatch(String),
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Load { .. } | Error::Timeout { .. })
+    }
+
+    /// The tier the error came from, when it came from one.
+    pub fn tier(&self) -> Option<Tier> {
+        match self {
+            Error::Load { tier, .. }
+            | Error::Timeout { tier, .. }
+            | Error::Corrupt { tier, .. } => Some(*tier),
+            Error::LoaderPanicked { .. } => Some(Tier::Source),
+            Error::UnknownNamespace(_) | Error::NamespaceTypeMismatch(_) => None,
+        }
+    }
+
+    /// The loader's own error, if this is a load error of type `E`.
+    pub fn loader_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            Error::Load { source, .. } => source.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
+}

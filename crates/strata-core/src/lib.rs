@@ -1,0 +1,25 @@
+//! `strata-core`: the vocabulary every Strata tier shares, and no I/O.
+//!
+//! - [`envelope`]: how a cached value travels between tiers (L2, journals, the bus): a compact, checksummed
+//!   binary format. Decoding never panics; corrupt or foreign bytes are a [`CodecError`], which the engine turns
+//!   into a miss plus a metric.
+//! - [`policy`]: the per-namespace knobs of DESIGN §2, each with a documented default and validated on build.
+//! - [`clock`]: the injectable time source. Every timestamp in Strata is Unix milliseconds read from a [`Clock`],
+//!   so tests can drive time deterministically.
+//! - [`error`]: what failed, in which tier, and whether a retry may help.
+//! - [`fetched`]: what a source returns for one key (value or absence, with its version and tags).
+
+pub mod clock;
+pub mod envelope;
+pub mod error;
+pub mod fetched;
+pub mod policy;
+
+pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use envelope::{CodecError, Compression, Envelope, EnvelopeKind};
+pub use error::{Error, Tier};
+pub use fetched::Fetched;
+pub use policy::{
+    Coalescing, EarlyRefresh, Eviction, HotKeys, L1Policy, L2Policy, LoadTimeout, Policy,
+    PolicyBuilder, PolicyError, WriteMode,
+};
