@@ -79,9 +79,15 @@ pub enum Error {
     /// The named namespace was never configured.
     #[error("unknown namespace {0:?}")]
     UnknownNamespace(String),
-    /// A namespace with this name already exists with another value type.
-    #[error("namespace {0:?} is already registered with a different value type")]
+    /// A namespace with this name exists, but holds another value type.
+    #[error("namespace {0:?} is registered with a different value type")]
     NamespaceTypeMismatch(String),
+    /// A namespace with this name is already registered.
+    #[error("namespace {0:?} is already registered")]
+    NamespaceExists(String),
+    /// A policy knob has an invalid value.
+    #[error(transparent)]
+    InvalidPolicy(#[from] crate::policy::PolicyError),
 }
 
 impl Error {
@@ -97,7 +103,7 @@ impl Error {
             | Error::Timeout { tier, .. }
             | Error::Corrupt { tier, .. } => Some(*tier),
             Error::LoaderPanicked { .. } => Some(Tier::Source),
-            Error::UnknownNamespace(_) | Error::NamespaceTypeMismatch(_) => None,
+            _ => None,
         }
     }
 

@@ -17,7 +17,7 @@ pub mod policy;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use envelope::{CodecError, Compression, Envelope, EnvelopeKind};
-pub use error::{Error, Tier};
+pub use error::{Error, SharedError, Tier};
 pub use fetched::Fetched;
 pub use policy::{
     Coalescing, EarlyRefresh, Eviction, HotKeys, L1Policy, L2Policy, LoadTimeout, Policy,

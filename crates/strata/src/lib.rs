@@ -1,1 +1,40 @@
-//! placeholder
+//! Strata: a multi-tier cache whose read path is safe under stampedes and races.
+//!
+//! This crate is the engine and the public facade. A [`Cache`] holds namespaces; each [`Namespace`] has one value
+//! type and one [`Policy`] (TTL with jitter, stale-while-revalidate, fail-safe, early refresh, negative caching,
+//! load timeouts, an L1 byte budget and eviction policy).
+//!
+//! # Features and their cost
+//! - **L1** ([`l1`]): in-process, bounded in bytes, synchronous hits returning the stored `Arc` (no decoding).
+//! - **Single-flight** ([`flight`](crate::Namespace::get_or_load)): N concurrent misses of a key cause one load; the
+//!   load runs in a detached task, so a cancelled caller never strands the others. Cost: one spawned task per load.
+//! - **Stale-while-revalidate, early refresh (ratio or XFetch), fail-safe, soft and hard timeouts**: see
+//!   [`Namespace`] for the read path.
+//! - **Tombstones**: `invalidate` blocks any load that began before it from filling afterwards.
+//! - **Metrics**: striped counters per namespace ([`Namespace::stats`]), pushed to the `metrics` facade by
+//!   [`Cache::publish_metrics`]; load latency as the `strata_load_seconds` histogram.
+//!
+//! # Consistency model
+//! Immediately consistent within a process for writes made through the cache (`insert`, `invalidate`): no read
+//! that starts after a write returns data older than it. Eventually consistent with the source for changes the
+//! cache is not told about: bounded by the TTL (± jitter), plus the stale and fail-safe windows when those are on
+//! (and every stale answer says so in its [`Status`]).
+//!
+//! Every lookup returns a [`Lookup`]: the value with how it was obtained ([`Status`]).
+
+mod cache;
+mod entry;
+mod flight;
+pub mod l1;
+mod lookup;
+mod namespace;
+mod stats;
+
+pub use cache::{Cache, CacheBuilder, NamespaceBuilder};
+pub use lookup::{Lookup, StaleReason, Status};
+pub use namespace::{Namespace, WarmReport, Weigher};
+pub use stats::NamespaceStats;
+pub use strata_core::{
+    Clock, EarlyRefresh, Error, Eviction, Fetched, L1Policy, LoadTimeout, ManualClock, Policy,
+    PolicyBuilder, PolicyError, SystemClock, Tier, UnixMillis,
+};

@@ -1,0 +1,141 @@
+//! The L1 entry: a decoded value (`Arc<V>`, so a hit never decodes) with the envelope's metadata.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use strata_core::UnixMillis;
+
+/// Fixed bytes charged per entry on top of the key and the value's weight: the entry struct, its `Arc`, the
+/// key's `String` header and the store's slot. Measured, not guessed: see the `l1` benchmark's bytes/entry column.
+pub const ENTRY_OVERHEAD: u64 = 128;
+
+/// What an entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A value from the source.
+    Value,
+    /// The source said the key does not exist.
+    Negative,
+    /// The key was invalidated: reads treat it as absent; fills older than it are refused until `stale_until`.
+    Tombstone,
+}
+
+/// One cached entry. Immutable except for the fail-safe retry throttle.
+#[derive(Debug)]
+pub struct Entry<V> {
+    pub(crate) value: Option<Arc<V>>,
+    pub(crate) kind: EntryKind,
+    pub(crate) created_at: UnixMillis,
+    pub(crate) fresh_until: UnixMillis,
+    pub(crate) stale_until: UnixMillis,
+    pub(crate) version: Option<u64>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) delta_ms: u32,
+    pub(crate) weight: u64,
+    /// Fail-safe throttle: no new load for this key before this instant after a failed one.
+    pub(crate) retry_after: AtomicU64,
+}
+
+impl<V> Entry<V> {
+    /// A value or negative entry. `weight` is the caller's estimate of the value's bytes; the key and
+    /// [`ENTRY_OVERHEAD`] are added here.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        key: &str,
+        value: Option<Arc<V>>,
+        created_at: UnixMillis,
+        fresh_until: UnixMillis,
+        stale_until: UnixMillis,
+        version: Option<u64>,
+        tags: Vec<String>,
+        delta_ms: u32,
+        value_weight: u64,
+    ) -> Self {
+        let kind = if value.is_some() {
+            EntryKind::Value
+        } else {
+            EntryKind::Negative
+        };
+        let tag_bytes: usize = tags.iter().map(|t| t.len() + 24).sum();
+        Self {
+            value,
+            kind,
+            created_at,
+            fresh_until,
+            stale_until: stale_until.max(fresh_until),
+            version,
+            tags,
+            delta_ms,
+            weight: key.len() as u64 + value_weight + tag_bytes as u64 + ENTRY_OVERHEAD,
+            retry_after: AtomicU64::new(0),
+        }
+    }
+
+    /// A tombstone that blocks older fills until `hold_until`.
+    pub fn tombstone(
+        key: &str,
+        now: UnixMillis,
+        hold_until: UnixMillis,
+        version: Option<u64>,
+    ) -> Self {
+        Self {
+            value: None,
+            kind: EntryKind::Tombstone,
+            created_at: now,
+            fresh_until: now,
+            stale_until: hold_until,
+            version,
+            tags: Vec::new(),
+            delta_ms: 0,
+            weight: key.len() as u64 + ENTRY_OVERHEAD,
+            retry_after: AtomicU64::new(0),
+        }
+    }
+
+    /// The value, or `None` for negative entries and tombstones.
+    pub fn value(&self) -> Option<&Arc<V>> {
+        self.value.as_ref()
+    }
+    /// What the entry records.
+    pub fn kind(&self) -> EntryKind {
+        self.kind
+    }
+    /// When the entry was created.
+    pub fn created_at(&self) -> UnixMillis {
+        self.created_at
+    }
+    /// Fresh until.
+    pub fn fresh_until(&self) -> UnixMillis {
+        self.fresh_until
+    }
+    /// Kept until (stale and fail-safe windows, or a tombstone's hold-off).
+    pub fn stale_until(&self) -> UnixMillis {
+        self.stale_until
+    }
+    /// The source version, if any.
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+    /// Tags.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+    /// The last load's duration in milliseconds.
+    pub fn delta_ms(&self) -> u32 {
+        self.delta_ms
+    }
+    /// The bytes this entry is charged in the L1 budget.
+    pub fn weight(&self) -> u64 {
+        self.weight
+    }
+    /// Whether the entry is past all of its windows at `now`.
+    pub fn is_expired(&self, now: UnixMillis) -> bool {
+        now >= self.stale_until
+    }
+    pub(crate) fn retry_after(&self) -> UnixMillis {
+        self.retry_after.load(Ordering::Relaxed)
+    }
+    pub(crate) fn throttle_until(&self, until: UnixMillis) {
+        self.retry_after.fetch_max(until, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,701 @@
+//! A namespace: keys of one value type under one [`Policy`], and the read and write paths over them.
+//!
+//! # The read path (`get_or_load`)
+//! 1. L1. A fresh entry is returned at once; if it is due for early refresh (ratio or XFetch) one background
+//!    refresh starts. Inside the stale-while-revalidate window the stale value is returned at once and one
+//!    background refresh starts. Inside the fail-safe window, a key whose last load failed less than
+//!    `fail_safe_retry_every` ago is answered stale without touching the source.
+//! 2. Single-flight ([`crate::flight`]): the first caller starts the load in a detached task; everyone else waits
+//!    for the same outcome.
+//! 3. The load has the hard timeout; a caller holding a fail-safe value stops waiting at the soft timeout.
+//! 4. On error or timeout, a value inside the fail-safe window is served (and further loads throttled); else the
+//!    error reaches the caller.
+//!
+//! # Consistency model
+//! Within one process, every operation on a key is linearizable with respect to writes (`insert`, `invalidate`,
+//! `invalidate_all`): a load that started before a write never fills the cache after it, and a read that starts
+//! after a write returns completed writes' data or loads anew. What the source itself returns is the loader's
+//! business: Strata caches it for `ttl` (± jitter), which is the staleness bound for changes it is not told of.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use strata_core::{Clock, EarlyRefresh, Error, Fetched, Policy, SharedError, Tier, UnixMillis};
+
+use crate::entry::{Entry, EntryKind};
+use crate::flight::{poison_locked, remove_locked, Flight, Flights, Outcome, Role};
+use crate::l1::L1;
+use crate::lookup::{Lookup, StaleReason, Status};
+use crate::stats::{Counters, NamespaceStats};
+
+/// Estimates a value's size in bytes for the L1 budget.
+pub type Weigher<V> = Arc<dyn Fn(&V) -> usize + Send + Sync>;
+
+type BatchFuture<V> = BoxFuture<'static, Result<HashMap<String, Fetched<V>>, SharedError>>;
+
+/// A typed handle on one namespace. Cheap to clone; all clones share the namespace.
+pub struct Namespace<V> {
+    pub(crate) inner: Arc<Inner<V>>,
+}
+
+impl<V> Clone for Namespace<V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+pub(crate) struct Inner<V> {
+    name: String,
+    policy: Policy,
+    clock: Arc<dyn Clock>,
+    l1: Option<L1<V>>,
+    flights: Flights<V>,
+    counters: Counters,
+    weigher: Weigher<V>,
+    load_seconds: metrics::Histogram,
+}
+
+/// What L1 holds for a key, classified against the policy at one instant.
+enum Found<V> {
+    Fresh(Arc<Entry<V>>),
+    Revalidate(Arc<Entry<V>>),
+    FailSafe(Arc<Entry<V>>),
+    Absent,
+}
+
+/// The outcome of [`Namespace::warm`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WarmReport {
+    /// Keys this call loaded from the source.
+    pub loaded: usize,
+    /// Keys that were already cached (fresh, negative, or stale and now refreshing).
+    pub already_cached: usize,
+    /// Keys whose load another caller was already running.
+    pub coalesced: usize,
+    /// Keys whose load failed (no stale value to fall back on).
+    pub failed: usize,
+}
+
+impl<V: Send + Sync + 'static> Namespace<V> {
+    pub(crate) fn new(
+        name: String,
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+        weigher: Weigher<V>,
+    ) -> Self {
+        let l1 = policy.l1.enabled.then(|| L1::new(&policy.l1));
+        let load_seconds = metrics::histogram!("strata_load_seconds", "namespace" => name.clone());
+        Self {
+            inner: Arc::new(Inner {
+                name,
+                policy,
+                clock,
+                l1,
+                flights: Flights::new(),
+                counters: Counters::default(),
+                weigher,
+                load_seconds,
+            }),
+        }
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The namespace's policy.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// The clock deadlines are read from.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The L1 store, for inspection and benchmarks.
+    pub fn l1(&self) -> Option<&L1<V>> {
+        self.inner.l1.as_ref()
+    }
+
+    /// A fresh cached value (or cached absence), without loading and without awaiting. Stale entries are not
+    /// returned: only `get_or_load` can serve stale, because only it can start the refresh.
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<Lookup<V>> {
+        let inner = &*self.inner;
+        let hit = inner.l1.as_ref().and_then(|l1| l1.get(key)).and_then(|e| {
+            (e.kind != EntryKind::Tombstone && inner.clock.now() < e.fresh_until).then(|| {
+                let status = inner.hit_status(&e);
+                Lookup::new(e, status)
+            })
+        });
+        if hit.is_none() {
+            inner.counters.misses.inc();
+        }
+        hit
+    }
+
+    /// [`get`](Self::get) for several keys; results are in the order of `keys`.
+    pub fn get_many<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Vec<Option<Lookup<V>>> {
+        keys.into_iter().map(|k| self.get(k)).collect()
+    }
+
+    /// Stores a value (a write the caller knows to be current). Any load of the key under way will not fill.
+    pub fn insert(&self, key: impl Into<String>, value: V) {
+        self.insert_fetched(key, Fetched::value(value));
+    }
+
+    /// Stores a value with its version and tags. Returns `false` when L1 holds a greater version (the write is
+    /// older than what is cached) or L1 is off.
+    pub fn insert_fetched(&self, key: impl Into<String>, fetched: Fetched<V>) -> bool {
+        let inner = &*self.inner;
+        let key = key.into();
+        inner.counters.inserts.inc();
+        let entry = Arc::new(inner.make_entry(&key, fetched, Duration::ZERO));
+        let mut shard = inner.flights.lock(&key);
+        poison_locked(&mut shard, &key);
+        inner.fill_locked(&key, entry)
+    }
+
+    /// Invalidates a key: later reads load anew, and a load that began before this call cannot put its (older)
+    /// value back. The tombstone blocks fills for `tombstone_hold_off`.
+    pub fn invalidate(&self, key: &str) {
+        self.inner.invalidate(key, None);
+    }
+
+    /// Invalidates a key because the source now holds `version`: additionally, any fill with an older version is
+    /// refused while the tombstone lives.
+    pub fn invalidate_version(&self, key: &str, version: u64) {
+        self.inner.invalidate(key, Some(version));
+    }
+
+    /// Invalidates every key of the namespace, including loads under way.
+    pub fn invalidate_all(&self) {
+        let inner = &*self.inner;
+        inner.counters.invalidations.inc();
+        inner.flights.poison_all(|| {
+            if let Some(l1) = &inner.l1 {
+                l1.clear();
+            }
+        });
+    }
+
+    /// Returns the cached value or loads it with `loader`, coalescing concurrent loads of the key. The loader
+    /// returns `Option<V>` (`None`: the key does not exist) or a [`Fetched`] with version and tags.
+    ///
+    /// The loader's future runs in a detached task, so it must be `Send + 'static`; if this call is cancelled the
+    /// load still completes for the other waiters and for the cache.
+    pub async fn get_or_load<F, Fut, T>(&self, key: &str, loader: F) -> Result<Lookup<V>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Into<Fetched<V>> + Send + 'static,
+    {
+        self.read(key, || Box::pin(loader().map(|v| Ok(v.into()))))
+            .await
+    }
+
+    /// Like [`get_or_load`](Self::get_or_load) with a fallible loader. Every coalesced waiter receives the same
+    /// error; [`Error::loader_error`] recovers the loader's own type.
+    pub async fn try_get_or_load<F, Fut, T, E>(
+        &self,
+        key: &str,
+        loader: F,
+    ) -> Result<Lookup<V>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Into<Fetched<V>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        self.read(key, || {
+            Box::pin(loader().map(|r| r.map(Into::into).map_err(|e| Arc::new(e) as SharedError)))
+        })
+        .await
+    }
+
+    /// Returns the values of `keys` (in order), loading all misses with one call of `loader`, which receives only
+    /// the keys that are neither cached nor already being loaded. Keys missing from the loader's map are absent.
+    /// Fails with the first key's error that no fail-safe value covers.
+    pub async fn get_or_load_many<K, F, Fut, E>(
+        &self,
+        keys: &[K],
+        loader: F,
+    ) -> Result<Vec<Lookup<V>>, Error>
+    where
+        K: AsRef<str>,
+        F: FnOnce(Vec<String>) -> Fut,
+        Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let mut ready: Vec<Option<Lookup<V>>> = Vec::with_capacity(keys.len());
+        let mut waits = Vec::new();
+        let mut leaders: Vec<(String, Arc<Flight<V>>)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let key = key.as_ref();
+            let mut fallback = None;
+            match inner.find(key, now) {
+                Found::Fresh(e) => {
+                    let status = inner.hit_status(&e);
+                    ready.push(Some(Lookup::new(e, status)));
+                    continue;
+                }
+                Found::Revalidate(e) => {
+                    inner.counters.stale_revalidating.inc();
+                    if e.retry_after() <= now {
+                        if let Role::Leader(f) = inner.flights.join_or_register(key) {
+                            inner.counters.refreshes.inc();
+                            leaders.push((key.to_owned(), f));
+                        }
+                    }
+                    ready.push(Some(Lookup::new(
+                        e,
+                        Status::Stale(StaleReason::Revalidating),
+                    )));
+                    continue;
+                }
+                Found::FailSafe(e) if now < e.retry_after() => {
+                    inner.counters.stale_fail_safe.inc();
+                    ready.push(Some(Lookup::new(e, Status::Stale(StaleReason::FailSafe))));
+                    continue;
+                }
+                Found::FailSafe(e) => fallback = Some(e),
+                Found::Absent => {}
+            }
+            ready.push(None);
+            match inner.flights.join_or_register(key) {
+                Role::Leader(f) => {
+                    inner.counters.misses.inc();
+                    leaders.push((key.to_owned(), f.clone()));
+                    waits.push((i, f, Status::Miss, fallback));
+                }
+                Role::Follower(f) => {
+                    inner.counters.coalesced.inc();
+                    waits.push((i, f, Status::Coalesced, fallback));
+                }
+            }
+        }
+        if !leaders.is_empty() {
+            let fut = loader(leaders.iter().map(|(k, _)| k.clone()).collect());
+            let fut: BatchFuture<V> = Box::pin(fut.map(|r| {
+                r.map(|m| m.into_iter().map(|(k, v)| (k, Fetched::value(v))).collect())
+                    .map_err(|e| Arc::new(e) as SharedError)
+            }));
+            inner.spawn_load(leaders, fut);
+        }
+        for (i, flight, status, fallback) in waits {
+            ready[i] = Some(inner.await_flight(&flight, status, fallback).await?);
+        }
+        Ok(ready
+            .into_iter()
+            .map(|r| r.expect("every key answered"))
+            .collect())
+    }
+
+    /// Loads `keys` that are not cached, at most `concurrency` loads at a time. Keys already cached or being
+    /// loaded are not loaded again, so warming during traffic causes no stampede.
+    pub async fn warm<I, F, Fut, T, E>(&self, keys: I, concurrency: usize, loader: F) -> WarmReport
+    where
+        I: IntoIterator<Item = String>,
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Into<Fetched<V>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let loader = &loader;
+        futures::stream::iter(keys)
+            .map(|key| async move { self.try_get_or_load(&key, || loader(key.clone())).await })
+            .buffer_unordered(concurrency.max(1))
+            .fold(WarmReport::default(), |mut report, r| async move {
+                match r.map(|l| l.status()) {
+                    Ok(Status::Miss) => report.loaded += 1,
+                    Ok(Status::Coalesced) => report.coalesced += 1,
+                    Ok(_) => report.already_cached += 1,
+                    Err(_) => report.failed += 1,
+                }
+                report
+            })
+            .await
+    }
+
+    /// A snapshot of the namespace's counters.
+    pub fn stats(&self) -> NamespaceStats {
+        self.inner.stats()
+    }
+
+    async fn read(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> BoxFuture<'static, Result<Fetched<V>, SharedError>>,
+    ) -> Result<Lookup<V>, Error> {
+        let inner = &self.inner;
+        let now = inner.clock.now();
+        let mut fallback = None;
+        match inner.find(key, now) {
+            Found::Fresh(e) => {
+                let status = inner.hit_status(&e);
+                if inner.refresh_due(&e, now) {
+                    inner.refresh(key, make, true);
+                }
+                return Ok(Lookup::new(e, status));
+            }
+            Found::Revalidate(e) => {
+                inner.counters.stale_revalidating.inc();
+                if e.retry_after() <= now {
+                    inner.refresh(key, make, false);
+                }
+                return Ok(Lookup::new(e, Status::Stale(StaleReason::Revalidating)));
+            }
+            Found::FailSafe(e) if now < e.retry_after() => {
+                inner.counters.stale_fail_safe.inc();
+                return Ok(Lookup::new(e, Status::Stale(StaleReason::FailSafe)));
+            }
+            Found::FailSafe(e) => fallback = Some(e),
+            Found::Absent => {}
+        }
+        let (flight, status) = match inner.flights.join_or_register(key) {
+            Role::Leader(f) => {
+                inner.counters.misses.inc();
+                inner.spawn_load(vec![(key.to_owned(), f.clone())], single(key, make()));
+                (f, Status::Miss)
+            }
+            Role::Follower(f) => {
+                inner.counters.coalesced.inc();
+                (f, Status::Coalesced)
+            }
+        };
+        inner.await_flight(&flight, status, fallback).await
+    }
+}
+
+fn single<V: Send + 'static>(
+    key: &str,
+    fut: BoxFuture<'static, Result<Fetched<V>, SharedError>>,
+) -> BatchFuture<V> {
+    let key = key.to_owned();
+    Box::pin(fut.map(move |r| r.map(|f| HashMap::from([(key, f)]))))
+}
+
+impl<V: Send + Sync + 'static> Inner<V> {
+    fn find(&self, key: &str, now: UnixMillis) -> Found<V> {
+        let Some(e) = self.l1.as_ref().and_then(|l1| l1.get(key)) else {
+            return Found::Absent;
+        };
+        if e.kind == EntryKind::Tombstone || now >= e.stale_until {
+            Found::Absent
+        } else if now < e.fresh_until {
+            Found::Fresh(e)
+        } else if now < e.fresh_until.saturating_add(millis(self.policy.stale_for)) {
+            Found::Revalidate(e)
+        } else {
+            Found::FailSafe(e)
+        }
+    }
+
+    #[inline]
+    fn hit_status(&self, e: &Entry<V>) -> Status {
+        if e.kind == EntryKind::Negative {
+            self.counters.negative_hits.inc();
+            Status::Negative
+        } else {
+            self.counters.hits.inc();
+            Status::Hit(Tier::L1)
+        }
+    }
+
+    fn refresh_due(&self, e: &Entry<V>, now: UnixMillis) -> bool {
+        if e.kind != EntryKind::Value || now < e.retry_after() {
+            return false;
+        }
+        match self.policy.early_refresh {
+            EarlyRefresh::Off => false,
+            EarlyRefresh::Ratio(r) => {
+                let life = e.fresh_until.saturating_sub(e.created_at) as f64;
+                now as f64 >= e.created_at as f64 + r * life
+            }
+            EarlyRefresh::XFetch { beta } => {
+                // 1 − U(0,1) lies in (0, 1], so ln is finite and ≤ 0.
+                let u = 1.0 - rand::random::<f64>();
+                now as f64 - f64::from(e.delta_ms.max(1)) * beta * u.ln() >= e.fresh_until as f64
+            }
+        }
+    }
+
+    /// Starts one background refresh of `key` unless a load is already under way.
+    fn refresh(
+        self: &Arc<Self>,
+        key: &str,
+        make: impl FnOnce() -> BoxFuture<'static, Result<Fetched<V>, SharedError>>,
+        early: bool,
+    ) {
+        if let Role::Leader(f) = self.flights.join_or_register(key) {
+            self.counters.refreshes.inc();
+            if early {
+                self.counters.early_refreshes.inc();
+            }
+            self.spawn_load(vec![(key.to_owned(), f)], single(key, make()));
+        }
+    }
+
+    /// Runs one loader call for the given flights in a detached task with the hard timeout.
+    fn spawn_load(self: &Arc<Self>, flights: Vec<(String, Arc<Flight<V>>)>, fut: BatchFuture<V>)
+    where
+        V: Send + Sync + 'static,
+    {
+        let inner = self.clone();
+        inner.counters.loads.inc();
+        tokio::spawn(async move {
+            let hard = inner.policy.load_timeout.hard;
+            let started = tokio::time::Instant::now();
+            let result = tokio::time::timeout(hard, AssertUnwindSafe(fut).catch_unwind()).await;
+            let elapsed = started.elapsed();
+            inner.counters.load_micros.add(elapsed.as_micros() as u64);
+            inner.load_seconds.record(elapsed.as_secs_f64());
+            let outcome: Result<HashMap<String, Fetched<V>>, Error> = match result {
+                Err(_) => {
+                    inner.counters.load_timeouts.inc();
+                    Err(Error::Timeout {
+                        tier: Tier::Source,
+                        after: hard,
+                    })
+                }
+                Ok(Err(panic)) => {
+                    inner.counters.load_errors.inc();
+                    Err(Error::LoaderPanicked {
+                        message: panic_message(panic.as_ref()),
+                    })
+                }
+                Ok(Ok(Err(source))) => {
+                    inner.counters.load_errors.inc();
+                    Err(Error::Load {
+                        tier: Tier::Source,
+                        source,
+                    })
+                }
+                Ok(Ok(Ok(map))) => Ok(map),
+            };
+            match outcome {
+                Ok(mut map) => {
+                    for (key, flight) in flights {
+                        let fetched = map.remove(&key).unwrap_or_else(Fetched::absent);
+                        let entry = Arc::new(inner.make_entry(&key, fetched, elapsed));
+                        inner.settle(&key, &flight, Ok(entry));
+                    }
+                }
+                Err(err) => {
+                    for (key, flight) in flights {
+                        inner.settle(&key, &flight, Err(err.clone()));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Records a flight's outcome in L1 (unless a write poisoned it), ends the flight, and wakes its waiters.
+    fn settle(&self, key: &str, flight: &Arc<Flight<V>>, outcome: Outcome<V>) {
+        {
+            let mut shard = self.flights.lock(key);
+            match &outcome {
+                Ok(entry) if flight.is_poisoned() => {
+                    let _ = entry;
+                    self.counters.fills_refused.inc();
+                }
+                Ok(entry) => {
+                    self.fill_locked(key, entry.clone());
+                }
+                Err(_) => {
+                    let until = self.clock.now() + millis(self.policy.fail_safe_retry_every);
+                    if let Some(e) = self.l1.as_ref().and_then(|l1| l1.peek(key)) {
+                        e.throttle_until(until);
+                    }
+                }
+            }
+            remove_locked(&mut shard, key, flight);
+        }
+        flight.publish(outcome);
+    }
+
+    /// Stores `entry` unless a live entry holds a greater version. Call with the key's flight shard locked.
+    fn fill_locked(&self, key: &str, entry: Arc<Entry<V>>) -> bool {
+        let Some(l1) = &self.l1 else { return false };
+        if entry.kind == EntryKind::Negative && self.policy.negative_ttl.is_zero() {
+            l1.remove(key);
+            return false;
+        }
+        if let (Some(existing), Some(new)) = (l1.peek(key), entry.version) {
+            if !existing.is_expired(self.clock.now())
+                && existing.version.is_some_and(|old| new < old)
+            {
+                self.counters.fills_refused.inc();
+                return false;
+            }
+        }
+        l1.insert(key.to_owned(), entry);
+        true
+    }
+
+    fn invalidate(&self, key: &str, version: Option<u64>) {
+        self.counters.invalidations.inc();
+        let now = self.clock.now();
+        let mut shard = self.flights.lock(key);
+        poison_locked(&mut shard, key);
+        if let Some(l1) = &self.l1 {
+            let hold = now + millis(self.policy.tombstone_hold_off);
+            l1.insert(
+                key.to_owned(),
+                Arc::new(Entry::tombstone(key, now, hold, version)),
+            );
+        }
+    }
+
+    /// Waits for a flight and turns its outcome into the caller's answer, applying the soft timeout and fail-safe.
+    async fn await_flight(
+        &self,
+        flight: &Flight<V>,
+        status: Status,
+        fallback: Option<Arc<Entry<V>>>,
+    ) -> Result<Lookup<V>, Error> {
+        let outcome = match (self.policy.load_timeout.soft, &fallback) {
+            (Some(soft), Some(stale)) => match tokio::time::timeout(soft, flight.wait()).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.counters.stale_soft_timeout.inc();
+                    return Ok(Lookup::new(
+                        stale.clone(),
+                        Status::Stale(StaleReason::SoftTimeout),
+                    ));
+                }
+            },
+            _ => flight.wait().await,
+        };
+        match (outcome, fallback) {
+            (Ok(entry), _) => Ok(Lookup::new(entry, status)),
+            (Err(_), Some(stale)) => {
+                self.counters.fail_safe_activations.inc();
+                self.counters.stale_fail_safe.inc();
+                stale.throttle_until(self.clock.now() + millis(self.policy.fail_safe_retry_every));
+                Ok(Lookup::new(stale, Status::Stale(StaleReason::FailSafe)))
+            }
+            (Err(err), None) => Err(err),
+        }
+    }
+
+    fn make_entry(&self, key: &str, fetched: Fetched<V>, took: Duration) -> Entry<V> {
+        let now = self.clock.now();
+        let delta_ms = took.as_millis().min(u32::MAX as u128) as u32;
+        match fetched.value {
+            Some(v) => {
+                let mut ttl = jittered(self.policy.ttl, self.policy.jitter);
+                if let Some(cap) = self.policy.l1.max_ttl {
+                    ttl = ttl.min(cap);
+                }
+                let fresh_until = now + millis(ttl).max(1);
+                let stale_until = fresh_until + millis(self.policy.retain_after_fresh());
+                let weight = (self.weigher)(&v) as u64;
+                Entry::new(
+                    key,
+                    Some(Arc::new(v)),
+                    now,
+                    fresh_until,
+                    stale_until,
+                    fetched.version,
+                    fetched.tags,
+                    delta_ms,
+                    weight,
+                )
+            }
+            None => {
+                let fresh_until = now + millis(self.policy.negative_ttl);
+                Entry::new(
+                    key,
+                    None,
+                    now,
+                    fresh_until,
+                    fresh_until,
+                    fetched.version,
+                    fetched.tags,
+                    delta_ms,
+                    0,
+                )
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> NamespaceStats {
+        let (evictions, bytes, entries) = self.l1.as_ref().map_or((0, 0, 0), |l1| {
+            (l1.evictions(), l1.weight(), l1.len() as u64)
+        });
+        self.counters
+            .snapshot(&self.name, evictions, bytes, entries)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// `ttl` spread uniformly over ± `jitter`.
+fn jittered(ttl: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 {
+        return ttl;
+    }
+    let factor = 1.0 + jitter * (2.0 * rand::random::<f64>() - 1.0);
+    ttl.mul_f64(factor)
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+/// Type-erased namespace operations for the [`crate::Cache`] registry (invalidation by name, stats).
+pub(crate) trait ErasedNamespace: Send + Sync {
+    fn invalidate(&self, key: &str);
+    fn invalidate_all(&self);
+    fn stats(&self) -> NamespaceStats;
+}
+
+impl<V: Send + Sync + 'static> ErasedNamespace for Namespace<V> {
+    fn invalidate(&self, key: &str) {
+        Namespace::invalidate(self, key)
+    }
+    fn invalidate_all(&self) {
+        Namespace::invalidate_all(self)
+    }
+    fn stats(&self) -> NamespaceStats {
+        self.inner.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_its_band_and_spreads() {
+        let ttl = Duration::from_secs(100);
+        let samples: Vec<Duration> = (0..2000).map(|_| jittered(ttl, 0.1)).collect();
+        assert!(samples
+            .iter()
+            .all(|d| *d >= Duration::from_secs(90) && *d <= Duration::from_secs(110)));
+        let (min, max) = (samples.iter().min().unwrap(), samples.iter().max().unwrap());
+        assert!(
+            *max - *min > Duration::from_secs(15),
+            "jitter does not spread: {min:?}..{max:?}"
+        );
+        assert_eq!(jittered(ttl, 0.0), ttl);
+    }
+}

@@ -1,0 +1,35 @@
+//! Shared helpers for the engine's black-box tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use strata::{Cache, Namespace, Policy, PolicyBuilder};
+
+/// A namespace named `t` with the given policy, on a fresh cache (system clock, which follows paused Tokio time).
+pub fn namespace<V: Send + Sync + 'static>(policy: Policy) -> Namespace<V> {
+    Cache::new()
+        .namespace::<V>("t")
+        .with_policy(policy)
+        .build()
+        .unwrap()
+}
+
+/// A policy with a 10 s TTL and no jitter, so deadlines are exact.
+pub fn exact() -> PolicyBuilder {
+    Policy::builder()
+        .with_ttl(Duration::from_secs(10))
+        .with_jitter(0.0)
+}
+
+/// Lets spawned tasks (loads, refreshes) run to their next await point.
+pub async fn settle() {
+    for _ in 0..64 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Advances paused time and lets tasks run.
+pub async fn advance(d: Duration) {
+    tokio::time::advance(d).await;
+    settle().await;
+}
