@@ -1,1 +1,9 @@
-//! placeholder
+//! Strata's scenario benchmarks. Each scenario is a library function returning a report whose `Display` is the
+//! one `key=value` line recorded in `BENCHMARKS.md`; the `strata-bench` binary (and later `strata bench`) calls
+//! them. Baselines are measured in the same run, never quoted.
+
+#![allow(missing_docs)]
+
+pub mod l1;
+pub mod stampede;
+pub mod xfetch;

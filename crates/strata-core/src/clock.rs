@@ -4,9 +4,10 @@
 //! thing in every tier and on every node. All engine code reads time through [`Clock`]; nothing calls
 //! `SystemTime::now()` directly.
 //!
-//! [`SystemClock`] anchors the wall clock once and then advances with Tokio's monotonic clock. That makes it immune
-//! to wall-clock steps during a process's life, and it means `tokio::time::pause()` / `advance()` drive cache expiry
-//! and load timeouts together in tests. [`ManualClock`] is for tests that want to move time by hand without Tokio.
+//! [`SystemClock`] anchors the wall clock once and then advances with a TSC-based monotonic clock (`quanta`, a few
+//! nanoseconds a read: it is read on every cache hit). It is immune to wall-clock steps during a process's life.
+//! [`TokioClock`] advances with Tokio's clock instead, so `tokio::time::pause()` / `advance()` drive cache expiry
+//! and load timeouts together in tests. [`ManualClock`] moves only when told to.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,23 +24,29 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     fn now(&self) -> UnixMillis;
 }
 
-/// Wall clock anchored at construction, advanced by Tokio's monotonic clock (see the module docs).
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Wall clock anchored at construction, advanced by a fast monotonic clock (see the module docs).
 #[derive(Debug, Clone)]
 pub struct SystemClock {
     anchor_unix_ms: u64,
-    anchor: tokio::time::Instant,
+    clock: quanta::Clock,
+    anchor: quanta::Instant,
 }
 
 impl SystemClock {
     /// Anchors the clock at the current wall-clock time.
     pub fn new() -> Self {
-        let anchor_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let clock = quanta::Clock::new();
         Self {
-            anchor_unix_ms,
-            anchor: tokio::time::Instant::now(),
+            anchor_unix_ms: unix_now_ms(),
+            anchor: clock.now(),
+            clock,
         }
     }
 }
@@ -51,6 +58,37 @@ impl Default for SystemClock {
 }
 
 impl Clock for SystemClock {
+    #[inline]
+    fn now(&self) -> UnixMillis {
+        self.anchor_unix_ms + self.clock.now().duration_since(self.anchor).as_millis() as u64
+    }
+}
+
+/// Wall clock anchored at construction, advanced by Tokio's clock: under `tokio::time::pause()` it stands still
+/// and `advance()` moves it. For tests; [`SystemClock`] is cheaper.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    anchor_unix_ms: u64,
+    anchor: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// Anchors the clock at the current wall-clock time and Tokio instant.
+    pub fn new() -> Self {
+        Self {
+            anchor_unix_ms: unix_now_ms(),
+            anchor: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
     #[inline]
     fn now(&self) -> UnixMillis {
         self.anchor_unix_ms + self.anchor.elapsed().as_millis() as u64
@@ -104,9 +142,19 @@ mod tests {
         assert_eq!(c.now(), 2_000);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn system_clock_follows_paused_tokio_time() {
+    #[test]
+    fn system_clock_tracks_wall_time() {
         let c = SystemClock::new();
+        let t0 = c.now();
+        std::thread::sleep(Duration::from_millis(30));
+        let dt = c.now() - t0;
+        assert!((30..1000).contains(&dt), "{dt}");
+        assert!(t0.abs_diff(unix_now_ms()) < 1000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_clock_follows_paused_tokio_time() {
+        let c = TokioClock::new();
         let t0 = c.now();
         tokio::time::advance(Duration::from_secs(90)).await;
         assert_eq!(c.now() - t0, 90_000);

@@ -15,7 +15,7 @@ pub mod error;
 pub mod fetched;
 pub mod policy;
 
-pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use clock::{Clock, ManualClock, SystemClock, TokioClock, UnixMillis};
 pub use envelope::{CodecError, Compression, Envelope, EnvelopeKind};
 pub use error::{Error, SharedError, Tier};
 pub use fetched::Fetched;

@@ -147,7 +147,7 @@ pub struct CacheBuilder {
 }
 
 impl CacheBuilder {
-    /// The time source. Default: [`SystemClock`] (follows Tokio's clock, so `tokio::time::pause` drives it).
+    /// The time source. Default: [`SystemClock`]. Tests under `tokio::time::pause` use [`strata_core::TokioClock`].
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self

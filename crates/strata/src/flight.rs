@@ -18,7 +18,6 @@
 //! The shard locks are `parking_lot` mutexes: nothing is awaited while holding one.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -71,7 +70,7 @@ pub(crate) type Shard<V> = HashMap<String, Arc<Flight<V>>>;
 
 pub(crate) struct Flights<V> {
     shards: Box<[Mutex<Shard<V>>]>,
-    hasher: std::hash::RandomState,
+    hasher: ahash::RandomState,
 }
 
 /// Whether this caller started the flight or joined one.
@@ -84,7 +83,7 @@ impl<V> Flights<V> {
     pub(crate) fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: std::hash::RandomState::new(),
+            hasher: ahash::RandomState::new(),
         }
     }
 

@@ -36,5 +36,5 @@ pub use namespace::{Namespace, WarmReport, Weigher};
 pub use stats::NamespaceStats;
 pub use strata_core::{
     Clock, EarlyRefresh, Error, Eviction, Fetched, L1Policy, LoadTimeout, ManualClock, Policy,
-    PolicyBuilder, PolicyError, SystemClock, Tier, UnixMillis,
+    PolicyBuilder, PolicyError, SystemClock, Tier, TokioClock, UnixMillis,
 };

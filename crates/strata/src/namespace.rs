@@ -51,6 +51,15 @@ impl<V> Clone for Namespace<V> {
     }
 }
 
+impl<V> std::fmt::Debug for Namespace<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace")
+            .field("name", &self.inner.name)
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
+}
+
 pub(crate) struct Inner<V> {
     name: String,
     policy: Policy,

@@ -363,14 +363,11 @@ async fn xfetch_refreshes_shortly_before_expiry_never_long_before() {
     ns.try_get_or_load("k", || src.load("k")).await.unwrap();
     let fresh_until = ns.get("k").unwrap().entry().fresh_until();
     let mut first_refresh_at = None;
-    for _ in 0..200 {
-        advance(Duration::from_millis(50)).await;
-        let l = ns.try_get_or_load("k", || src.load("k")).await.unwrap();
-        assert_eq!(
-            l.status(),
-            Status::Hit(Tier::L1),
-            "XFetch let the entry expire"
-        );
+    // Read every 5 ms. With delta = 100 ms, the chance that no read in the last ~500 ms before expiry triggers
+    // XFetch is about e^-20, so "it refreshed before expiry" is a deterministic claim in practice.
+    for _ in 0..2_200 {
+        advance(Duration::from_millis(5)).await;
+        ns.try_get_or_load("k", || src.load("k")).await.unwrap();
         if src.calls() > 1 && first_refresh_at.is_none() {
             first_refresh_at = Some(ns.clock().now());
         }

@@ -5,7 +5,6 @@
 //! hit mutates the order (LRU promotion, LFU counts), and nothing is awaited while it is held.
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -19,7 +18,7 @@ pub(crate) const SHARDS: usize = 16;
 
 pub(crate) struct Sharded<V> {
     shards: Box<[Mutex<Shard<V>>]>,
-    hasher: std::hash::RandomState,
+    hasher: ahash::RandomState,
     shard_budget: u64,
     evictions: Arc<AtomicU64>,
 }
@@ -67,7 +66,7 @@ impl<V> Sharded<V> {
             .collect();
         Self {
             shards,
-            hasher: std::hash::RandomState::new(),
+            hasher: ahash::RandomState::new(),
             shard_budget: (budget / SHARDS as u64).max(1),
             evictions,
         }

@@ -1,13 +1,16 @@
 //! Shared helpers for the engine's black-box tests.
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use strata::{Cache, Namespace, Policy, PolicyBuilder};
+use strata::{Cache, Namespace, Policy, PolicyBuilder, TokioClock};
 
-/// A namespace named `t` with the given policy, on a fresh cache (system clock, which follows paused Tokio time).
+/// A namespace named `t` with the given policy, on a fresh cache whose clock follows paused Tokio time.
 pub fn namespace<V: Send + Sync + 'static>(policy: Policy) -> Namespace<V> {
-    Cache::new()
+    Cache::builder()
+        .with_clock(Arc::new(TokioClock::new()))
+        .build()
         .namespace::<V>("t")
         .with_policy(policy)
         .build()

@@ -1,0 +1,79 @@
+//! `strata-bench`: run one scenario and print its figures.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOC: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
+#[derive(Parser)]
+#[command(about = "Strata scenario benchmarks")]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Concurrent requests for one key at expiry: single-flight vs naive vs stale-while-revalidate.
+    Stampede {
+        /// Concurrent requests.
+        #[arg(long, default_value_t = 10_000)]
+        requests: usize,
+        /// Source latency in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        load_ms: u64,
+    },
+    /// Source calls per expiry at 1,000 req/s: TTL only, XFetch alone, XFetch with single-flight.
+    Xfetch {
+        /// Virtual seconds to simulate.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// L1 hit ratios, throughput and memory beside moka and quick_cache.
+    L1 {
+        /// Gets per thread in the throughput runs.
+        #[arg(long, default_value_t = 5_000_000)]
+        ops: usize,
+        /// Run one section only: `hit`, `speed` or `memory`.
+        #[arg(long)]
+        only: Option<String>,
+    },
+}
+
+fn main() {
+    match Args::parse().scenario {
+        Scenario::Stampede { requests, load_ms } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let report = rt.block_on(strata_bench::stampede::run(
+                requests,
+                Duration::from_millis(load_ms),
+            ));
+            println!("{report}");
+        }
+        Scenario::Xfetch { seconds } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .expect("runtime");
+            println!("{}", rt.block_on(strata_bench::xfetch::run(seconds)));
+        }
+        Scenario::L1 { ops, only } => {
+            let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
+            if run("hit") {
+                strata_bench::l1::hit_ratios();
+            }
+            if run("speed") {
+                strata_bench::l1::speed(ops);
+            }
+            if run("memory") {
+                strata_bench::l1::memory(&ALLOC);
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The `Cache` registry: namespaces by name and type, invalidation by name, stats and metrics export.
+
+mod common;
+
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use strata::{Cache, Error, Eviction, Policy};
+
+#[tokio::test]
+async fn namespaces_are_registered_once_and_typed() {
+    let cache = Cache::new();
+    let prices = cache.namespace::<u64>("price").build().unwrap();
+    assert!(
+        matches!(cache.namespace::<u64>("price").build(), Err(Error::NamespaceExists(n)) if n == "price")
+    );
+    assert!(matches!(
+        cache.get_namespace::<String>("price"),
+        Err(Error::NamespaceTypeMismatch(_))
+    ));
+    assert!(matches!(
+        cache.get_namespace::<u64>("nope"),
+        Err(Error::UnknownNamespace(_))
+    ));
+    prices.insert("sku-1", 129);
+    let again = cache.get_namespace::<u64>("price").unwrap();
+    assert_eq!(again.get("sku-1").unwrap().value(), Some(&129));
+    assert_eq!(cache.namespaces(), vec!["price".to_string()]);
+}
+
+#[tokio::test]
+async fn invalid_policies_are_rejected_with_the_field_named() {
+    let cache = Cache::new();
+    let p = Policy {
+        jitter: 2.0,
+        ..Policy::default()
+    };
+    let err = cache
+        .namespace::<u64>("x")
+        .with_policy(p)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("jitter"), "{err}");
+}
+
+#[tokio::test]
+async fn invalidation_by_name_reaches_the_typed_namespace() {
+    let cache = Cache::new();
+    let ns = cache.namespace::<u64>("price").build().unwrap();
+    ns.insert("a", 1);
+    ns.insert("b", 2);
+    cache.invalidate("price", "a").unwrap();
+    assert!(ns.get("a").is_none() && ns.get("b").is_some());
+    cache.invalidate_namespace("price").unwrap();
+    assert!(ns.get("b").is_none());
+    assert!(matches!(
+        cache.invalidate("nope", "a"),
+        Err(Error::UnknownNamespace(_))
+    ));
+}
+
+#[tokio::test]
+async fn every_eviction_policy_serves_the_read_path() {
+    for eviction in [
+        Eviction::Adaptive,
+        Eviction::Lru,
+        Eviction::Lfu,
+        Eviction::Fifo,
+    ] {
+        let cache = Cache::new();
+        let ns = cache
+            .namespace::<String>("p")
+            .with_policy(
+                Policy::builder()
+                    .with_eviction(eviction)
+                    .with_l1_budget_bytes(64 << 10)
+                    .build()
+                    .unwrap(),
+            )
+            .with_weigher(String::len)
+            .build()
+            .unwrap();
+        for i in 0..2_000 {
+            let l = ns
+                .get_or_load(
+                    &format!("k{i}"),
+                    move || async move { Some(format!("v{i}")) },
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                l.value().map(String::as_str),
+                Some(format!("v{i}").as_str())
+            );
+        }
+        let st = ns.stats();
+        assert!(
+            st.l1_bytes <= 64 << 10,
+            "{eviction:?} over budget: {}",
+            st.l1_bytes
+        );
+        assert!(st.evictions > 0, "{eviction:?}");
+    }
+}
+
+#[test]
+fn counters_reach_the_metrics_facade() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cache = Cache::new();
+            let ns = cache
+                .namespace::<u64>("price")
+                .with_policy(
+                    Policy::builder()
+                        .with_ttl(Duration::from_secs(60))
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap();
+            ns.get_or_load("a", || async { Some(1) }).await.unwrap();
+            ns.get_or_load("a", || async { Some(1) }).await.unwrap();
+            cache.publish_metrics();
+        });
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let find = |name: &str| {
+        snapshot
+            .iter()
+            .find(|(k, _, _, _)| k.key().name() == name)
+            .map(|(_, _, _, v)| v)
+    };
+    assert_eq!(find("strata_hits_total"), Some(&DebugValue::Counter(1)));
+    assert_eq!(find("strata_misses_total"), Some(&DebugValue::Counter(1)));
+    assert_eq!(find("strata_loads_total"), Some(&DebugValue::Counter(1)));
+    match find("strata_load_seconds") {
+        Some(DebugValue::Histogram(v)) => assert_eq!(v.len(), 1),
+        other => panic!("no load histogram: {other:?}"),
+    }
+    let has_label = snapshot.iter().any(|(k, _, _, _)| {
+        k.key().name() == "strata_hits_total"
+            && k.key()
+                .labels()
+                .any(|l| l.key() == "namespace" && l.value() == "price")
+    });
+    assert!(has_label, "metrics carry the namespace label");
+}
