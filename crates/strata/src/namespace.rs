@@ -590,7 +590,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
         match (outcome, fallback) {
             (Ok(entry), _) => Ok(Lookup::new(entry, status)),
             (Err(_), Some(stale)) => {
-                self.counters.fail_safe_activations.inc();
+                // One activation per failed load (its leader), however many waiters it answers.
+                if status == Status::Miss {
+                    self.counters.fail_safe_activations.inc();
+                }
                 self.counters.stale_fail_safe.inc();
                 stale.throttle_until(self.clock.now() + millis(self.policy.fail_safe_retry_every));
                 Ok(Lookup::new(stale, Status::Stale(StaleReason::FailSafe)))

@@ -93,7 +93,7 @@ pub struct NamespaceStats {
     pub refreshes: u64,
     /// Of those, early refreshes of still-fresh entries.
     pub early_refreshes: u64,
-    /// Times a failed load was answered from the fail-safe window.
+    /// Failed loads whose callers were answered from the fail-safe window (once per load, not per waiter).
     pub fail_safe_activations: u64,
     /// Fills refused by a tombstone, a newer version or a concurrent write.
     pub fills_refused: u64,

@@ -12,7 +12,7 @@
 //! list) with a larger hot share than its default: on this machine it matched or beat moka's W-TinyLFU on every
 //! Zipf cell, stays within 0.1 points of stock quick_cache, loses under 0.2 points to a one-time scan, and is
 //! several times faster than moka (see `BENCHMARKS.md`, `cargo run --release -p strata-bench -- l1`). LRU, LFU and FIFO are sharded, mutex-guarded
-//! maps ([`sharded`]) for users who want the classic, predictable behaviour.
+//! maps (the `sharded` module) for users who want the classic, predictable behaviour.
 
 mod sharded;
 
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use quick_cache::sync::Cache as QuickCache;
 use strata_core::{Eviction, L1Policy};
 
-pub use crate::entry::{Entry, EntryKind};
+pub use crate::entry::{Entry, EntryKind, ENTRY_OVERHEAD};
 use sharded::Sharded;
 
 /// Share of the adaptive store kept for the hot (re-referenced) queue. quick_cache's default is 0.97; 0.99 was
