@@ -79,6 +79,14 @@ enum Found<V> {
     Absent,
 }
 
+/// What the L1 lookup decided for one key.
+enum Triage<V> {
+    /// Answer now. `Some(early)`: also start one background refresh (`early`: the entry is still fresh).
+    Answer(Lookup<V>, Option<bool>),
+    /// Load, with this stale entry (inside the fail-safe window) as the fallback.
+    Load(Option<Arc<Entry<V>>>),
+}
+
 /// The outcome of [`Namespace::warm`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WarmReport {
@@ -252,35 +260,19 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         let mut leaders: Vec<(String, Arc<Flight<V>>)> = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let key = key.as_ref();
-            let mut fallback = None;
-            match inner.find(key, now) {
-                Found::Fresh(e) => {
-                    let status = inner.hit_status(&e);
-                    ready.push(Some(Lookup::new(e, status)));
-                    continue;
-                }
-                Found::Revalidate(e) => {
-                    inner.counters.stale_revalidating.inc();
-                    if e.retry_after() <= now {
+            let fallback = match inner.triage(key, now) {
+                Triage::Answer(lookup, refresh) => {
+                    if let Some(early) = refresh {
                         if let Role::Leader(f) = inner.flights.join_or_register(key) {
-                            inner.counters.refreshes.inc();
+                            inner.count_refresh(early);
                             leaders.push((key.to_owned(), f));
                         }
                     }
-                    ready.push(Some(Lookup::new(
-                        e,
-                        Status::Stale(StaleReason::Revalidating),
-                    )));
+                    ready.push(Some(lookup));
                     continue;
                 }
-                Found::FailSafe(e) if now < e.retry_after() => {
-                    inner.counters.stale_fail_safe.inc();
-                    ready.push(Some(Lookup::new(e, Status::Stale(StaleReason::FailSafe))));
-                    continue;
-                }
-                Found::FailSafe(e) => fallback = Some(e),
-                Found::Absent => {}
-            }
+                Triage::Load(fallback) => fallback,
+            };
             ready.push(None);
             match inner.flights.join_or_register(key) {
                 Role::Leader(f) => {
@@ -348,30 +340,15 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         make: impl FnOnce() -> BoxFuture<'static, Result<Fetched<V>, SharedError>>,
     ) -> Result<Lookup<V>, Error> {
         let inner = &self.inner;
-        let now = inner.clock.now();
-        let mut fallback = None;
-        match inner.find(key, now) {
-            Found::Fresh(e) => {
-                let status = inner.hit_status(&e);
-                if inner.refresh_due(&e, now) {
-                    inner.refresh(key, make, true);
+        let fallback = match inner.triage(key, inner.clock.now()) {
+            Triage::Answer(lookup, refresh) => {
+                if let Some(early) = refresh {
+                    inner.refresh(key, make, early);
                 }
-                return Ok(Lookup::new(e, status));
+                return Ok(lookup);
             }
-            Found::Revalidate(e) => {
-                inner.counters.stale_revalidating.inc();
-                if e.retry_after() <= now {
-                    inner.refresh(key, make, false);
-                }
-                return Ok(Lookup::new(e, Status::Stale(StaleReason::Revalidating)));
-            }
-            Found::FailSafe(e) if now < e.retry_after() => {
-                inner.counters.stale_fail_safe.inc();
-                return Ok(Lookup::new(e, Status::Stale(StaleReason::FailSafe)));
-            }
-            Found::FailSafe(e) => fallback = Some(e),
-            Found::Absent => {}
-        }
+            Triage::Load(fallback) => fallback,
+        };
         let (flight, status) = match inner.flights.join_or_register(key) {
             Role::Leader(f) => {
                 inner.counters.misses.inc();
@@ -408,6 +385,38 @@ impl<V: Send + Sync + 'static> Inner<V> {
             Found::Revalidate(e)
         } else {
             Found::FailSafe(e)
+        }
+    }
+
+    /// Classifies the key's L1 entry at `now` and counts the answer (see the module docs, step 1).
+    fn triage(&self, key: &str, now: UnixMillis) -> Triage<V> {
+        match self.find(key, now) {
+            Found::Fresh(e) => {
+                let status = self.hit_status(&e);
+                let refresh = self.refresh_due(&e, now).then_some(true);
+                Triage::Answer(Lookup::new(e, status), refresh)
+            }
+            Found::Revalidate(e) => {
+                self.counters.stale_revalidating.inc();
+                let refresh = (e.retry_after() <= now).then_some(false);
+                Triage::Answer(
+                    Lookup::new(e, Status::Stale(StaleReason::Revalidating)),
+                    refresh,
+                )
+            }
+            Found::FailSafe(e) if now < e.retry_after() => {
+                self.counters.stale_fail_safe.inc();
+                Triage::Answer(Lookup::new(e, Status::Stale(StaleReason::FailSafe)), None)
+            }
+            Found::FailSafe(e) => Triage::Load(Some(e)),
+            Found::Absent => Triage::Load(None),
+        }
+    }
+
+    fn count_refresh(&self, early: bool) {
+        self.counters.refreshes.inc();
+        if early {
+            self.counters.early_refreshes.inc();
         }
     }
 
@@ -448,10 +457,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         early: bool,
     ) {
         if let Role::Leader(f) = self.flights.join_or_register(key) {
-            self.counters.refreshes.inc();
-            if early {
-                self.counters.early_refreshes.inc();
-            }
+            self.count_refresh(early);
             self.spawn_load(vec![(key.to_owned(), f)], single(key, make()));
         }
     }

@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{advance, exact, namespace, settle};
+use common::{advance, exact, namespace, settle, spawn_load};
 use strata::{EarlyRefresh, Error, Fetched, Policy, StaleReason, Status, Tier};
 use strata_testkit::{Fault, FaultyLoader, Injected};
 
@@ -17,12 +17,7 @@ async fn single_flight_many_concurrent_misses_call_the_loader_once() {
     let src = FaultyLoader::new();
     src.set("k", 7);
     src.set_fault(Fault::Delay(Duration::from_millis(50)));
-    let tasks: Vec<_> = (0..2000)
-        .map(|_| {
-            let (ns, src) = (ns.clone(), src.clone());
-            tokio::spawn(async move { ns.try_get_or_load("k", || src.load("k")).await })
-        })
-        .collect();
+    let tasks: Vec<_> = (0..2000).map(|_| spawn_load(&ns, &src, "k")).collect();
     let mut statuses = std::collections::HashMap::new();
     for t in tasks {
         let l = t.await.unwrap().unwrap();
@@ -76,17 +71,9 @@ async fn leader_cancellation_does_not_fail_or_hang_waiters() {
     let src = FaultyLoader::new();
     src.set("k", 5);
     src.set_fault(Fault::Gate);
-    let leader = {
-        let (ns, src) = (ns.clone(), src.clone());
-        tokio::spawn(async move { ns.try_get_or_load("k", || src.load("k")).await })
-    };
+    let leader = spawn_load(&ns, &src, "k");
     settle().await;
-    let waiters: Vec<_> = (0..10)
-        .map(|_| {
-            let (ns, src) = (ns.clone(), src.clone());
-            tokio::spawn(async move { ns.try_get_or_load("k", || src.load("k")).await })
-        })
-        .collect();
+    let waiters: Vec<_> = (0..10).map(|_| spawn_load(&ns, &src, "k")).collect();
     settle().await;
     leader.abort();
     assert!(leader.await.unwrap_err().is_cancelled());
@@ -232,10 +219,7 @@ async fn tombstone_vs_late_fill() {
     let src = FaultyLoader::new();
     src.set("x", 42);
     src.set_fault(Fault::Gate);
-    let slow = {
-        let (ns, src) = (ns.clone(), src.clone());
-        tokio::spawn(async move { ns.try_get_or_load("x", || src.load("x")).await })
-    };
+    let slow = spawn_load(&ns, &src, "x");
     settle().await;
     src.set("x", 43);
     ns.invalidate("x");
@@ -260,10 +244,7 @@ async fn insert_vs_late_fill() {
     let src = FaultyLoader::new();
     src.set("k", 1);
     src.set_fault(Fault::Gate);
-    let slow = {
-        let (ns, src) = (ns.clone(), src.clone());
-        tokio::spawn(async move { ns.try_get_or_load("k", || src.load("k")).await })
-    };
+    let slow = spawn_load(&ns, &src, "k");
     settle().await;
     ns.insert("k", 2);
     src.release(1);
@@ -282,10 +263,7 @@ async fn invalidate_all_vs_late_fills() {
     src.set_fault(Fault::Gate);
     let loads: Vec<_> = ["a", "b"]
         .into_iter()
-        .map(|k| {
-            let (ns, src) = (ns.clone(), src.clone());
-            tokio::spawn(async move { ns.try_get_or_load(k, || src.load(k)).await })
-        })
+        .map(|k| spawn_load(&ns, &src, k))
         .collect();
     settle().await;
     ns.invalidate_all();
@@ -581,10 +559,7 @@ async fn get_or_load_many_passes_only_the_misses_to_one_batch_call() {
     ns.insert("k0", 100);
     // k1 is being loaded by someone else.
     src.set_fault(Fault::Gate);
-    let other = {
-        let (ns, src) = (ns.clone(), src.clone());
-        tokio::spawn(async move { ns.try_get_or_load("k1", || src.load("k1")).await })
-    };
+    let other = spawn_load(&ns, &src, "k1");
     settle().await;
     src.set_fault(Fault::None);
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata::{Cache, Namespace, Policy, PolicyBuilder, TokioClock};
+use strata::{Cache, Error, Lookup, Namespace, Policy, PolicyBuilder, TokioClock};
+use strata_testkit::FaultyLoader;
+use tokio::task::JoinHandle;
 
 /// A namespace named `t` with the given policy, on a fresh cache whose clock follows paused Tokio time.
 pub fn namespace<V: Send + Sync + 'static>(policy: Policy) -> Namespace<V> {
@@ -35,4 +37,14 @@ pub async fn settle() {
 pub async fn advance(d: Duration) {
     tokio::time::advance(d).await;
     settle().await;
+}
+
+/// Starts `get_or_load(key)` from `src` in its own task (so the test can interleave other steps with it).
+pub fn spawn_load(
+    ns: &Namespace<u32>,
+    src: &FaultyLoader<u32>,
+    key: &'static str,
+) -> JoinHandle<Result<Lookup<u32>, Error>> {
+    let (ns, src) = (ns.clone(), src.clone());
+    tokio::spawn(async move { ns.try_get_or_load(key, || src.load(key)).await })
 }
