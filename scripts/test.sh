@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Strata's whole test suite: formatting, lints, every test, the docs, and a smoke run of the scenario
-# benchmarks and the example. Works on a fresh Debian machine: it installs what is missing.
+# benchmarks and the example. Works on a fresh Debian machine: it installs and starts what is missing (Rust from
+# Debian if cargo is absent, redis-server). Set STRATA_REDIS_URL to use a Redis of your own.
 # CI calls exactly this script (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,8 +15,33 @@ need_cargo() {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo rustc rustfmt rust-clippy >/dev/null
 }
 
+# Answers PING on 127.0.0.1:6379 (bash's /dev/tcp: no redis-cli needed).
+redis_up() {
+  timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/6379 && printf "PING\r\n" >&3 && read -r line <&3 && [[ $line == +PONG* ]]' 2>/dev/null
+}
+
+need_redis() {
+  if [ -n "${STRATA_REDIS_URL:-}" ]; then
+    say "using Redis at STRATA_REDIS_URL=$STRATA_REDIS_URL (managed by you)"
+    return
+  fi
+  if redis_up; then say "Redis is running on 127.0.0.1:6379"; return; fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    say "redis-server not found: installing Debian's redis-server"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
+  say "starting redis-server on 127.0.0.1:6379"
+  mkdir -p /tmp/strata-redis
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /tmp/strata-redis --logfile /tmp/strata-redis/redis.log
+  for _ in $(seq 50); do redis_up && return; sleep 0.1; done
+  echo "Redis did not come up; see /tmp/strata-redis/redis.log" >&2
+  exit 1
+}
+
 need_cargo
 say "toolchain: $(cargo --version)"
+need_redis
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
@@ -37,6 +63,7 @@ line=$(cargo run --release --quiet -p strata-bench -- stampede)
 echo "$line"
 echo "$line" | grep -q ' loader_calls=1 ' || { echo "stampede: expected loader_calls=1" >&2; exit 1; }
 cargo run --release --quiet -p strata-bench -- xfetch --seconds 20
+cargo run --release --quiet -p strata-bench -- l2 --samples 2000
 cargo run --release --quiet --example black_friday -- --requests 2000
 
 say "all checks passed"

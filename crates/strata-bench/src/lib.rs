@@ -5,5 +5,6 @@
 #![allow(missing_docs)]
 
 pub mod l1;
+pub mod l2;
 pub mod stampede;
 pub mod xfetch;

@@ -31,6 +31,15 @@ enum Scenario {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// L2 read latency beside a raw Redis GET, same connection, same run.
+    L2 {
+        /// Redis URL.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// Reads of each kind.
+        #[arg(long, default_value_t = 20_000)]
+        samples: usize,
+    },
     /// L1 hit ratios, throughput and memory beside moka and quick_cache.
     L1 {
         /// Gets per thread in the throughput runs.
@@ -62,6 +71,19 @@ fn main() {
                 .build()
                 .expect("runtime");
             println!("{}", rt.block_on(strata_bench::xfetch::run(seconds)));
+        }
+        Scenario::L2 { redis, samples } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            match rt.block_on(strata_bench::l2::run(&redis, samples)) {
+                Ok(report) => println!("{report}"),
+                Err(e) => {
+                    eprintln!("l2: {e}");
+                    std::process::exit(1);
+                }
+            }
         }
         Scenario::L1 { ops, only } => {
             let run = |section: &str| only.as_deref().is_none_or(|o| o == section);

@@ -76,6 +76,14 @@ pub enum Error {
         /// What was wrong with them.
         source: CodecError,
     },
+    /// A remote tier could not be reached or answered with an error.
+    #[error("the {tier} is unavailable: {message}")]
+    Unavailable {
+        /// Which tier.
+        tier: Tier,
+        /// What went wrong, with the address or command involved.
+        message: String,
+    },
     /// The named namespace was never configured.
     #[error("unknown namespace {0:?}")]
     UnknownNamespace(String),
@@ -93,7 +101,10 @@ pub enum Error {
 impl Error {
     /// Whether retrying the same operation later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Load { .. } | Error::Timeout { .. })
+        matches!(
+            self,
+            Error::Load { .. } | Error::Timeout { .. } | Error::Unavailable { .. }
+        )
     }
 
     /// The tier the error came from, when it came from one.
