@@ -21,10 +21,16 @@
 //! (and every stale answer says so in its [`Status`]).
 //!
 //! Every lookup returns a [`Lookup`]: the value with how it was obtained ([`Status`]).
+//!
+//! Building blocks for the shared tier, tested on their own and wired into the read path with L2:
+//! [`hotkeys::HotKeyDetector`] (HeavyKeeper top-k over tumbling windows) and [`breaker::CircuitBreaker`]
+//! (consecutive-failure breaker with a single half-open probe).
 
+pub mod breaker;
 mod cache;
 mod entry;
 mod flight;
+pub mod hotkeys;
 pub mod l1;
 mod lookup;
 mod namespace;
