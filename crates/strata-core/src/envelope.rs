@@ -4,10 +4,12 @@
 //!
 //! ```text
 //! magic "ST" | format u8 | flags u8 | created_at u64 | fresh_until u64 | stale_until u64 | delta_ms u32
+//! flags: 1 negative, 2 has version, 4 has etag, 8 lz4, 16 tombstone
 //! [version u64]                         if flags & HAS_VERSION
 //! tag_count u16, (len u16, utf-8)*      tags
 //! [len u16, utf-8]                      etag, if flags & HAS_ETAG
-//! raw_len u32 | stored_len u32 | bytes  the value; lz4 block if flags & LZ4 (absent for negative entries)
+//! raw_len u32 | stored_len u32 | bytes  the value; lz4 block if flags & LZ4 (absent for negative entries and
+//!                                       tombstones)
 //! crc32 u32                             over everything before it
 //! ```
 //!
@@ -28,7 +30,9 @@ const FLAG_NEGATIVE: u8 = 1 << 0;
 const FLAG_HAS_VERSION: u8 = 1 << 1;
 const FLAG_HAS_ETAG: u8 = 1 << 2;
 const FLAG_LZ4: u8 = 1 << 3;
-const KNOWN_FLAGS: u8 = FLAG_NEGATIVE | FLAG_HAS_VERSION | FLAG_HAS_ETAG | FLAG_LZ4;
+const FLAG_TOMBSTONE: u8 = 1 << 4;
+const KNOWN_FLAGS: u8 =
+    FLAG_NEGATIVE | FLAG_HAS_VERSION | FLAG_HAS_ETAG | FLAG_LZ4 | FLAG_TOMBSTONE;
 const HEADER_LEN: usize = 2 + 1 + 1 + 8 + 8 + 8 + 4;
 
 /// Whether an envelope carries a value or records that the source has none.
@@ -38,6 +42,8 @@ pub enum EnvelopeKind {
     Value(Vec<u8>),
     /// The source said the key does not exist (negative caching).
     Absent,
+    /// The key was invalidated: read as absent; until `stale_until`, fills older than it are refused.
+    Tombstone,
 }
 
 /// When values are compressed.
@@ -126,6 +132,10 @@ impl Envelope {
         let (value, raw_len): (Option<std::borrow::Cow<'_, [u8]>>, usize) = match &self.kind {
             EnvelopeKind::Absent => {
                 flags |= FLAG_NEGATIVE;
+                (None, 0)
+            }
+            EnvelopeKind::Tombstone => {
+                flags |= FLAG_TOMBSTONE;
                 (None, 0)
             }
             EnvelopeKind::Value(v) => {
@@ -226,8 +236,13 @@ impl Envelope {
         } else {
             None
         };
+        if flags & FLAG_NEGATIVE != 0 && flags & FLAG_TOMBSTONE != 0 {
+            return Err(CodecError::UnknownFlags(flags));
+        }
         let kind = if flags & FLAG_NEGATIVE != 0 {
             EnvelopeKind::Absent
+        } else if flags & FLAG_TOMBSTONE != 0 {
+            EnvelopeKind::Tombstone
         } else {
             let raw_len = r.u32("value length")? as usize;
             let stored_len = r.u32("stored length")? as usize;

@@ -10,9 +10,15 @@
 //! issued while the manager reconnects wait for the reconnect: no caller waits past its timeout.
 //!
 //! # Storage
-//! An entry is the [`Envelope`] encoding under `{prefix}:{namespace}:{key}` with a Redis TTL equal to the envelope's
-//! remaining `stale_until`, so Redis drops an entry exactly when no tier may serve it any more. Values at or above
-//! the namespace's compression threshold are lz4-compressed by the envelope codec.
+//! An entry is `stamp | envelope` under `{prefix}:{namespace:key}` (hash-tagged, so the entry and its lease
+//! `…:lease` share a Cluster slot) with a Redis TTL equal to the envelope's remaining `stale_until`, so Redis drops
+//! an entry exactly when no tier may serve it any more. `stamp` is the server time of the write; see [`fence`] for
+//! how fills, writes and invalidations are ordered by it and by versions. Values at or above the namespace's
+//! compression threshold are lz4-compressed by the envelope codec.
+//!
+//! # Leases
+//! [`RedisL2::try_lease`] takes `SET lease token NX PX ttl`; the holder loads and fills with its token; an
+//! invalidation deletes the lease, so the holder's fill is refused; a dead holder's lease expires.
 //!
 //! # Bad bytes
 //! Bytes that do not decode (corrupt, truncated, another program's value under our key) are a miss and a count in
@@ -24,7 +30,11 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
-use strata_core::{Compression, Envelope, Error, Tier, UnixMillis};
+use strata_core::{Compression, Envelope, EnvelopeKind, Error, Tier, UnixMillis};
+
+pub mod fence;
+
+const STAMP_LEN: usize = 8;
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -68,12 +78,47 @@ struct Counters {
     timeouts: AtomicU64,
 }
 
+/// What became of a fill or write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillOutcome {
+    /// Stored.
+    Stored,
+    /// Refused: the fill's lease was voided (by an invalidation) or expired.
+    LeaseLost,
+    /// Refused: a tombstone or a newer entry is stored (see [`fence`]).
+    Superseded,
+}
+
+/// An entry as stored: the envelope and the server time it was written at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamped {
+    /// The envelope (a value, a negative entry or a tombstone).
+    pub envelope: Envelope,
+    /// Redis server time of the write, in ms.
+    pub stamp: UnixMillis,
+}
+
+/// A lease on one key: proof that this node may load it and fill L2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseToken(String);
+
+/// The fence a load's fill carries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fence<'a> {
+    /// Server time returned by the lookup that preceded the load; `None` if unknown (then the fill never
+    /// overwrites a stamped entry).
+    pub started_at: Option<UnixMillis>,
+    /// The lease under which the load ran, if any.
+    pub lease: Option<&'a LeaseToken>,
+}
+
 /// A client of the shared tier. Cheap to clone; clones share the connection and counters.
 #[derive(Clone)]
 pub struct RedisL2 {
     conn: ConnectionManager,
     options: Arc<L2Options>,
     counters: Arc<Counters>,
+    scripts: Arc<fence::Scripts>,
     url: Arc<str>,
 }
 
@@ -116,23 +161,28 @@ impl RedisL2 {
             conn,
             options: Arc::new(options),
             counters: Arc::new(Counters::default()),
+            scripts: Arc::new(fence::Scripts::new()),
             url: url.into(),
         })
     }
 
     /// The Redis key of `key` in `namespace`.
     pub fn redis_key(&self, namespace: &str, key: &str) -> String {
-        format!("{}:{namespace}:{key}", self.options.prefix)
+        format!("{}:{{{namespace}:{key}}}", self.options.prefix)
     }
 
-    /// The entry under `key`, if Redis holds a decodable one.
+    fn lease_key(&self, namespace: &str, key: &str) -> String {
+        format!("{}:lease", self.redis_key(namespace, key))
+    }
+
+    /// The entry under `key`, if Redis holds a decodable one (tombstones included: check the kind).
     pub async fn get(&self, namespace: &str, key: &str) -> Result<Option<Envelope>, Error> {
         let rkey = self.redis_key(namespace, key);
         let mut conn = self.conn.clone();
         let bytes: Option<Vec<u8>> = self
             .call("GET", async move { conn.get(rkey).await })
             .await?;
-        Ok(self.decode(bytes))
+        Ok(self.decode(bytes).map(|s| s.envelope))
     }
 
     /// The entries under `keys`, in order, with one `MGET`.
@@ -151,11 +201,68 @@ impl RedisL2 {
                 redis::cmd("MGET").arg(rkeys).query_async(&mut conn).await
             })
             .await?;
-        Ok(values.into_iter().map(|v| self.decode(v)).collect())
+        Ok(values
+            .into_iter()
+            .map(|v| self.decode(v).map(|s| s.envelope))
+            .collect())
     }
 
-    /// Stores an entry until its `stale_until`. An entry already past it is not stored (and any older one is
-    /// removed, so it cannot outlive the write).
+    /// The entry under `key` with its write stamp, and the server time now: the `started_at` of a load that
+    /// follows this lookup.
+    pub async fn lookup(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<(Option<Stamped>, UnixMillis), Error> {
+        let rkey = self.redis_key(namespace, key);
+        let mut conn = self.conn.clone();
+        let script = self.scripts.lookup.clone();
+        let (bytes, now): (Option<Vec<u8>>, u64) = self
+            .call("LOOKUP", async move {
+                script.key(rkey).invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok((self.decode(bytes), now))
+    }
+
+    /// Stores a load's result under its [`Fence`]; see [`fence`] for when it is refused.
+    pub async fn fill(
+        &self,
+        namespace: &str,
+        key: &str,
+        envelope: &Envelope,
+        compression: Compression,
+        now: UnixMillis,
+        fence: Fence<'_>,
+    ) -> Result<FillOutcome, Error> {
+        let started = fence.started_at.map_or(0, |t| t as i64);
+        self.store(
+            namespace,
+            key,
+            envelope,
+            compression,
+            now,
+            started,
+            fence.lease,
+        )
+        .await
+    }
+
+    /// Stores a write (write-through, explicit insert): refused only by a greater stored version.
+    pub async fn write(
+        &self,
+        namespace: &str,
+        key: &str,
+        envelope: &Envelope,
+        compression: Compression,
+        now: UnixMillis,
+    ) -> Result<FillOutcome, Error> {
+        self.store(namespace, key, envelope, compression, now, -1, None)
+            .await
+    }
+
+    /// Stores an entry until its `stale_until` ([`write`](Self::write) semantics). An entry already past it is not
+    /// stored, and any older one is removed so it cannot outlive the write.
     pub async fn set(
         &self,
         namespace: &str,
@@ -163,11 +270,28 @@ impl RedisL2 {
         envelope: &Envelope,
         compression: Compression,
         now: UnixMillis,
-    ) -> Result<(), Error> {
-        let rkey = self.redis_key(namespace, key);
+    ) -> Result<FillOutcome, Error> {
+        if envelope.stale_until <= now {
+            self.delete(namespace, key).await?;
+            return Ok(FillOutcome::Superseded);
+        }
+        self.write(namespace, key, envelope, compression, now).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store(
+        &self,
+        namespace: &str,
+        key: &str,
+        envelope: &Envelope,
+        compression: Compression,
+        now: UnixMillis,
+        started_at: i64,
+        lease: Option<&LeaseToken>,
+    ) -> Result<FillOutcome, Error> {
         let ttl_ms = envelope.stale_until.saturating_sub(now);
         if ttl_ms == 0 {
-            return self.delete(namespace, key).await;
+            return Ok(FillOutcome::Superseded);
         }
         let bytes = envelope
             .encode(compression)
@@ -175,11 +299,107 @@ impl RedisL2 {
                 tier: Tier::L2,
                 source,
             })?;
+        let (rkey, lkey) = (
+            self.redis_key(namespace, key),
+            self.lease_key(namespace, key),
+        );
+        let version = envelope
+            .version
+            .map_or(-1, |v| v.min(i64::MAX as u64) as i64);
+        let token = lease.map_or(String::new(), |t| t.0.clone());
         let mut conn = self.conn.clone();
-        self.call("SET", async move {
-            conn.pset_ex::<_, _, ()>(rkey, bytes, ttl_ms).await
+        let script = self.scripts.fill.clone();
+        let code: i64 = self
+            .call("FILL", async move {
+                script
+                    .key(rkey)
+                    .key(lkey)
+                    .arg(bytes)
+                    .arg(ttl_ms)
+                    .arg(started_at)
+                    .arg(version)
+                    .arg(token)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(match code {
+            1 => FillOutcome::Stored,
+            0 => FillOutcome::LeaseLost,
+            _ => FillOutcome::Superseded,
+        })
+    }
+
+    /// Invalidates `key`: a tombstone (with `version`, the source's version after the change, if known) that
+    /// refuses older fills for `hold_off`, and the key's lease is voided. Returns the tombstone's server time.
+    pub async fn invalidate(
+        &self,
+        namespace: &str,
+        key: &str,
+        version: Option<u64>,
+        hold_off: Duration,
+        now: UnixMillis,
+    ) -> Result<UnixMillis, Error> {
+        let hold_ms = (hold_off.as_millis() as u64).max(1);
+        let tomb = Envelope {
+            created_at: now,
+            fresh_until: now,
+            stale_until: now + hold_ms,
+            version,
+            tags: Vec::new(),
+            delta_ms: 0,
+            etag: None,
+            kind: EnvelopeKind::Tombstone,
+        };
+        let bytes = tomb
+            .encode(Compression::None)
+            .map_err(|source| Error::Corrupt {
+                tier: Tier::L2,
+                source,
+            })?;
+        let (rkey, lkey) = (
+            self.redis_key(namespace, key),
+            self.lease_key(namespace, key),
+        );
+        let mut conn = self.conn.clone();
+        let script = self.scripts.invalidate.clone();
+        self.call("INVALIDATE", async move {
+            script
+                .key(rkey)
+                .key(lkey)
+                .arg(bytes)
+                .arg(hold_ms)
+                .invoke_async(&mut conn)
+                .await
         })
         .await
+    }
+
+    /// Takes the key's lease for `ttl` if nobody holds it.
+    pub async fn try_lease(
+        &self,
+        namespace: &str,
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<LeaseToken>, Error> {
+        let token = format!("{:032x}", rand::random::<u128>());
+        let lkey = self.lease_key(namespace, key);
+        let ttl_ms = (ttl.as_millis() as u64).max(1);
+        let mut conn = self.conn.clone();
+        let t = token.clone();
+        let ok: Option<String> = self
+            .call("SET NX", async move {
+                redis::cmd("SET")
+                    .arg(lkey)
+                    .arg(t)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(ok.map(|_| LeaseToken(token)))
     }
 
     /// Removes the entry under `key`.
@@ -207,9 +427,18 @@ impl RedisL2 {
         }
     }
 
-    fn decode(&self, bytes: Option<Vec<u8>>) -> Option<Envelope> {
+    fn decode(&self, bytes: Option<Vec<u8>>) -> Option<Stamped> {
         let c = &self.counters;
-        match bytes.map(|b| Envelope::decode(&b)) {
+        let parsed = bytes.map(|b| {
+            if b.len() < STAMP_LEN {
+                return Err(());
+            }
+            let stamp = u64::from_le_bytes(b[..STAMP_LEN].try_into().expect("8 bytes"));
+            Envelope::decode(&b[STAMP_LEN..])
+                .map(|envelope| Stamped { envelope, stamp })
+                .map_err(|_| ())
+        });
+        match parsed {
             None => {
                 c.misses.fetch_add(1, Ordering::Relaxed);
                 None

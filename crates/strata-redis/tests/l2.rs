@@ -2,82 +2,15 @@
 //! its own key prefix, so tests run in parallel without seeing each other's data. A missing Redis fails every
 //! test loudly at connect.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod common;
 
+use std::time::Duration;
+
+use common::{envelope, l2, now_ms, prefix, redis_addr};
 use redis::AsyncCommands;
-use strata_core::{Compression, Envelope, EnvelopeKind, Error, Tier};
+use strata_core::{Compression, EnvelopeKind, Error, Tier};
 use strata_redis::{L2Options, RedisL2};
 use strata_testkit::proxy::{FaultProxy, LinkMode};
-
-fn redis_url() -> String {
-    std::env::var("STRATA_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn redis_addr() -> SocketAddr {
-    let url = redis_url();
-    let host_port = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    host_port
-        .parse()
-        .expect("STRATA_REDIS_URL host:port must be an IP address and port")
-}
-
-/// A prefix unique to this test run and call.
-fn prefix(test: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "strata-test:{test}:{}:{nanos}:{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-async fn l2(test: &str) -> RedisL2 {
-    RedisL2::connect(
-        &redis_url(),
-        L2Options {
-            prefix: prefix(test),
-            ..L2Options::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "Redis must be running for these tests ({}): {e}",
-            redis_url()
-        )
-    })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-fn envelope(value: &[u8], now: u64, stale_in_ms: u64) -> Envelope {
-    Envelope {
-        created_at: now,
-        fresh_until: now + stale_in_ms / 2,
-        stale_until: now + stale_in_ms,
-        version: Some(7),
-        tags: vec!["t1".into()],
-        delta_ms: 12,
-        etag: None,
-        kind: EnvelopeKind::Value(value.to_vec()),
-    }
-}
 
 #[tokio::test]
 async fn round_trip_keeps_the_envelope_and_expires_at_stale_until() {
