@@ -93,6 +93,9 @@ pub enum Error {
     /// A namespace with this name is already registered.
     #[error("namespace {0:?} is already registered")]
     NamespaceExists(String),
+    /// The operation does not fit the object's state (says which).
+    #[error("invalid state: {0}")]
+    InvalidState(&'static str),
     /// A policy knob has an invalid value.
     #[error(transparent)]
     InvalidPolicy(#[from] crate::policy::PolicyError),

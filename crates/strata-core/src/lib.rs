@@ -8,13 +8,16 @@
 //!   so tests can drive time deterministically.
 //! - [`error`]: what failed, in which tier, and whether a retry may help.
 //! - [`fetched`]: what a source returns for one key (value or absence, with its version and tags).
+//! - [`bus`]: the invalidation messages nodes exchange, JSON on the wire, validated on decode.
 
+pub mod bus;
 pub mod clock;
 pub mod envelope;
 pub mod error;
 pub mod fetched;
 pub mod policy;
 
+pub use bus::{BusError, BusMessage, Invalidation};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock, UnixMillis};
 pub use envelope::{CodecError, Compression, Envelope, EnvelopeKind};
 pub use error::{Error, SharedError, Tier};

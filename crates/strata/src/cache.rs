@@ -5,9 +5,14 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use std::sync::OnceLock;
+
+use futures::StreamExt;
 use parking_lot::RwLock;
 use strata_core::{Clock, Error, Policy, SystemClock};
+use tokio::sync::{mpsc, watch};
 
+use crate::bus::{Bus, BusCounters, BusEvent, BusListener, Publisher, Seen, SeqTracker};
 use crate::namespace::{ErasedNamespace, Namespace, Weigher};
 use crate::stats::{publish, NamespaceStats};
 
@@ -37,6 +42,8 @@ pub struct Cache {
 struct CacheInner {
     clock: Arc<dyn Clock>,
     namespaces: RwLock<HashMap<String, Registered>>,
+    node_id: String,
+    publisher: Arc<OnceLock<Arc<Publisher>>>,
 }
 
 struct Registered {
@@ -64,6 +71,120 @@ impl Cache {
     /// The cache's clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.clock
+    }
+
+    /// This node's id on the bus: random, new for every cache (so a restarted process is a new origin).
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// Makes this cache a node on `bus`: from now on its invalidations (`invalidate`, `invalidate_all`, `insert`)
+    /// are published in order, and other nodes' invalidations are applied to its L1. See [`crate::bus`] for the
+    /// delivery semantics. Must be called inside a Tokio runtime; fails if a bus is already attached.
+    pub fn attach_bus(&self, bus: Arc<dyn Bus>) -> Result<BusListener, Error> {
+        let (tx, mut queue) = mpsc::unbounded_channel();
+        self.inner
+            .publisher
+            .set(Arc::new(Publisher::new(self.inner.node_id.clone(), tx)))
+            .map_err(|_| Error::InvalidState("a bus is already attached to this cache"))?;
+        let counters = Arc::new(BusCounters::default());
+        let (stop, stop_rx) = watch::channel(false);
+        // Subscribe before returning, so nothing published after `attach_bus` is missed.
+        let mut events = bus.subscribe();
+        let publishing = {
+            let (bus, counters, mut stop) = (bus.clone(), counters.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        biased;
+                        m = queue.recv() => match m {
+                            Some(m) => publish_one(bus.as_ref(), &counters, m).await,
+                            None => break,
+                        },
+                        _ = stopped(&mut stop) => {
+                            while let Ok(m) = queue.try_recv() {
+                                publish_one(bus.as_ref(), &counters, m).await;
+                            }
+                            break;
+                        }
+                    }
+                }
+            })
+        };
+        let listening = {
+            let (cache, counters, mut stop) = (self.clone(), counters.clone(), stop_rx);
+            tokio::spawn(async move {
+                let mut tracker = SeqTracker::new(1024);
+                loop {
+                    tokio::select! {
+                        ev = events.next() => match ev {
+                            Some(ev) => cache.apply_bus_event(ev, &mut tracker, &counters),
+                            None => break,
+                        },
+                        _ = stopped(&mut stop) => break,
+                    }
+                }
+            })
+        };
+        Ok(BusListener {
+            stop,
+            tasks: vec![publishing, listening],
+            counters,
+        })
+    }
+
+    fn apply_bus_event(&self, ev: BusEvent, tracker: &mut SeqTracker, counters: &BusCounters) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match ev {
+            BusEvent::Message(m) => {
+                if m.origin == self.inner.node_id {
+                    counters.echoes.fetch_add(1, Relaxed);
+                    return;
+                }
+                match tracker.observe(&m.origin, m.seq) {
+                    Seen::Duplicate => {
+                        counters.duplicates.fetch_add(1, Relaxed);
+                        return;
+                    }
+                    Seen::Gap { .. } => {
+                        counters.gaps.fetch_add(1, Relaxed);
+                        self.flush_all_local();
+                    }
+                    Seen::First | Seen::InOrder => {}
+                }
+                match self.erased(&m.namespace) {
+                    Ok(ns) => {
+                        if ns.apply_remote(&m.what, m.version) {
+                            counters.tag_flushes.fetch_add(1, Relaxed);
+                        }
+                        counters.applied.fetch_add(1, Relaxed);
+                    }
+                    Err(_) => {
+                        counters.unknown_namespace.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            BusEvent::Gap { .. } => {
+                counters.gaps.fetch_add(1, Relaxed);
+                self.flush_all_local();
+            }
+            BusEvent::Malformed(_) => {
+                counters.malformed.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn flush_all_local(&self) {
+        let all: Vec<Arc<dyn ErasedNamespace>> = self
+            .inner
+            .namespaces
+            .read()
+            .values()
+            .map(|r| r.erased.clone())
+            .collect();
+        for ns in all {
+            ns.flush_local();
+        }
     }
 
     /// Starts registering a namespace holding values of type `V`.
@@ -140,6 +261,20 @@ impl Cache {
     }
 }
 
+/// Resolves once `stop` is set. The `watch` guard is dropped here, not held by the caller across awaits.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn publish_one(bus: &dyn Bus, counters: &BusCounters, m: strata_core::BusMessage) {
+    let c = if bus.publish(m).await.is_ok() {
+        &counters.published
+    } else {
+        &counters.publish_errors
+    };
+    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Builds a [`Cache`].
 #[must_use]
 pub struct CacheBuilder {
@@ -159,6 +294,8 @@ impl CacheBuilder {
             inner: Arc::new(CacheInner {
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
                 namespaces: RwLock::new(HashMap::new()),
+                node_id: format!("node-{:016x}", rand::random::<u64>()),
+                publisher: Arc::new(OnceLock::new()),
             }),
         }
     }
@@ -200,6 +337,7 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
             self.policy,
             self.cache.inner.clock.clone(),
             self.weigher,
+            self.cache.inner.publisher.clone(),
         );
         map.insert(
             self.name,

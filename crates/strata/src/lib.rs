@@ -27,6 +27,7 @@
 //! (consecutive-failure breaker with a single half-open probe).
 
 pub mod breaker;
+pub mod bus;
 mod cache;
 mod entry;
 mod flight;

@@ -25,7 +25,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use strata_core::{Clock, EarlyRefresh, Error, Fetched, Policy, SharedError, Tier, UnixMillis};
+use strata_core::{
+    Clock, EarlyRefresh, Error, Fetched, Invalidation, Policy, SharedError, Tier, UnixMillis,
+};
+
+use crate::bus::Publisher;
 
 use crate::entry::{Entry, EntryKind};
 use crate::flight::{poison_locked, remove_locked, Flight, Flights, Outcome, Role};
@@ -69,6 +73,8 @@ pub(crate) struct Inner<V> {
     counters: Counters,
     weigher: Weigher<V>,
     load_seconds: metrics::Histogram,
+    /// Set once the cache is attached to a bus: this node's writes are published through it.
+    publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
 }
 
 /// What L1 holds for a key, classified against the policy at one instant.
@@ -106,6 +112,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         policy: Policy,
         clock: Arc<dyn Clock>,
         weigher: Weigher<V>,
+        publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
     ) -> Self {
         let l1 = policy.l1.enabled.then(|| L1::new(&policy.l1));
         let load_seconds = metrics::histogram!("strata_load_seconds", "namespace" => name.clone());
@@ -119,6 +126,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 counters: Counters::default(),
                 weigher,
                 load_seconds,
+                publisher,
             }),
         }
     }
@@ -165,7 +173,9 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         keys.into_iter().map(|k| self.get(k)).collect()
     }
 
-    /// Stores a value (a write the caller knows to be current). Any load of the key under way will not fill.
+    /// Stores a value: a *write* the caller knows to be current (write-through). Any load of the key under way
+    /// will not fill, and with a bus attached the other nodes drop their copies. To cache a value just read from
+    /// the source, use [`get_or_load`](Self::get_or_load), which fills without telling anyone.
     pub fn insert(&self, key: impl Into<String>, value: V) {
         self.insert_fetched(key, Fetched::value(value));
     }
@@ -176,10 +186,15 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         let inner = &*self.inner;
         let key = key.into();
         inner.counters.inserts.inc();
+        let version = fetched.version;
         let entry = Arc::new(inner.make_entry(&key, fetched, Duration::ZERO));
         let mut shard = inner.flights.lock(&key);
         poison_locked(&mut shard, &key);
-        inner.fill_locked(&key, entry)
+        let stored = inner.fill_locked(&key, entry);
+        if stored {
+            inner.publish(Invalidation::Set { key: key.clone() }, version);
+        }
+        stored
     }
 
     /// Invalidates a key: later reads load anew, and a load that began before this call cannot put its (older)
@@ -196,13 +211,8 @@ impl<V: Send + Sync + 'static> Namespace<V> {
 
     /// Invalidates every key of the namespace, including loads under way.
     pub fn invalidate_all(&self) {
-        let inner = &*self.inner;
-        inner.counters.invalidations.inc();
-        inner.flights.poison_all(|| {
-            if let Some(l1) = &inner.l1 {
-                l1.clear();
-            }
-        });
+        self.inner.invalidate_all_local();
+        self.inner.publish(Invalidation::Clear, None);
     }
 
     /// Returns the cached value or loads it with `loader`, coalescing concurrent loads of the key. The loader
@@ -560,6 +570,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     fn invalidate(&self, key: &str, version: Option<u64>) {
+        self.invalidate_key(key, version, true);
+    }
+
+    /// Tombstones `key` locally; publishes the invalidation when `publish` (a local write) and a bus is attached.
+    /// The publish happens under the key's lock, so messages about one key leave in the order of the writes.
+    fn invalidate_key(&self, key: &str, version: Option<u64>, publish: bool) {
         self.counters.invalidations.inc();
         let now = self.clock.now();
         let mut shard = self.flights.lock(key);
@@ -570,6 +586,29 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 key.to_owned(),
                 Arc::new(Entry::tombstone(key, now, hold, version)),
             );
+        }
+        if publish {
+            self.publish(
+                Invalidation::Delete {
+                    key: key.to_owned(),
+                },
+                version,
+            );
+        }
+    }
+
+    fn invalidate_all_local(&self) {
+        self.counters.invalidations.inc();
+        self.flights.poison_all(|| {
+            if let Some(l1) = &self.l1 {
+                l1.clear();
+            }
+        });
+    }
+
+    fn publish(&self, what: Invalidation, version: Option<u64>) {
+        if let Some(p) = self.publisher.get() {
+            p.send(&self.name, what, version, self.clock.now());
         }
     }
 
@@ -684,6 +723,11 @@ pub(crate) trait ErasedNamespace: Send + Sync {
     fn invalidate(&self, key: &str);
     fn invalidate_all(&self);
     fn stats(&self) -> NamespaceStats;
+    /// Applies another node's invalidation without publishing it again. Returns `true` when a tag invalidation
+    /// had to flush the namespace.
+    fn apply_remote(&self, what: &Invalidation, version: Option<u64>) -> bool;
+    /// Drops every entry without publishing (a bus gap).
+    fn flush_local(&self);
 }
 
 impl<V: Send + Sync + 'static> ErasedNamespace for Namespace<V> {
@@ -695,6 +739,26 @@ impl<V: Send + Sync + 'static> ErasedNamespace for Namespace<V> {
     }
     fn stats(&self) -> NamespaceStats {
         self.inner.stats()
+    }
+    fn apply_remote(&self, what: &Invalidation, version: Option<u64>) -> bool {
+        match what {
+            Invalidation::Delete { key } | Invalidation::Set { key } => {
+                self.inner.invalidate_key(key, version, false);
+                false
+            }
+            Invalidation::Clear => {
+                self.inner.invalidate_all_local();
+                false
+            }
+            // Tag barriers are not built yet: dropping the whole namespace is the safe answer.
+            Invalidation::Tag { .. } => {
+                self.inner.invalidate_all_local();
+                true
+            }
+        }
+    }
+    fn flush_local(&self) {
+        self.inner.invalidate_all_local();
     }
 }
 

@@ -1,0 +1,215 @@
+//! Nodes on a bus: invalidations reach other nodes' L1; echoes, duplicates, gaps, malformed messages and unknown
+//! namespaces are handled as `strata::bus` documents.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use strata::bus::{Bus, BusEvent, BusListener, InProcessBus};
+use strata::{Cache, Namespace};
+use strata_core::{BusError, BusMessage, Invalidation};
+use tokio::sync::broadcast;
+
+fn node(bus: Arc<dyn Bus>) -> (Cache, Namespace<u32>, BusListener) {
+    let cache = Cache::new();
+    let ns = cache.namespace::<u32>("price").build().unwrap();
+    let listener = cache.attach_bus(bus).unwrap();
+    (cache, ns, listener)
+}
+
+/// Waits (bounded) until `cond` holds.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test]
+async fn an_invalidation_on_one_node_reaches_the_others_and_not_back() {
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+    let (_a, price_a, bus_a) = node(bus.clone());
+    let (_b, price_b, bus_b) = node(bus.clone());
+    let (_c, price_c, bus_c) = node(bus);
+    // Loads fill without publishing (inserts are writes and would tell the other nodes).
+    for ns in [&price_a, &price_b, &price_c] {
+        ns.get_or_load("sku-1", || async { Some(99) })
+            .await
+            .unwrap();
+    }
+    price_a.invalidate("sku-1");
+    eventually("B and C drop sku-1", || {
+        price_b.get("sku-1").is_none() && price_c.get("sku-1").is_none()
+    })
+    .await;
+    eventually("A sees its echo", || bus_a.stats().echoes >= 1).await;
+    assert_eq!(bus_a.stats().applied, 0, "A applied its own message");
+    assert!(bus_b.stats().applied >= 1 && bus_c.stats().applied >= 1);
+    for l in [bus_a, bus_b, bus_c] {
+        l.close().await;
+    }
+}
+
+#[tokio::test]
+async fn inserts_and_namespace_clears_travel_too() {
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+    let (_a, price_a, bus_a) = node(bus.clone());
+    let (_b, price_b, bus_b) = node(bus);
+    price_b
+        .get_or_load("sku-1", || async { Some(99) })
+        .await
+        .unwrap();
+    price_b
+        .get_or_load("sku-2", || async { Some(10) })
+        .await
+        .unwrap();
+    // A writes a new price: B's copy of sku-1 must go (B reloads it), sku-2 stays.
+    price_a.insert("sku-1", 129);
+    eventually("B drops sku-1", || price_b.get("sku-1").is_none()).await;
+    assert_eq!(price_b.get("sku-2").unwrap().value(), Some(&10));
+    price_a.invalidate_all();
+    eventually("B drops everything", || price_b.get("sku-2").is_none()).await;
+    bus_a.close().await;
+    bus_b.close().await;
+}
+
+#[tokio::test]
+async fn close_publishes_what_is_queued() {
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+    let (_a, price_a, bus_a) = node(bus.clone());
+    let (_b, price_b, bus_b) = node(bus);
+    price_b
+        .get_or_load("k", || async { Some(1) })
+        .await
+        .unwrap();
+    price_a.invalidate("k");
+    bus_a.close().await;
+    eventually("B drops k after A closed", || price_b.get("k").is_none()).await;
+    bus_b.close().await;
+}
+
+/// A subscriber that falls behind the in-process bus's buffer has lost invalidations: it must flush its L1,
+/// including keys nobody mentioned.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lagging_node_flushes_its_l1() {
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::with_capacity(2));
+    let (_a, price_a, bus_a) = node(bus.clone());
+    let (_b, price_b, bus_b) = node(bus);
+    price_b.insert("untouched", 7);
+    // On one thread, nothing else runs until we await: A queues 50 invalidations, its publisher sends them all
+    // into a 2-slot buffer before B's listener reads any.
+    for i in 0..50 {
+        price_a.invalidate(&format!("k{i}"));
+    }
+    eventually("B detects the gap", || bus_b.stats().gaps >= 1).await;
+    assert!(
+        price_b.get("untouched").is_none(),
+        "B kept L1 entries after losing invalidations"
+    );
+    bus_a.close().await;
+    bus_b.close().await;
+}
+
+/// A transport that delivers exactly the events a test scripts.
+struct Scripted {
+    tx: broadcast::Sender<BusEvent>,
+}
+
+impl Bus for Scripted {
+    fn publish(&self, _msg: BusMessage) -> BoxFuture<'_, Result<(), strata::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn subscribe(&self) -> BoxStream<'static, BusEvent> {
+        futures::stream::unfold(self.tx.subscribe(), |mut rx| async move {
+            rx.recv().await.ok().map(|e| (e, rx))
+        })
+        .boxed()
+    }
+}
+
+fn from_other(seq: u64, namespace: &str, what: Invalidation) -> BusEvent {
+    BusEvent::Message(BusMessage {
+        namespace: namespace.into(),
+        what,
+        version: None,
+        origin: "node-other".into(),
+        seq,
+        ts: 0,
+    })
+}
+
+#[tokio::test]
+async fn duplicates_gaps_unknown_namespaces_malformed_and_tags() {
+    let (tx, _) = broadcast::channel(64);
+    let scripted = Arc::new(Scripted { tx: tx.clone() });
+    let (_n, price, listener) = node(scripted);
+    let del = |k: &str| Invalidation::Delete { key: k.into() };
+
+    price.insert("a", 1);
+    price.insert("b", 2);
+    tx.send(from_other(1, "price", del("a"))).unwrap();
+    eventually("a dropped", || price.get("a").is_none()).await;
+
+    // The same message again: a duplicate, dropped (b is untouched either way, so check the counter).
+    tx.send(from_other(1, "price", del("a"))).unwrap();
+    eventually("duplicate counted", || listener.stats().duplicates == 1).await;
+    assert!(price.get("b").is_some());
+
+    // Unknown namespace and malformed bytes: counted, skipped.
+    tx.send(from_other(2, "nope", del("x"))).unwrap();
+    tx.send(BusEvent::Malformed(BusError::Malformed("not json".into())))
+        .unwrap();
+    eventually("unknown and malformed counted", || {
+        let s = listener.stats();
+        s.unknown_namespace == 1 && s.malformed == 1
+    })
+    .await;
+    assert!(price.get("b").is_some(), "skipped messages must not flush");
+
+    // seq 5 after 2: messages 3 and 4 were lost, so everything is flushed.
+    price.insert("c", 3);
+    tx.send(from_other(5, "price", del("zzz"))).unwrap();
+    eventually("gap flushes L1", || {
+        price.get("b").is_none() && price.get("c").is_none()
+    })
+    .await;
+    assert_eq!(listener.stats().gaps, 1);
+
+    // A tag invalidation flushes the namespace until tag barriers exist.
+    price.insert("d", 4);
+    tx.send(from_other(
+        6,
+        "price",
+        Invalidation::Tag { tag: "tv".into() },
+    ))
+    .unwrap();
+    eventually("tag flush", || price.get("d").is_none()).await;
+    assert_eq!(listener.stats().tag_flushes, 1);
+
+    // The transport itself reports a loss.
+    price.insert("e", 5);
+    tx.send(BusEvent::Gap {
+        reason: "reconnected".into(),
+    })
+    .unwrap();
+    eventually("transport gap flushes", || price.get("e").is_none()).await;
+    assert_eq!(listener.stats().gaps, 2);
+    listener.close().await;
+}
+
+#[tokio::test]
+async fn a_second_bus_is_refused() {
+    let cache = Cache::new();
+    let first = cache.attach_bus(Arc::new(InProcessBus::new())).unwrap();
+    let err = cache
+        .attach_bus(Arc::new(InProcessBus::new()))
+        .err()
+        .expect("second attach must fail");
+    assert!(err.to_string().contains("already attached"), "{err}");
+    first.close().await;
+}
