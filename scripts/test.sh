@@ -64,6 +64,7 @@ echo "$line"
 echo "$line" | grep -q ' loader_calls=1 ' || { echo "stampede: expected loader_calls=1" >&2; exit 1; }
 cargo run --release --quiet -p strata-bench -- xfetch --seconds 20
 cargo run --release --quiet -p strata-bench -- l2 --samples 2000
+cargo run --release --quiet -p strata-bench -- invalidation --nodes 4 --samples 200
 cargo run --release --quiet --example black_friday -- --requests 2000
 
 say "all checks passed"

@@ -4,6 +4,7 @@
 
 #![allow(missing_docs)]
 
+pub mod invalidation;
 pub mod l1;
 pub mod l2;
 pub mod stampede;

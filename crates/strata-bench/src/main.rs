@@ -40,6 +40,18 @@ enum Scenario {
         #[arg(long, default_value_t = 20_000)]
         samples: usize,
     },
+    /// Time from an invalidation on one node to eviction on all others, through the Redis bus.
+    Invalidation {
+        /// Nodes.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Redis URL.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// Invalidations to time.
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+    },
     /// L1 hit ratios, throughput and memory beside moka and quick_cache.
     L1 {
         /// Gets per thread in the throughput runs.
@@ -81,6 +93,23 @@ fn main() {
                 Ok(report) => println!("{report}"),
                 Err(e) => {
                     eprintln!("l2: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Scenario::Invalidation {
+            nodes,
+            redis,
+            samples,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            match rt.block_on(strata_bench::invalidation::run(&redis, nodes, samples)) {
+                Ok(report) => println!("{report}"),
+                Err(e) => {
+                    eprintln!("invalidation: {e}");
                     std::process::exit(1);
                 }
             }

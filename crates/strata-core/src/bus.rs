@@ -9,9 +9,12 @@
 //! senders may add some). [`BusMessage::decode`] validates
 //! everything and returns a [`BusError`] naming the problem; a receiver counts and skips such messages.
 
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMillis;
+use crate::error::Error;
 
 /// The largest message accepted, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024;
@@ -110,6 +113,29 @@ impl BusMessage {
             _ => Ok(msg),
         }
     }
+}
+
+/// What a subscription yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusEvent {
+    /// A message.
+    Message(BusMessage),
+    /// Messages were lost (the transport says so); the receiver must assume anything changed.
+    Gap {
+        /// What the transport knows about the loss.
+        reason: String,
+    },
+    /// Bytes that are not a valid message (from transports that carry bytes).
+    Malformed(BusError),
+}
+
+/// A transport for invalidation messages. Implementations MUST deliver each node's messages in publish order
+/// or report a [`BusEvent::Gap`]; they may deliver duplicates.
+pub trait Bus: Send + Sync + 'static {
+    /// Sends one message; resolves when the transport has accepted it.
+    fn publish(&self, msg: BusMessage) -> BoxFuture<'_, Result<(), Error>>;
+    /// Messages published from now on.
+    fn subscribe(&self) -> BoxStream<'static, BusEvent>;
 }
 
 #[cfg(test)]

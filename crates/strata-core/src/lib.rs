@@ -17,7 +17,7 @@ pub mod error;
 pub mod fetched;
 pub mod policy;
 
-pub use bus::{BusError, BusMessage, Invalidation};
+pub use bus::{Bus, BusError, BusEvent, BusMessage, Invalidation};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock, UnixMillis};
 pub use envelope::{CodecError, Compression, Envelope, EnvelopeKind};
 pub use error::{Error, SharedError, Tier};

@@ -32,7 +32,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use strata_core::{Compression, Envelope, EnvelopeKind, Error, Tier, UnixMillis};
 
+pub mod bus;
 pub mod fence;
+
+pub use bus::{RedisBus, RedisBusOptions};
 
 const STAMP_LEN: usize = 8;
 

@@ -26,31 +26,9 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use strata_core::{BusError, BusMessage, Error, Invalidation};
+pub use strata_core::bus::{Bus, BusEvent};
+use strata_core::{BusMessage, Error, Invalidation};
 use tokio::sync::{broadcast, mpsc};
-
-/// What a subscription yields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BusEvent {
-    /// A message.
-    Message(BusMessage),
-    /// Messages were lost (the transport says so); the receiver must assume anything changed.
-    Gap {
-        /// What the transport knows about the loss.
-        reason: String,
-    },
-    /// Bytes that are not a valid message (from transports that carry bytes).
-    Malformed(BusError),
-}
-
-/// A transport for invalidation messages. Implementations MUST deliver each node's messages in publish order
-/// or report a [`BusEvent::Gap`]; they may deliver duplicates.
-pub trait Bus: Send + Sync + 'static {
-    /// Sends one message; resolves when the transport has accepted it.
-    fn publish(&self, msg: BusMessage) -> BoxFuture<'_, Result<(), Error>>;
-    /// Messages published from now on.
-    fn subscribe(&self) -> BoxStream<'static, BusEvent>;
-}
 
 /// The embedded-mode bus: a Tokio broadcast channel. A subscriber that falls more than `capacity` messages behind
 /// gets a [`BusEvent::Gap`].

@@ -1,0 +1,150 @@
+//! The Redis bus with real nodes: each test uses its own stream key.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{prefix, redis_addr, redis_url};
+use strata::bus::BusListener;
+use strata::{Cache, Namespace};
+use strata_redis::{RedisBus, RedisBusOptions};
+use strata_testkit::proxy::{FaultProxy, LinkMode};
+
+fn options(stream: &str) -> RedisBusOptions {
+    RedisBusOptions {
+        stream: stream.to_owned(),
+        heartbeat: Duration::from_millis(300),
+        ..RedisBusOptions::default()
+    }
+}
+
+async fn node(url: &str, stream: &str) -> (Cache, Namespace<u32>, BusListener) {
+    let bus = RedisBus::connect(url, options(stream))
+        .await
+        .unwrap_or_else(|e| panic!("Redis must be running for these tests ({url}): {e}"));
+    let cache = Cache::new();
+    let ns = cache.namespace::<u32>("price").build().unwrap();
+    let listener = cache.attach_bus(Arc::new(bus)).unwrap();
+    (cache, ns, listener)
+}
+
+async fn eventually(what: &str, within: Duration, cond: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if cond() {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("not within {within:?}: {what}");
+}
+
+async fn load(ns: &Namespace<u32>, key: &str, v: u32) {
+    ns.get_or_load(key, move || async move { Some(v) })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn invalidations_cross_nodes_through_redis() {
+    let stream = prefix("bus");
+    let (_a, price_a, bus_a) = node(&redis_url(), &stream).await;
+    let (_b, price_b, bus_b) = node(&redis_url(), &stream).await;
+    load(&price_a, "sku-1", 99).await;
+    load(&price_b, "sku-1", 99).await;
+    load(&price_b, "sku-2", 10).await;
+    price_a.invalidate("sku-1");
+    let took = eventually("B drops sku-1", Duration::from_secs(2), || {
+        price_b.get("sku-1").is_none()
+    })
+    .await;
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+    assert_eq!(price_b.get("sku-2").unwrap().value(), Some(&10));
+    price_a.invalidate_all();
+    eventually("B drops all", Duration::from_secs(2), || {
+        price_b.get("sku-2").is_none()
+    })
+    .await;
+    eventually("A hears its echoes", Duration::from_secs(2), || {
+        bus_a.stats().echoes >= 2
+    })
+    .await;
+    assert_eq!(bus_a.stats().applied, 0);
+    bus_a.close().await;
+    bus_b.close().await;
+}
+
+#[tokio::test]
+async fn a_malformed_stream_entry_is_counted_and_skipped() {
+    let stream = prefix("bus_malformed");
+    let (_b, price_b, bus_b) = node(&redis_url(), &stream).await;
+    load(&price_b, "k", 1).await;
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("m")
+        .arg("{oops")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("other")
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    eventually("malformed counted", Duration::from_secs(2), || {
+        bus_b.stats().malformed == 2
+    })
+    .await;
+    assert!(
+        price_b.get("k").is_some(),
+        "a malformed message must not flush"
+    );
+    bus_b.close().await;
+}
+
+/// A node whose link to Redis is cut misses invalidations: within a heartbeat (+ timeout) it must flush its L1,
+/// and after the link returns it receives invalidations again.
+#[tokio::test]
+async fn a_cut_link_flushes_within_a_heartbeat_and_recovers() {
+    let stream = prefix("bus_cut");
+    let proxy = FaultProxy::start(redis_addr()).await.unwrap();
+    let (_a, price_a, bus_a) = node(&redis_url(), &stream).await;
+    let (_b, price_b, bus_b) = node(&format!("redis://{}", proxy.addr()), &stream).await;
+    load(&price_b, "k", 1).await;
+    load(&price_b, "other", 2).await;
+    proxy.set_mode(LinkMode::Blackhole);
+    let cut_at = Instant::now();
+    eventually(
+        "B flushes after the link dies",
+        Duration::from_secs(3),
+        || price_b.get("other").is_none(),
+    )
+    .await;
+    let took = cut_at.elapsed();
+    // heartbeat 300 ms + timeout 250 ms, plus the read already in flight.
+    assert!(
+        took < Duration::from_millis(1_200),
+        "flushed only after {took:?}"
+    );
+    assert!(bus_b.stats().gaps >= 1);
+    proxy.set_mode(LinkMode::Cut);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.set_mode(LinkMode::Pass);
+    load(&price_b, "k", 1).await;
+    // Give B's reader time to reconnect (backoff ≤ heartbeat), then check invalidations flow again.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    price_a.invalidate("k");
+    eventually("B receives after recovery", Duration::from_secs(3), || {
+        price_b.get("k").is_none()
+    })
+    .await;
+    bus_a.close().await;
+    bus_b.close().await;
+}
