@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::StreamReadReply;
 use redis::AsyncConnectionConfig;
 use strata_core::{Bus, BusEvent, BusMessage, Error, Tier};
@@ -70,29 +70,10 @@ impl std::fmt::Debug for RedisBus {
     }
 }
 
-fn unavailable(message: String) -> Error {
-    Error::Unavailable {
-        tier: Tier::L2,
-        message,
-    }
-}
-
 impl RedisBus {
     /// Connects the publishing side; subscriptions open their own connections.
     pub async fn connect(url: &str, options: RedisBusOptions) -> Result<Self, Error> {
-        let client = redis::Client::open(url)
-            .map_err(|e| unavailable(format!("invalid Redis URL {url:?}: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.timeout))
-            .set_response_timeout(Some(options.timeout))
-            .set_number_of_retries(2);
-        let conn = tokio::time::timeout(
-            options.timeout * 2,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| unavailable(format!("connecting to {url} timed out")))?
-        .map_err(|e| unavailable(format!("connecting to {url}: {e}")))?;
+        let (client, conn) = crate::connect_manager(url, options.timeout).await?;
         Ok(Self {
             client,
             conn,
@@ -119,7 +100,7 @@ impl Bus for RedisBus {
                 .await
             {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(unavailable(format!("XADD on {}: {e}", self.url))),
+                Ok(Err(e)) => Err(crate::unavailable(format!("XADD on {}: {e}", self.url))),
                 Err(_) => Err(Error::Timeout {
                     tier: Tier::L2,
                     after: self.options.timeout,

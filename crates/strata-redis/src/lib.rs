@@ -81,6 +81,40 @@ struct Counters {
     timeouts: AtomicU64,
 }
 
+fn unavailable(message: String) -> Error {
+    Error::Unavailable {
+        tier: Tier::L2,
+        message,
+    }
+}
+
+/// Opens a client and a reconnecting multiplexed connection, bounded by `timeout` per call and twice that for
+/// the first connect; errors name the URL.
+pub(crate) async fn connect_manager(
+    url: &str,
+    timeout: Duration,
+) -> Result<(redis::Client, ConnectionManager), Error> {
+    let client = redis::Client::open(url)
+        .map_err(|e| unavailable(format!("invalid Redis URL {url:?}: {e}")))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2);
+    let conn = tokio::time::timeout(
+        timeout * 2,
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| {
+        unavailable(format!(
+            "connecting to {url} timed out after {:?}",
+            timeout * 2
+        ))
+    })?
+    .map_err(|e| unavailable(format!("connecting to {url}: {e}")))?;
+    Ok((client, conn))
+}
+
 /// What became of a fill or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FillOutcome {
@@ -138,28 +172,7 @@ impl RedisL2 {
     /// Connects to `url` (`redis://host:port/db`). Fails with [`Error::Unavailable`] naming the URL when the
     /// server cannot be reached within the timeout.
     pub async fn connect(url: &str, options: L2Options) -> Result<Self, Error> {
-        let unavailable = |message: String| Error::Unavailable {
-            tier: Tier::L2,
-            message,
-        };
-        let client = redis::Client::open(url)
-            .map_err(|e| unavailable(format!("invalid Redis URL {url:?}: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.timeout))
-            .set_response_timeout(Some(options.timeout))
-            .set_number_of_retries(2);
-        let conn = tokio::time::timeout(
-            options.timeout * 2,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| {
-            unavailable(format!(
-                "connecting to {url} timed out after {:?}",
-                options.timeout * 2
-            ))
-        })?
-        .map_err(|e| unavailable(format!("connecting to {url}: {e}")))?;
+        let (_, conn) = connect_manager(url, options.timeout).await?;
         Ok(Self {
             conn,
             options: Arc::new(options),

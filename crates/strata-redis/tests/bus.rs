@@ -59,7 +59,7 @@ async fn invalidations_cross_nodes_through_redis() {
         price_b.get("sku-1").is_none()
     })
     .await;
-    assert!(took < Duration::from_millis(500), "took {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
     assert_eq!(price_b.get("sku-2").unwrap().value(), Some(&10));
     price_a.invalidate_all();
     eventually("B drops all", Duration::from_secs(2), || {
@@ -128,11 +128,8 @@ async fn a_cut_link_flushes_within_a_heartbeat_and_recovers() {
     )
     .await;
     let took = cut_at.elapsed();
-    // heartbeat 300 ms + timeout 250 ms, plus the read already in flight.
-    assert!(
-        took < Duration::from_millis(1_200),
-        "flushed only after {took:?}"
-    );
+    // heartbeat 300 ms + timeout 250 ms, plus the read already in flight (~850 ms); 2 s leaves room for a busy CI.
+    assert!(took < Duration::from_secs(2), "flushed only after {took:?}");
     assert!(bus_b.stats().gaps >= 1);
     proxy.set_mode(LinkMode::Cut);
     tokio::time::sleep(Duration::from_millis(100)).await;
