@@ -13,7 +13,7 @@
 //!   missed, so the node flushes its L1 entirely: stale data is never kept on the hope that nothing important was
 //!   lost;
 //! - a malformed message or an unknown namespace is counted and skipped, never a crash;
-//! - a tag invalidation flushes the tag's namespace (conservative) until tag barriers exist.
+//! - a tag invalidation raises a tag barrier in its namespace (see `Namespace::invalidate_tag`).
 //!
 //! The publisher is an ordered queue drained by one task, so messages leave in sequence order even though
 //! `invalidate` is synchronous. The queue is unbounded for now; the per-key coalescing queue (newest wins) that
@@ -170,8 +170,8 @@ pub struct BusStats {
     pub malformed: u64,
     /// Messages for namespaces this node does not have.
     pub unknown_namespace: u64,
-    /// Tag invalidations applied as a namespace flush.
-    pub tag_flushes: u64,
+    /// Tag invalidations applied (as barriers).
+    pub tag_barriers: u64,
 }
 
 #[derive(Default)]
@@ -184,7 +184,7 @@ pub(crate) struct BusCounters {
     pub gaps: AtomicU64,
     pub malformed: AtomicU64,
     pub unknown_namespace: AtomicU64,
-    pub tag_flushes: AtomicU64,
+    pub tag_barriers: AtomicU64,
 }
 
 impl BusCounters {
@@ -199,7 +199,7 @@ impl BusCounters {
             gaps: g(&self.gaps),
             malformed: g(&self.malformed),
             unknown_namespace: g(&self.unknown_namespace),
-            tag_flushes: g(&self.tag_flushes),
+            tag_barriers: g(&self.tag_barriers),
         }
     }
 }

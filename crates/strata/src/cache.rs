@@ -155,7 +155,7 @@ impl Cache {
                 match self.erased(&m.namespace) {
                     Ok(ns) => {
                         if ns.apply_remote(&m.what, m.version) {
-                            counters.tag_flushes.fetch_add(1, Relaxed);
+                            counters.tag_barriers.fetch_add(1, Relaxed);
                         }
                         counters.applied.fetch_add(1, Relaxed);
                     }

@@ -26,6 +26,7 @@
 //! [`hotkeys::HotKeyDetector`] (HeavyKeeper top-k over tumbling windows) and [`breaker::CircuitBreaker`]
 //! (consecutive-failure breaker with a single half-open probe).
 
+mod barriers;
 pub mod breaker;
 pub mod bus;
 mod cache;

@@ -29,6 +29,7 @@ use strata_core::{
     Clock, EarlyRefresh, Error, Fetched, Invalidation, Policy, SharedError, Tier, UnixMillis,
 };
 
+use crate::barriers::TagBarriers;
 use crate::bus::Publisher;
 
 use crate::entry::{Entry, EntryKind};
@@ -70,6 +71,7 @@ pub(crate) struct Inner<V> {
     clock: Arc<dyn Clock>,
     l1: Option<L1<V>>,
     flights: Flights<V>,
+    barriers: TagBarriers,
     counters: Counters,
     weigher: Weigher<V>,
     load_seconds: metrics::Histogram,
@@ -115,6 +117,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
     ) -> Self {
         let l1 = policy.l1.enabled.then(|| L1::new(&policy.l1));
+        let barriers = TagBarriers::new(longest_life_ms(&policy));
         let load_seconds = metrics::histogram!("strata_load_seconds", "namespace" => name.clone());
         Self {
             inner: Arc::new(Inner {
@@ -123,6 +126,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 clock,
                 l1,
                 flights: Flights::new(),
+                barriers,
                 counters: Counters::default(),
                 weigher,
                 load_seconds,
@@ -157,7 +161,10 @@ impl<V: Send + Sync + 'static> Namespace<V> {
     pub fn get(&self, key: &str) -> Option<Lookup<V>> {
         let inner = &*self.inner;
         let hit = inner.l1.as_ref().and_then(|l1| l1.get(key)).and_then(|e| {
-            (e.kind != EntryKind::Tombstone && inner.clock.now() < e.fresh_until).then(|| {
+            let valid = e.kind != EntryKind::Tombstone
+                && inner.clock.now() < e.fresh_until
+                && !inner.barriers.blocks(&e.tags, e.created_at);
+            valid.then(|| {
                 let status = inner.hit_status(&e);
                 Lookup::new(e, status)
             })
@@ -207,6 +214,19 @@ impl<V: Send + Sync + 'static> Namespace<V> {
     /// refused while the tombstone lives.
     pub fn invalidate_version(&self, key: &str, version: u64) {
         self.inner.invalidate(key, Some(version));
+    }
+
+    /// Invalidates every entry tagged `tag` (its [`Fetched::tags`]): they read as absent from now on, and loads
+    /// under way in the namespace will not fill (their tags are not known until they finish). Published to the
+    /// other nodes when a bus is attached.
+    pub fn invalidate_tag(&self, tag: &str) {
+        self.inner.invalidate_tag_local(tag);
+        self.inner.publish(
+            Invalidation::Tag {
+                tag: tag.to_owned(),
+            },
+            None,
+        );
     }
 
     /// Invalidates every key of the namespace, including loads under way.
@@ -387,7 +407,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let Some(e) = self.l1.as_ref().and_then(|l1| l1.get(key)) else {
             return Found::Absent;
         };
-        if e.kind == EntryKind::Tombstone || now >= e.stale_until {
+        if e.kind == EntryKind::Tombstone
+            || now >= e.stale_until
+            || self.barriers.blocks(&e.tags, e.created_at)
+        {
             Found::Absent
         } else if now < e.fresh_until {
             Found::Fresh(e)
@@ -597,6 +620,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
     }
 
+    fn invalidate_tag_local(&self, tag: &str) {
+        self.counters.invalidations.inc();
+        self.barriers.raise(tag, self.clock.now());
+        self.flights.poison_all(|| {});
+    }
+
     fn invalidate_all_local(&self) {
         self.counters.invalidations.inc();
         self.flights.poison_all(|| {
@@ -697,6 +726,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 }
 
+/// The longest an entry of this policy can live: how long a tag barrier must be kept.
+fn longest_life_ms(policy: &Policy) -> u64 {
+    let fresh = millis(policy.ttl.mul_f64(1.0 + policy.jitter)).max(millis(policy.negative_ttl));
+    fresh + millis(policy.retain_after_fresh()) + 1_000
+}
+
 fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
@@ -723,8 +758,7 @@ pub(crate) trait ErasedNamespace: Send + Sync {
     fn invalidate(&self, key: &str);
     fn invalidate_all(&self);
     fn stats(&self) -> NamespaceStats;
-    /// Applies another node's invalidation without publishing it again. Returns `true` when a tag invalidation
-    /// had to flush the namespace.
+    /// Applies another node's invalidation without publishing it again. Returns `true` for a tag invalidation.
     fn apply_remote(&self, what: &Invalidation, version: Option<u64>) -> bool;
     /// Drops every entry without publishing (a bus gap).
     fn flush_local(&self);
@@ -750,9 +784,8 @@ impl<V: Send + Sync + 'static> ErasedNamespace for Namespace<V> {
                 self.inner.invalidate_all_local();
                 false
             }
-            // Tag barriers are not built yet: dropping the whole namespace is the safe answer.
-            Invalidation::Tag { .. } => {
-                self.inner.invalidate_all_local();
+            Invalidation::Tag { tag } => {
+                self.inner.invalidate_tag_local(tag);
                 true
             }
         }

@@ -180,16 +180,21 @@ async fn duplicates_gaps_unknown_namespaces_malformed_and_tags() {
     .await;
     assert_eq!(listener.stats().gaps, 1);
 
-    // A tag invalidation flushes the namespace until tag barriers exist.
-    price.insert("d", 4);
+    // A tag invalidation drops the entries carrying the tag, and only those.
+    price.insert_fetched("d", strata::Fetched::value(4).with_tags(["tv"]));
+    price.insert("plain", 6);
     tx.send(from_other(
         6,
         "price",
         Invalidation::Tag { tag: "tv".into() },
     ))
     .unwrap();
-    eventually("tag flush", || price.get("d").is_none()).await;
-    assert_eq!(listener.stats().tag_flushes, 1);
+    eventually("tagged entry dropped", || price.get("d").is_none()).await;
+    assert!(
+        price.get("plain").is_some(),
+        "an untagged entry was dropped by a tag invalidation"
+    );
+    assert_eq!(listener.stats().tag_barriers, 1);
 
     // The transport itself reports a loss.
     price.insert("e", 5);

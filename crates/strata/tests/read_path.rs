@@ -666,3 +666,46 @@ async fn stats_count_each_outcome() {
     assert!(s.l1_bytes > 0 && s.l1_entries >= 1);
     assert!((s.hit_ratio() - 0.6).abs() < 1e-9, "{}", s.hit_ratio());
 }
+
+#[tokio::test(start_paused = true)]
+async fn invalidate_tag_drops_tagged_entries_and_spares_the_rest() {
+    let ns = namespace::<u32>(exact().build().unwrap());
+    ns.insert_fetched("tv-1", Fetched::value(1).with_tags(["tv", "sale"]));
+    ns.insert_fetched("tv-2", Fetched::value(2).with_tags(["tv"]));
+    ns.insert_fetched("radio", Fetched::value(3).with_tags(["radio"]));
+    ns.insert("plain", 4);
+    ns.invalidate_tag("tv");
+    assert!(ns.get("tv-1").is_none() && ns.get("tv-2").is_none());
+    assert!(ns.get("radio").is_some() && ns.get("plain").is_some());
+    // An entry created after the barrier is valid, even with the tag.
+    advance(Duration::from_millis(5)).await;
+    ns.insert_fetched("tv-3", Fetched::value(5).with_tags(["tv"]));
+    assert_eq!(ns.get("tv-3").unwrap().value(), Some(&5));
+}
+
+/// Race: a load whose result carries tag T is under way when T is invalidated. Its result was read before the
+/// invalidation, so it must not fill the cache.
+#[tokio::test(start_paused = true)]
+async fn tag_invalidation_vs_late_tagged_fill() {
+    let ns = namespace::<u32>(exact().build().unwrap());
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let slow = {
+        let (ns, gate) = (ns.clone(), gate.clone());
+        tokio::spawn(async move {
+            ns.get_or_load("tv-1", move || async move {
+                gate.notified().await;
+                Fetched::value(1).with_tags(["tv"])
+            })
+            .await
+        })
+    };
+    settle().await;
+    ns.invalidate_tag("tv");
+    gate.notify_one();
+    assert_eq!(slow.await.unwrap().unwrap().value(), Some(&1));
+    settle().await;
+    assert!(
+        ns.get("tv-1").is_none(),
+        "a load that began before the tag invalidation filled the cache"
+    );
+}
