@@ -16,8 +16,12 @@
 //! - a tag invalidation raises a tag barrier in its namespace (see `Namespace::invalidate_tag`).
 //!
 //! The publisher is an ordered queue drained by one task, so messages leave in sequence order even though
-//! `invalidate` is synchronous. The queue is unbounded for now; the per-key coalescing queue (newest wins) that
-//! bounds it while the transport is down comes with the Redis transport.
+//! `invalidate` is synchronous.
+//!
+//! Known limit, until the per-key replay queue (newest wins) lands: a message the transport refuses (Redis down) is
+//! counted in [`BusStats::publish_errors`] and dropped. Its sequence number was consumed, so every other node sees
+//! a jump at this node's next message and flushes its L1 — safety holds — but if this node publishes nothing
+//! more, the others keep their copy until its TTL. The queue is also unbounded for now.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
