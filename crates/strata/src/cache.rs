@@ -44,6 +44,7 @@ struct CacheInner {
     namespaces: RwLock<HashMap<String, Registered>>,
     node_id: String,
     publisher: Arc<OnceLock<Arc<Publisher>>>,
+    bus_counters: OnceLock<Arc<BusCounters>>,
 }
 
 struct Registered {
@@ -88,6 +89,7 @@ impl Cache {
             .set(Arc::new(Publisher::new(self.inner.node_id.clone(), tx)))
             .map_err(|_| Error::InvalidState("a bus is already attached to this cache"))?;
         let counters = Arc::new(BusCounters::default());
+        let _ = self.inner.bus_counters.set(counters.clone());
         let (stop, stop_rx) = watch::channel(false);
         // Subscribe before returning, so nothing published after `attach_bus` is missed.
         let mut events = bus.subscribe();
@@ -246,9 +248,26 @@ impl Cache {
         all
     }
 
-    /// Pushes every namespace's counters to the `metrics` facade (call before a scrape renders).
+    /// Pushes every namespace's counters, and the bus's when one is attached, to the `metrics` facade (call before
+    /// a scrape renders).
     pub fn publish_metrics(&self) {
         self.stats().iter().for_each(publish);
+        if let Some(c) = self.inner.bus_counters.get() {
+            let s = c.snapshot();
+            for (event, v) in [
+                ("published", s.published),
+                ("publish_error", s.publish_errors),
+                ("applied", s.applied),
+                ("echo", s.echoes),
+                ("duplicate", s.duplicates),
+                ("gap", s.gaps),
+                ("malformed", s.malformed),
+                ("unknown_namespace", s.unknown_namespace),
+                ("tag_barrier", s.tag_barriers),
+            ] {
+                metrics::counter!("strata_bus_messages_total", "event" => event).absolute(v);
+            }
+        }
     }
 
     fn erased(&self, namespace: &str) -> Result<Arc<dyn ErasedNamespace>, Error> {
@@ -296,6 +315,7 @@ impl CacheBuilder {
                 namespaces: RwLock::new(HashMap::new()),
                 node_id: format!("node-{:016x}", rand::random::<u64>()),
                 publisher: Arc::new(OnceLock::new()),
+                bus_counters: OnceLock::new(),
             }),
         }
     }

@@ -151,3 +151,46 @@ fn counters_reach_the_metrics_facade() {
     });
     assert!(has_label, "metrics carry the namespace label");
 }
+
+#[test]
+fn bus_counters_reach_the_metrics_facade() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cache = Cache::new();
+            let ns = cache.namespace::<u64>("price").build().unwrap();
+            let listener = cache
+                .attach_bus(std::sync::Arc::new(strata::bus::InProcessBus::new()))
+                .unwrap();
+            ns.invalidate("a");
+            for _ in 0..100 {
+                if listener.stats().echoes == 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            cache.publish_metrics();
+            listener.close().await;
+        });
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let value = |event: &str| {
+        snapshot
+            .iter()
+            .find(|(k, _, _, _)| {
+                k.key().name() == "strata_bus_messages_total"
+                    && k.key()
+                        .labels()
+                        .any(|l| l.key() == "event" && l.value() == event)
+            })
+            .map(|(_, _, _, v)| v)
+    };
+    assert_eq!(value("published"), Some(&DebugValue::Counter(1)));
+    assert_eq!(value("echo"), Some(&DebugValue::Counter(1)));
+    assert_eq!(value("gap"), Some(&DebugValue::Counter(0)));
+}
