@@ -103,8 +103,15 @@ async fn every_eviction_policy_serves_the_read_path() {
     }
 }
 
-#[test]
-fn counters_reach_the_metrics_facade() {
+type Snapshot = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)>;
+
+/// Runs `scenario` on a current-thread runtime with a local debugging recorder and returns what it recorded.
+fn metrics_of<F: std::future::Future<Output = ()>>(scenario: impl FnOnce() -> F) -> Snapshot {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
@@ -112,85 +119,85 @@ fn counters_reach_the_metrics_facade() {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async {
-            let cache = Cache::new();
-            let ns = cache
-                .namespace::<u64>("price")
-                .with_policy(
-                    Policy::builder()
-                        .with_ttl(Duration::from_secs(60))
-                        .build()
-                        .unwrap(),
-                )
-                .build()
-                .unwrap();
-            ns.get_or_load("a", || async { Some(1) }).await.unwrap();
-            ns.get_or_load("a", || async { Some(1) }).await.unwrap();
-            cache.publish_metrics();
-        });
+        rt.block_on(scenario());
     });
-    let snapshot = snapshotter.snapshot().into_vec();
-    let find = |name: &str| {
-        snapshot
-            .iter()
-            .find(|(k, _, _, _)| k.key().name() == name)
-            .map(|(_, _, _, v)| v)
-    };
-    assert_eq!(find("strata_hits_total"), Some(&DebugValue::Counter(1)));
-    assert_eq!(find("strata_misses_total"), Some(&DebugValue::Counter(1)));
-    assert_eq!(find("strata_loads_total"), Some(&DebugValue::Counter(1)));
-    match find("strata_load_seconds") {
+    snapshotter.snapshot().into_vec()
+}
+
+/// The value of metric `name` carrying label `key=value`.
+fn metric<'a>(
+    snapshot: &'a Snapshot,
+    name: &str,
+    (key, value): (&str, &str),
+) -> Option<&'a DebugValue> {
+    snapshot
+        .iter()
+        .find(|(k, _, _, _)| {
+            k.key().name() == name
+                && k.key()
+                    .labels()
+                    .any(|l| l.key() == key && l.value() == value)
+        })
+        .map(|(_, _, _, v)| v)
+}
+
+#[test]
+fn counters_reach_the_metrics_facade() {
+    let snapshot = metrics_of(|| async {
+        let cache = Cache::new();
+        let ns = cache
+            .namespace::<u64>("price")
+            .with_policy(
+                Policy::builder()
+                    .with_ttl(Duration::from_secs(60))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        ns.get_or_load("a", || async { Some(1) }).await.unwrap();
+        ns.get_or_load("a", || async { Some(1) }).await.unwrap();
+        cache.publish_metrics();
+    });
+    let price = ("namespace", "price");
+    assert_eq!(
+        metric(&snapshot, "strata_hits_total", price),
+        Some(&DebugValue::Counter(1))
+    );
+    assert_eq!(
+        metric(&snapshot, "strata_misses_total", price),
+        Some(&DebugValue::Counter(1))
+    );
+    assert_eq!(
+        metric(&snapshot, "strata_loads_total", price),
+        Some(&DebugValue::Counter(1))
+    );
+    match metric(&snapshot, "strata_load_seconds", price) {
         Some(DebugValue::Histogram(v)) => assert_eq!(v.len(), 1),
         other => panic!("no load histogram: {other:?}"),
     }
-    let has_label = snapshot.iter().any(|(k, _, _, _)| {
-        k.key().name() == "strata_hits_total"
-            && k.key()
-                .labels()
-                .any(|l| l.key() == "namespace" && l.value() == "price")
-    });
-    assert!(has_label, "metrics carry the namespace label");
 }
 
 #[test]
 fn bus_counters_reach_the_metrics_facade() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let snapshot = metrics_of(|| async {
+        let cache = Cache::new();
+        let ns = cache.namespace::<u64>("price").build().unwrap();
+        let listener = cache
+            .attach_bus(std::sync::Arc::new(strata::bus::InProcessBus::new()))
             .unwrap();
-        rt.block_on(async {
-            let cache = Cache::new();
-            let ns = cache.namespace::<u64>("price").build().unwrap();
-            let listener = cache
-                .attach_bus(std::sync::Arc::new(strata::bus::InProcessBus::new()))
-                .unwrap();
-            ns.invalidate("a");
-            for _ in 0..100 {
-                if listener.stats().echoes == 1 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        ns.invalidate("a");
+        for _ in 0..100 {
+            if listener.stats().echoes == 1 {
+                break;
             }
-            cache.publish_metrics();
-            listener.close().await;
-        });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cache.publish_metrics();
+        listener.close().await;
     });
-    let snapshot = snapshotter.snapshot().into_vec();
-    let value = |event: &str| {
-        snapshot
-            .iter()
-            .find(|(k, _, _, _)| {
-                k.key().name() == "strata_bus_messages_total"
-                    && k.key()
-                        .labels()
-                        .any(|l| l.key() == "event" && l.value() == event)
-            })
-            .map(|(_, _, _, v)| v)
-    };
-    assert_eq!(value("published"), Some(&DebugValue::Counter(1)));
-    assert_eq!(value("echo"), Some(&DebugValue::Counter(1)));
-    assert_eq!(value("gap"), Some(&DebugValue::Counter(0)));
+    let event = |e| metric(&snapshot, "strata_bus_messages_total", ("event", e));
+    assert_eq!(event("published"), Some(&DebugValue::Counter(1)));
+    assert_eq!(event("echo"), Some(&DebugValue::Counter(1)));
+    assert_eq!(event("gap"), Some(&DebugValue::Counter(0)));
 }
