@@ -65,7 +65,7 @@ pub async fn run(
             ns.get_or_load(&key, || async { Some(1u64) }).await?;
         }
         let started = Instant::now();
-        cluster[0].0.invalidate(&key);
+        cluster[0].0.invalidate(&key).await;
         while cluster[1..].iter().any(|(ns, _)| ns.get(&key).is_some()) {
             if started.elapsed() > Duration::from_secs(5) {
                 return Err(strata_core::Error::Timeout {

@@ -254,7 +254,7 @@ pub fn speed(ops_per_thread: usize) {
         strata.put(k);
         moka.insert(k.clone(), 0);
         quick.insert(k.clone(), 0);
-        ns.insert(k.clone(), 0);
+        futures::executor::block_on(ns.insert(k.clone(), 0));
     }
     moka.run_pending_tasks();
 

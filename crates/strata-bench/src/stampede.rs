@@ -91,7 +91,8 @@ async fn one(mode: Mode, requests: usize, load: Duration) -> (usize, Histogram<u
         }
     };
     // Warm the key, then let it expire: the requests arrive "at expiry".
-    ns.insert("tv-55", "{\"sku\":\"tv-55\",\"price\":549}".to_string());
+    ns.insert("tv-55", "{\"sku\":\"tv-55\",\"price\":549}".to_string())
+        .await;
     tokio::time::sleep(ttl + Duration::from_millis(20)).await;
     calls.store(0, Ordering::SeqCst);
 
@@ -106,7 +107,7 @@ async fn one(mode: Mode, requests: usize, load: Duration) -> (usize, Histogram<u
                     Mode::Naive => {
                         if ns.get("tv-55").is_none() {
                             let v = source().await.expect("value");
-                            ns.insert("tv-55", v);
+                            ns.insert("tv-55", v).await;
                         }
                     }
                     _ => {

@@ -41,6 +41,12 @@ pub enum Invalidation {
     },
     /// The whole namespace (generation bump).
     Clear,
+    /// Not an invalidation: a lease holder filled the shared tier (or gave its lease up). Nodes waiting on that
+    /// key's lease look again; nothing is dropped.
+    Filled {
+        /// The key.
+        key: String,
+    },
 }
 
 /// One bus message.
@@ -106,7 +112,11 @@ impl BusMessage {
             return invalid("seq", "must start at 1");
         }
         match &msg.what {
-            Invalidation::Delete { key } | Invalidation::Set { key } if key.is_empty() => {
+            Invalidation::Delete { key }
+            | Invalidation::Set { key }
+            | Invalidation::Filled { key }
+                if key.is_empty() =>
+            {
                 invalid("key", "must not be empty")
             }
             Invalidation::Tag { tag } if tag.is_empty() => invalid("tag", "must not be empty"),
@@ -167,6 +177,9 @@ mod tests {
                 tag: "category:tv".into(),
             },
             Invalidation::Clear,
+            Invalidation::Filled {
+                key: "sku-1".into(),
+            },
         ] {
             let m = msg(what);
             assert_eq!(BusMessage::decode(&m.encode()).unwrap(), m);

@@ -8,6 +8,7 @@
 //!   so tests can drive time deterministically.
 //! - [`error`]: what failed, in which tier, and whether a retry may help.
 //! - [`fetched`]: what a source returns for one key (value or absence, with its version and tags).
+//! - [`shared`]: the [`SharedTier`] trait the engine drives L2 through, with its fences, leases and barriers.
 //! - [`bus`]: the invalidation messages nodes exchange, JSON on the wire, validated on decode.
 
 pub mod bus;
@@ -16,6 +17,7 @@ pub mod envelope;
 pub mod error;
 pub mod fetched;
 pub mod policy;
+pub mod shared;
 
 pub use bus::{Bus, BusError, BusEvent, BusMessage, Invalidation};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock, UnixMillis};
@@ -26,3 +28,4 @@ pub use policy::{
     Coalescing, EarlyRefresh, Eviction, HotKeys, L1Policy, L2Policy, LoadTimeout, Policy,
     PolicyBuilder, PolicyError, WriteMode,
 };
+pub use shared::{Barriers, Fence, FillOutcome, LeaseGrant, LeaseToken, SharedTier, Stamped};

@@ -116,10 +116,26 @@ impl Default for LoadTimeout {
 }
 
 /// Request coalescing. Local single-flight (one load per key per process) is always on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Coalescing {
     /// *(L2)* Also coalesce across nodes with a Redis lease. Default: `false`.
     pub distributed: bool,
+    /// *(L2)* How long a node that lost the lease waits for the holder's fill (woken by the bus) before loading
+    /// itself. Default: 1 s.
+    pub lease_wait: Duration,
+    /// *(L2)* At most one lease per key per this interval, so a key whose loads keep failing (or whose holders
+    /// keep dying) does not send every node to the source in turn. Default: 50 ms.
+    pub lease_grant_interval: Duration,
+}
+
+impl Default for Coalescing {
+    fn default() -> Self {
+        Self {
+            distributed: false,
+            lease_wait: Duration::from_secs(1),
+            lease_grant_interval: Duration::from_millis(50),
+        }
+    }
 }
 
 /// *(write path)* How writes reach the source and the caches.
@@ -392,6 +408,18 @@ impl PolicyBuilder {
         self.policy.load_timeout.hard = d;
         self
     }
+    /// See [`Coalescing::lease_wait`].
+    pub fn with_lease_wait(mut self, d: Duration) -> Self {
+        self.policy.coalescing.lease_wait = d;
+        self
+    }
+
+    /// See [`Coalescing::lease_grant_interval`].
+    pub fn with_lease_grant_interval(mut self, d: Duration) -> Self {
+        self.policy.coalescing.lease_grant_interval = d;
+        self
+    }
+
     /// *(L2)* Distributed coalescing with leases. Default: off.
     pub fn with_distributed_coalescing(mut self, on: bool) -> Self {
         self.policy.coalescing.distributed = on;

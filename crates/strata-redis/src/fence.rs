@@ -16,6 +16,13 @@
 //! A load whose start is unknown (its lookup failed) passes `0`, so it never overwrites anything stamped. A write
 //! (`WRITE`) skips rule 2's time test: it is newer than what it replaces unless versions say otherwise.
 //! `INVALIDATE` stores a tombstone for the hold-off and deletes the lease.
+//!
+//! A fill is stamped with its load's start (not the time it lands): the data is as old as the read that produced
+//! it, so a barrier raised while the load ran (`RAISE_BARRIER`) covers it, and a load that started earlier but
+//! lands later is refused by rule 2. Writes and tombstones are stamped with the server time.
+//!
+//! `LEASE` grants at most one lease per key per minimum interval (a marker key with that TTL), so a key whose loads
+//! keep failing or whose holders keep dying does not send every node to the source in turn.
 
 use redis::Script;
 
@@ -50,7 +57,10 @@ if stamp then
     return 2
   end
 end
-redis.call('SET', KEYS[1], struct.pack('<I8', now) .. ARGV[1], 'PX', ARGV[2])
+local started = tonumber(ARGV[3])
+local stamp_as = now
+if started > 0 then stamp_as = started end
+redis.call('SET', KEYS[1], struct.pack('<I8', stamp_as) .. ARGV[1], 'PX', ARGV[2])
 if ARGV[5] ~= '' then redis.call('DEL', KEYS[2]) end
 return 1
 "#;
@@ -68,10 +78,47 @@ const LOOKUP: &str = r#"
 return {redis.call('GET', KEYS[1]), now_ms()}
 "#;
 
+/// KEYS: entries. Returns {{stored bytes or nil, ...}, server time ms}.
+const LOOKUP_MANY: &str = r#"
+return {redis.call('MGET', unpack(KEYS)), now_ms()}
+"#;
+
+/// KEYS: lease, grant marker. ARGV: token, px, min interval ms (0: none). Returns 1 granted, 0 held, 2 rate-limited.
+const LEASE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if tonumber(ARGV[3]) > 0 and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then return 2 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// KEYS: lease. ARGV: token. Deletes the lease if it is still the token's.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"#;
+
+/// KEYS: barrier hash. ARGV: field, keep ms. Raises the barrier to the server time, prunes barriers older than
+/// `keep` and keeps the hash alive at least `keep`. Returns the barrier's time.
+const RAISE_BARRIER: &str = r#"
+local now = now_ms()
+local keep = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], now)
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) + keep < now then redis.call('HDEL', KEYS[1], all[i]) end
+end
+if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
+return now
+"#;
+
 pub(crate) struct Scripts {
     pub fill: Script,
     pub invalidate: Script,
     pub lookup: Script,
+    pub lookup_many: Script,
+    pub lease: Script,
+    pub release: Script,
+    pub raise_barrier: Script,
 }
 
 impl Scripts {
@@ -81,6 +128,10 @@ impl Scripts {
             fill: with_prelude(FILL),
             invalidate: with_prelude(INVALIDATE),
             lookup: with_prelude(LOOKUP),
+            lookup_many: with_prelude(LOOKUP_MANY),
+            lease: Script::new(LEASE),
+            release: Script::new(RELEASE),
+            raise_barrier: with_prelude(RAISE_BARRIER),
         }
     }
 }

@@ -24,13 +24,20 @@
 //! Bytes that do not decode (corrupt, truncated, another program's value under our key) are a miss and a count in
 //! [`L2Stats::corrupt`], never an error to the caller: the next fill overwrites them.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
-use strata_core::{Compression, Envelope, EnvelopeKind, Error, Tier, UnixMillis};
+use strata_core::shared::Looked;
+use strata_core::{
+    Barriers, Compression, Envelope, EnvelopeKind, Error, SharedTier, Tier, UnixMillis,
+};
+pub use strata_core::{Fence, FillOutcome, LeaseGrant, LeaseToken, Stamped};
 
 pub mod bus;
 pub mod fence;
@@ -113,40 +120,6 @@ pub(crate) async fn connect_manager(
     })?
     .map_err(|e| unavailable(format!("connecting to {url}: {e}")))?;
     Ok((client, conn))
-}
-
-/// What became of a fill or write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FillOutcome {
-    /// Stored.
-    Stored,
-    /// Refused: the fill's lease was voided (by an invalidation) or expired.
-    LeaseLost,
-    /// Refused: a tombstone or a newer entry is stored (see [`fence`]).
-    Superseded,
-}
-
-/// An entry as stored: the envelope and the server time it was written at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stamped {
-    /// The envelope (a value, a negative entry or a tombstone).
-    pub envelope: Envelope,
-    /// Redis server time of the write, in ms.
-    pub stamp: UnixMillis,
-}
-
-/// A lease on one key: proof that this node may load it and fill L2.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseToken(String);
-
-/// The fence a load's fill carries.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Fence<'a> {
-    /// Server time returned by the lookup that preceded the load; `None` if unknown (then the fill never
-    /// overwrites a stamped entry).
-    pub started_at: Option<UnixMillis>,
-    /// The lease under which the load ran, if any.
-    pub lease: Option<&'a LeaseToken>,
 }
 
 /// A client of the shared tier. Cheap to clone; clones share the connection and counters.
@@ -322,7 +295,7 @@ impl RedisL2 {
         let version = envelope
             .version
             .map_or(-1, |v| v.min(i64::MAX as u64) as i64);
-        let token = lease.map_or(String::new(), |t| t.0.clone());
+        let token = lease.map_or(String::new(), |t| t.as_str().to_owned());
         let mut conn = self.conn.clone();
         let script = self.scripts.fill.clone();
         let code: i64 = self
@@ -415,7 +388,131 @@ impl RedisL2 {
                     .await
             })
             .await?;
-        Ok(ok.map(|_| LeaseToken(token)))
+        Ok(ok.map(|_| LeaseToken::new(token)))
+    }
+
+    /// The entries under `keys` (in order) with their stamps, and the server time now, in one script call.
+    pub async fn lookup_many(&self, namespace: &str, keys: &[&str]) -> Result<Looked, Error> {
+        if keys.is_empty() {
+            return self
+                .lookup(namespace, "")
+                .await
+                .map(|(_, now)| (Vec::new(), now));
+        }
+        let mut invocation = self.scripts.lookup_many.prepare_invoke();
+        for k in keys {
+            invocation.key(self.redis_key(namespace, k));
+        }
+        let mut conn = self.conn.clone();
+        let (values, now): (Vec<Option<Vec<u8>>>, u64) = self
+            .call("LOOKUP_MANY", async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok((values.into_iter().map(|v| self.decode(v)).collect(), now))
+    }
+
+    /// Asks for the key's lease for `ttl`, granting at most one per `min_interval` (zero: no limit).
+    pub async fn lease(
+        &self,
+        namespace: &str,
+        key: &str,
+        ttl: Duration,
+        min_interval: Duration,
+    ) -> Result<LeaseGrant, Error> {
+        let token = format!("{:032x}", rand::random::<u128>());
+        let lkey = self.lease_key(namespace, key);
+        let mkey = format!("{lkey}:granted");
+        let ttl_ms = (ttl.as_millis() as u64).max(1);
+        let interval_ms = min_interval.as_millis() as u64;
+        let mut conn = self.conn.clone();
+        let script = self.scripts.lease.clone();
+        let t = token.clone();
+        let code: i64 = self
+            .call("LEASE", async move {
+                script
+                    .key(lkey)
+                    .key(mkey)
+                    .arg(t)
+                    .arg(ttl_ms)
+                    .arg(interval_ms)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(match code {
+            1 => LeaseGrant::Granted(LeaseToken::new(token)),
+            2 => LeaseGrant::RateLimited,
+            _ => LeaseGrant::Held,
+        })
+    }
+
+    /// Gives the lease back (the load failed) if it is still `token`'s.
+    pub async fn release(
+        &self,
+        namespace: &str,
+        key: &str,
+        token: &LeaseToken,
+    ) -> Result<(), Error> {
+        let lkey = self.lease_key(namespace, key);
+        let mut conn = self.conn.clone();
+        let script = self.scripts.release.clone();
+        let t = token.as_str().to_owned();
+        self.call("RELEASE", async move {
+            script.key(lkey).arg(t).invoke_async::<i64>(&mut conn).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    fn barrier_key(&self, namespace: &str) -> String {
+        format!("{}:barriers:{{{namespace}}}", self.options.prefix)
+    }
+
+    /// Raises a tag barrier (`Some(tag)`) or the namespace's generation barrier (`None`) to the server time, kept
+    /// for `keep`. Returns the barrier's time.
+    pub async fn raise_barrier(
+        &self,
+        namespace: &str,
+        tag: Option<&str>,
+        keep: Duration,
+    ) -> Result<UnixMillis, Error> {
+        let hkey = self.barrier_key(namespace);
+        let field = tag.map_or_else(|| "g".to_owned(), |t| format!("t:{t}"));
+        let keep_ms = (keep.as_millis() as u64).max(1);
+        let mut conn = self.conn.clone();
+        let script = self.scripts.raise_barrier.clone();
+        self.call("RAISE_BARRIER", async move {
+            script
+                .key(hkey)
+                .arg(field)
+                .arg(keep_ms)
+                .invoke_async(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// The namespace's live barriers. Fields that are not ours are skipped.
+    pub async fn barriers(&self, namespace: &str) -> Result<Barriers, Error> {
+        let hkey = self.barrier_key(namespace);
+        let mut conn = self.conn.clone();
+        let all: HashMap<String, String> = self
+            .call("HGETALL", async move { conn.hgetall(hkey).await })
+            .await?;
+        let mut barriers = Barriers::default();
+        for (field, value) in all {
+            let Ok(at) = value.parse::<u64>() else {
+                self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if field == "g" {
+                barriers.generation = Some(at);
+            } else if let Some(tag) = field.strip_prefix("t:") {
+                barriers.tags.insert(tag.to_owned(), at);
+            }
+        }
+        Ok(barriers)
     }
 
     /// Removes the entry under `key`.
@@ -502,5 +599,94 @@ impl RedisL2 {
                 })
             }
         }
+    }
+}
+
+fn system_now() -> UnixMillis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl SharedTier for RedisL2 {
+    fn lookup<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(Option<Stamped>, UnixMillis), Error>> {
+        RedisL2::lookup(self, namespace, key).boxed()
+    }
+
+    fn lookup_many<'a>(
+        &'a self,
+        namespace: &'a str,
+        keys: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Looked, Error>> {
+        RedisL2::lookup_many(self, namespace, keys).boxed()
+    }
+
+    fn lease<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        ttl: Duration,
+        min_interval: Duration,
+    ) -> BoxFuture<'a, Result<LeaseGrant, Error>> {
+        RedisL2::lease(self, namespace, key, ttl, min_interval).boxed()
+    }
+
+    fn release<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        token: &'a LeaseToken,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        RedisL2::release(self, namespace, key, token).boxed()
+    }
+
+    fn fill<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        envelope: &'a Envelope,
+        compression: Compression,
+        now: UnixMillis,
+        fence: Fence<'a>,
+    ) -> BoxFuture<'a, Result<FillOutcome, Error>> {
+        RedisL2::fill(self, namespace, key, envelope, compression, now, fence).boxed()
+    }
+
+    fn write<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        envelope: &'a Envelope,
+        compression: Compression,
+        now: UnixMillis,
+    ) -> BoxFuture<'a, Result<FillOutcome, Error>> {
+        RedisL2::set(self, namespace, key, envelope, compression, now).boxed()
+    }
+
+    fn invalidate<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        version: Option<u64>,
+        hold_off: Duration,
+    ) -> BoxFuture<'a, Result<UnixMillis, Error>> {
+        RedisL2::invalidate(self, namespace, key, version, hold_off, system_now()).boxed()
+    }
+
+    fn raise_barrier<'a>(
+        &'a self,
+        namespace: &'a str,
+        tag: Option<&'a str>,
+        keep: Duration,
+    ) -> BoxFuture<'a, Result<UnixMillis, Error>> {
+        RedisL2::raise_barrier(self, namespace, tag, keep).boxed()
+    }
+
+    fn barriers<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<Barriers, Error>> {
+        RedisL2::barriers(self, namespace).boxed()
     }
 }

@@ -54,14 +54,14 @@ async fn invalidations_cross_nodes_through_redis() {
     load(&price_a, "sku-1", 99).await;
     load(&price_b, "sku-1", 99).await;
     load(&price_b, "sku-2", 10).await;
-    price_a.invalidate("sku-1");
+    price_a.invalidate("sku-1").await;
     let took = eventually("B drops sku-1", Duration::from_secs(2), || {
         price_b.get("sku-1").is_none()
     })
     .await;
     assert!(took < Duration::from_secs(1), "took {took:?}");
     assert_eq!(price_b.get("sku-2").unwrap().value(), Some(&10));
-    price_a.invalidate_all();
+    price_a.invalidate_all().await;
     eventually("B drops all", Duration::from_secs(2), || {
         price_b.get("sku-2").is_none()
     })
@@ -137,7 +137,7 @@ async fn a_cut_link_flushes_within_a_heartbeat_and_recovers() {
     load(&price_b, "k", 1).await;
     // Give B's reader time to reconnect (backoff ≤ heartbeat), then check invalidations flow again.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    price_a.invalidate("k");
+    price_a.invalidate("k").await;
     eventually("B receives after recovery", Duration::from_secs(3), || {
         price_b.get("k").is_none()
     })

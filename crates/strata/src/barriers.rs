@@ -30,6 +30,11 @@ impl TagBarriers {
         }
     }
 
+    /// How long barriers are kept.
+    pub(crate) fn keep_ms(&self) -> u64 {
+        self.keep_ms
+    }
+
     /// Entries tagged `tag` created at or before `at` are invalid.
     pub(crate) fn raise(&self, tag: &str, at: UnixMillis) {
         let mut map = self.map.write();

@@ -9,11 +9,13 @@ use std::sync::OnceLock;
 
 use futures::StreamExt;
 use parking_lot::RwLock;
-use strata_core::{Clock, Error, Policy, SystemClock};
+use strata_core::{Clock, Error, Policy, SharedTier, SystemClock};
 use tokio::sync::{mpsc, watch};
 
 use crate::bus::{Bus, BusCounters, BusEvent, BusListener, Publisher, Seen, SeqTracker};
-use crate::namespace::{ErasedNamespace, Namespace, Weigher};
+use crate::codec::Codec;
+use crate::namespace::{ErasedNamespace, Namespace, NsL2, Weigher};
+use crate::shared::{BreakerOptions, SharedLink, SharedStats};
 use crate::stats::{publish, NamespaceStats};
 
 /// A Strata cache: namespaces, each with its own policy, value type and L1 budget.
@@ -45,6 +47,7 @@ struct CacheInner {
     node_id: String,
     publisher: Arc<OnceLock<Arc<Publisher>>>,
     bus_counters: OnceLock<Arc<BusCounters>>,
+    shared: Option<Arc<SharedLink>>,
 }
 
 struct Registered {
@@ -66,7 +69,11 @@ impl Cache {
 
     /// A builder for a cache.
     pub fn builder() -> CacheBuilder {
-        CacheBuilder { clock: None }
+        CacheBuilder {
+            clock: None,
+            shared: None,
+            breaker: BreakerOptions::default(),
+        }
     }
 
     /// The cache's clock.
@@ -196,6 +203,7 @@ impl Cache {
             name: name.to_owned(),
             policy: Policy::default(),
             weigher: Arc::new(|_| std::mem::size_of::<V>()),
+            codec: None,
             _v: PhantomData,
         }
     }
@@ -224,15 +232,25 @@ impl Cache {
     }
 
     /// Invalidates one key of a namespace by name.
-    pub fn invalidate(&self, namespace: &str, key: &str) -> Result<(), Error> {
-        self.erased(namespace)?.invalidate(key);
+    pub async fn invalidate(&self, namespace: &str, key: &str) -> Result<(), Error> {
+        self.erased(namespace)?.invalidate(key).await;
         Ok(())
     }
 
-    /// Invalidates every key of a namespace by name.
-    pub fn invalidate_namespace(&self, namespace: &str) -> Result<(), Error> {
-        self.erased(namespace)?.invalidate_all();
+    /// Invalidates every key of a namespace by name (a generation bump).
+    pub async fn invalidate_namespace(&self, namespace: &str) -> Result<(), Error> {
+        self.erased(namespace)?.invalidate_all().await;
         Ok(())
+    }
+
+    /// The shared tier link's counters, when the cache has a shared tier.
+    pub fn shared_stats(&self) -> Option<SharedStats> {
+        self.inner.shared.as_ref().map(|l| l.stats())
+    }
+
+    /// The shared tier's circuit breaker state, when the cache has a shared tier.
+    pub fn breaker_state(&self) -> Option<crate::breaker::BreakerState> {
+        self.inner.shared.as_ref().map(|l| l.breaker_state())
     }
 
     /// Counters of every namespace, sorted by name.
@@ -252,6 +270,22 @@ impl Cache {
     /// a scrape renders).
     pub fn publish_metrics(&self) {
         self.stats().iter().for_each(publish);
+        if let Some(link) = &self.inner.shared {
+            let s = link.stats();
+            for (event, v) in [
+                ("error", s.errors),
+                ("short_circuited", s.short_circuited),
+                ("breaker_opened", s.breaker_opened),
+                ("queued", s.queued),
+                ("replayed", s.replayed),
+                ("corrupt", s.corrupt),
+            ] {
+                metrics::counter!("strata_l2_events_total", "event" => event).absolute(v);
+            }
+            metrics::gauge!("strata_l2_replay_pending").set(s.pending as f64);
+            let open = link.breaker_state() != crate::breaker::BreakerState::Closed;
+            metrics::gauge!("strata_l2_breaker_open").set(if open { 1.0 } else { 0.0 });
+        }
         if let Some(c) = self.inner.bus_counters.get() {
             let s = c.snapshot();
             for (event, v) in [
@@ -298,6 +332,8 @@ async fn publish_one(bus: &dyn Bus, counters: &BusCounters, m: strata_core::BusM
 #[must_use]
 pub struct CacheBuilder {
     clock: Option<Arc<dyn Clock>>,
+    shared: Option<Arc<dyn SharedTier>>,
+    breaker: BreakerOptions,
 }
 
 impl CacheBuilder {
@@ -307,15 +343,39 @@ impl CacheBuilder {
         self
     }
 
+    /// The shared tier (L2), e.g. `strata_redis::RedisL2`. Namespaces whose policy enables L2 (the default) use
+    /// it; they need a value codec ([`NamespaceBuilder::with_codec`]).
+    pub fn with_shared_tier(mut self, tier: Arc<dyn SharedTier>) -> Self {
+        self.shared = Some(tier);
+        self
+    }
+
+    /// The circuit breaker around the shared tier. Default: [`BreakerOptions::default`].
+    pub fn with_breaker(mut self, breaker: BreakerOptions) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Cache {
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
+        let publisher = Arc::new(OnceLock::new());
+        let shared = self.shared.map(|tier| {
+            Arc::new(SharedLink::new(
+                tier,
+                clock.clone(),
+                self.breaker,
+                publisher.clone(),
+            ))
+        });
         Cache {
             inner: Arc::new(CacheInner {
-                clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
+                clock,
                 namespaces: RwLock::new(HashMap::new()),
                 node_id: format!("node-{:016x}", rand::random::<u64>()),
-                publisher: Arc::new(OnceLock::new()),
+                publisher,
                 bus_counters: OnceLock::new(),
+                shared,
             }),
         }
     }
@@ -328,6 +388,7 @@ pub struct NamespaceBuilder<V> {
     name: String,
     policy: Policy,
     weigher: Weigher<V>,
+    codec: Option<Arc<dyn Codec<V>>>,
     _v: PhantomData<fn() -> V>,
 }
 
@@ -345,9 +406,37 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
         self
     }
 
-    /// Validates the policy and registers the namespace. Fails if the name is taken.
+    /// How values travel to the shared tier: [`crate::codec::Json`] for serde types, [`crate::codec::Raw`] for
+    /// bytes and strings, or your own. Required when the cache has a shared tier and the policy enables L2.
+    pub fn with_codec(mut self, codec: impl Codec<V>) -> Self {
+        self.codec = Some(Arc::new(codec));
+        self
+    }
+
+    /// Validates the policy and registers the namespace. Fails if the name is taken, or if the namespace would use
+    /// the shared tier without a codec.
     pub fn build(self) -> Result<Namespace<V>, Error> {
         self.policy.validate()?;
+        let l2 = match (&self.cache.inner.shared, self.policy.l2.enabled) {
+            (Some(link), true) => {
+                let codec = self.codec.ok_or_else(|| {
+                    Error::InvalidPolicy(strata_core::PolicyError {
+                        field: "l2.enabled",
+                        problem: format!(
+                            "namespace {:?} uses the shared tier but has no codec: call \
+                             with_codec (e.g. strata::codec::Json) or disable l2",
+                            self.name
+                        ),
+                    })
+                })?;
+                Some(NsL2::new(
+                    link.clone(),
+                    codec,
+                    self.policy.l2.compress_above,
+                ))
+            }
+            _ => None,
+        };
         let mut map = self.cache.inner.namespaces.write();
         if map.contains_key(&self.name) {
             return Err(Error::NamespaceExists(self.name));
@@ -358,6 +447,7 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
             self.cache.inner.clock.clone(),
             self.weigher,
             self.cache.inner.publisher.clone(),
+            l2,
         );
         map.insert(
             self.name,

@@ -26,11 +26,23 @@ use strata_core::Error;
 use tokio::sync::watch;
 
 use crate::entry::Entry;
+use crate::lookup::StaleReason;
 
 const SHARDS: usize = 64;
 
+/// Where a flight's answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The source (the loader ran).
+    Loaded,
+    /// A fresh entry of the shared tier.
+    Shared,
+    /// A stale entry, served for this reason.
+    Stale(StaleReason),
+}
+
 /// The outcome every waiter of a flight receives.
-pub(crate) type Outcome<V> = Result<Arc<Entry<V>>, Error>;
+pub(crate) type Outcome<V> = Result<(Arc<Entry<V>>, Source), Error>;
 
 pub(crate) struct Flight<V> {
     tx: watch::Sender<Option<Outcome<V>>>,
@@ -97,12 +109,7 @@ impl<V> Flights<V> {
         if let Some(f) = shard.get(key) {
             return Role::Follower(f.clone());
         }
-        let flight = Arc::new(Flight {
-            tx: watch::Sender::new(None),
-            poisoned: AtomicBool::new(false),
-        });
-        shard.insert(key.to_owned(), flight.clone());
-        Role::Leader(flight)
+        Role::Leader(register_locked(&mut shard, key))
     }
 
     /// Poisons and forgets every flight (namespace-wide invalidation). The caller clears L1 while this runs.
@@ -115,6 +122,16 @@ impl<V> Flights<V> {
         }
         also();
     }
+}
+
+/// Registers a new flight for `key` under an already held shard lock (the key must have none).
+pub(crate) fn register_locked<V>(shard: &mut Shard<V>, key: &str) -> Arc<Flight<V>> {
+    let flight = Arc::new(Flight {
+        tx: watch::Sender::new(None),
+        poisoned: AtomicBool::new(false),
+    });
+    shard.insert(key.to_owned(), flight.clone());
+    flight
 }
 
 /// Poisons and removes the key's flight under an already held shard lock.

@@ -6,8 +6,9 @@
 //! inflating the estimates.
 //!
 //! Counting happens in tumbling windows of [`HotKeyDetector::window`]: at the end of a window every key whose
-//! count reached `threshold_per_sec × window` becomes hot for the next window, and the sketch starts afresh. So a
-//! key turns hot at most one window after it heats up, and cools down one window after it stops. The engine records
+//! count reached `threshold_per_sec × window` becomes hot for the next window, and the sketch starts afresh. A key
+//! whose count reaches the threshold inside the current window turns hot at that request. So a key turns hot as
+//! soon as it has been requested `threshold` times within one window, and cools down one window after it stops. The engine records
 //! only requests that get past L1 (the ones that cost a remote read), so L1 hits stay free.
 //!
 //! Invariant: a key is reported hot only if, in the previous full window, the sketch counted at least the
@@ -89,6 +90,21 @@ impl HotKeyDetector {
                 self.rotate(&mut w, now);
             }
             w.sketch.add(key, 1);
+            // A key that already reached the threshold in this window is hot at once, not one window later.
+            if w.sketch.count(key) >= self.threshold && !self.is_hot_at(key, now) {
+                let mut hot = self.hot.write();
+                let mut set = HotSet {
+                    keys: if now < hot.valid_until {
+                        hot.keys.clone()
+                    } else {
+                        HashMap::new()
+                    },
+                    valid_until: hot.valid_until.max(w.started + self.window_ms),
+                };
+                set.keys.insert(key.to_owned(), self.threshold);
+                *hot = Arc::new(set);
+                return true;
+            }
         }
         self.is_hot_at(key, now)
     }
@@ -155,10 +171,10 @@ mod tests {
     }
 
     #[test]
-    fn a_key_turns_hot_after_a_window_above_the_threshold_and_cools_after_a_quiet_one() {
+    fn a_key_turns_hot_at_the_threshold_and_cools_after_a_quiet_window() {
         let (d, clock) = detector(1000);
         for i in 0..1500 {
-            assert!(!d.record("hot"), "hot before its window closed");
+            assert_eq!(d.record("hot"), i >= 999, "request {i}");
             d.record(&format!("cold-{i}"));
         }
         clock.advance(Duration::from_millis(1000));

@@ -30,17 +30,20 @@ mod barriers;
 pub mod breaker;
 pub mod bus;
 mod cache;
+pub mod codec;
 mod entry;
 mod flight;
 pub mod hotkeys;
 pub mod l1;
 mod lookup;
 mod namespace;
+mod shared;
 mod stats;
 
 pub use cache::{Cache, CacheBuilder, NamespaceBuilder};
 pub use lookup::{Lookup, StaleReason, Status};
-pub use namespace::{Namespace, WarmReport, Weigher};
+pub use namespace::{Namespace, WarmReport, Weigher, BARRIER_STALENESS};
+pub use shared::{BreakerOptions, SharedStats};
 pub use stats::NamespaceStats;
 pub use strata_core::{
     Clock, EarlyRefresh, Error, Eviction, Fetched, L1Policy, LoadTimeout, ManualClock, Policy,

@@ -59,6 +59,9 @@ pub(crate) struct Counters {
     pub fills_refused: Counter,
     pub inserts: Counter,
     pub invalidations: Counter,
+    pub hits_l2: Counter,
+    pub lease_waits: Counter,
+    pub pinned: Counter,
 }
 
 /// A snapshot of one namespace's counters and gauges.
@@ -101,6 +104,12 @@ pub struct NamespaceStats {
     pub inserts: u64,
     /// Invalidations.
     pub invalidations: u64,
+    /// Lookups answered from the shared tier (L2).
+    pub hits_l2: u64,
+    /// Times a load waited for another node's lease.
+    pub lease_waits: u64,
+    /// Hot-key entries pinned in L1.
+    pub pinned: u64,
     /// Entries evicted from L1 for space.
     pub evictions: u64,
     /// Bytes charged in L1.
@@ -112,7 +121,7 @@ pub struct NamespaceStats {
 impl NamespaceStats {
     /// The share of lookups answered from cache without waiting for a load (fresh, stale and negative hits).
     pub fn hit_ratio(&self) -> f64 {
-        let served = self.hits_l1 + self.negative_hits + self.stale_revalidating;
+        let served = self.hits_l1 + self.hits_l2 + self.negative_hits + self.stale_revalidating;
         let total =
             served + self.misses + self.coalesced + self.stale_fail_safe + self.stale_soft_timeout;
         if total == 0 {
@@ -150,6 +159,9 @@ impl Counters {
             fills_refused: self.fills_refused.get(),
             inserts: self.inserts.get(),
             invalidations: self.invalidations.get(),
+            hits_l2: self.hits_l2.get(),
+            lease_waits: self.lease_waits.get(),
+            pinned: self.pinned.get(),
             evictions,
             l1_bytes,
             l1_entries,
@@ -162,6 +174,9 @@ pub(crate) fn publish(s: &NamespaceStats) {
     use metrics::{counter, gauge};
     let ns = s.namespace.clone();
     counter!("strata_hits_total", "namespace" => ns.clone(), "tier" => "l1").absolute(s.hits_l1);
+    counter!("strata_hits_total", "namespace" => ns.clone(), "tier" => "l2").absolute(s.hits_l2);
+    counter!("strata_lease_waits_total", "namespace" => ns.clone()).absolute(s.lease_waits);
+    counter!("strata_hot_key_pins_total", "namespace" => ns.clone()).absolute(s.pinned);
     counter!("strata_negative_hits_total", "namespace" => ns.clone()).absolute(s.negative_hits);
     counter!("strata_misses_total", "namespace" => ns.clone()).absolute(s.misses);
     counter!("strata_coalesced_total", "namespace" => ns.clone()).absolute(s.coalesced);

@@ -42,7 +42,7 @@ async fn an_invalidation_on_one_node_reaches_the_others_and_not_back() {
             .await
             .unwrap();
     }
-    price_a.invalidate("sku-1");
+    price_a.invalidate("sku-1").await;
     eventually("B and C drop sku-1", || {
         price_b.get("sku-1").is_none() && price_c.get("sku-1").is_none()
     })
@@ -69,10 +69,10 @@ async fn inserts_and_namespace_clears_travel_too() {
         .await
         .unwrap();
     // A writes a new price: B's copy of sku-1 must go (B reloads it), sku-2 stays.
-    price_a.insert("sku-1", 129);
+    price_a.insert("sku-1", 129).await;
     eventually("B drops sku-1", || price_b.get("sku-1").is_none()).await;
     assert_eq!(price_b.get("sku-2").unwrap().value(), Some(&10));
-    price_a.invalidate_all();
+    price_a.invalidate_all().await;
     eventually("B drops everything", || price_b.get("sku-2").is_none()).await;
     bus_a.close().await;
     bus_b.close().await;
@@ -87,7 +87,7 @@ async fn close_publishes_what_is_queued() {
         .get_or_load("k", || async { Some(1) })
         .await
         .unwrap();
-    price_a.invalidate("k");
+    price_a.invalidate("k").await;
     bus_a.close().await;
     eventually("B drops k after A closed", || price_b.get("k").is_none()).await;
     bus_b.close().await;
@@ -100,11 +100,11 @@ async fn a_lagging_node_flushes_its_l1() {
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::with_capacity(2));
     let (_a, price_a, bus_a) = node(bus.clone());
     let (_b, price_b, bus_b) = node(bus);
-    price_b.insert("untouched", 7);
+    price_b.insert("untouched", 7).await;
     // On one thread, nothing else runs until we await: A queues 50 invalidations, its publisher sends them all
     // into a 2-slot buffer before B's listener reads any.
     for i in 0..50 {
-        price_a.invalidate(&format!("k{i}"));
+        price_a.invalidate(&format!("k{i}")).await;
     }
     eventually("B detects the gap", || bus_b.stats().gaps >= 1).await;
     assert!(
@@ -150,8 +150,8 @@ async fn duplicates_gaps_unknown_namespaces_malformed_and_tags() {
     let (_n, price, listener) = node(scripted);
     let del = |k: &str| Invalidation::Delete { key: k.into() };
 
-    price.insert("a", 1);
-    price.insert("b", 2);
+    price.insert("a", 1).await;
+    price.insert("b", 2).await;
     tx.send(from_other(1, "price", del("a"))).unwrap();
     eventually("a dropped", || price.get("a").is_none()).await;
 
@@ -172,7 +172,7 @@ async fn duplicates_gaps_unknown_namespaces_malformed_and_tags() {
     assert!(price.get("b").is_some(), "skipped messages must not flush");
 
     // seq 5 after 2: messages 3 and 4 were lost, so everything is flushed.
-    price.insert("c", 3);
+    price.insert("c", 3).await;
     tx.send(from_other(5, "price", del("zzz"))).unwrap();
     eventually("gap flushes L1", || {
         price.get("b").is_none() && price.get("c").is_none()
@@ -181,8 +181,10 @@ async fn duplicates_gaps_unknown_namespaces_malformed_and_tags() {
     assert_eq!(listener.stats().gaps, 1);
 
     // A tag invalidation drops the entries carrying the tag, and only those.
-    price.insert_fetched("d", strata::Fetched::value(4).with_tags(["tv"]));
-    price.insert("plain", 6);
+    price
+        .insert_fetched("d", strata::Fetched::value(4).with_tags(["tv"]))
+        .await;
+    price.insert("plain", 6).await;
     tx.send(from_other(
         6,
         "price",
@@ -197,7 +199,7 @@ async fn duplicates_gaps_unknown_namespaces_malformed_and_tags() {
     assert_eq!(listener.stats().tag_barriers, 1);
 
     // The transport itself reports a loss.
-    price.insert("e", 5);
+    price.insert("e", 5).await;
     tx.send(BusEvent::Gap {
         reason: "reconnected".into(),
     })

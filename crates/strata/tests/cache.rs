@@ -22,7 +22,7 @@ async fn namespaces_are_registered_once_and_typed() {
         cache.get_namespace::<u64>("nope"),
         Err(Error::UnknownNamespace(_))
     ));
-    prices.insert("sku-1", 129);
+    prices.insert("sku-1", 129).await;
     let again = cache.get_namespace::<u64>("price").unwrap();
     assert_eq!(again.get("sku-1").unwrap().value(), Some(&129));
     assert_eq!(cache.namespaces(), vec!["price".to_string()]);
@@ -47,14 +47,14 @@ async fn invalid_policies_are_rejected_with_the_field_named() {
 async fn invalidation_by_name_reaches_the_typed_namespace() {
     let cache = Cache::new();
     let ns = cache.namespace::<u64>("price").build().unwrap();
-    ns.insert("a", 1);
-    ns.insert("b", 2);
-    cache.invalidate("price", "a").unwrap();
+    ns.insert("a", 1).await;
+    ns.insert("b", 2).await;
+    cache.invalidate("price", "a").await.unwrap();
     assert!(ns.get("a").is_none() && ns.get("b").is_some());
-    cache.invalidate_namespace("price").unwrap();
+    cache.invalidate_namespace("price").await.unwrap();
     assert!(ns.get("b").is_none());
     assert!(matches!(
-        cache.invalidate("nope", "a"),
+        cache.invalidate("nope", "a").await,
         Err(Error::UnknownNamespace(_))
     ));
 }
@@ -186,7 +186,7 @@ fn bus_counters_reach_the_metrics_facade() {
         let listener = cache
             .attach_bus(std::sync::Arc::new(strata::bus::InProcessBus::new()))
             .unwrap();
-        ns.invalidate("a");
+        ns.invalidate("a").await;
         for _ in 0..100 {
             if listener.stats().echoes == 1 {
                 break;

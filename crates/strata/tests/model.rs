@@ -164,15 +164,15 @@ async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(called, want_called, "step {}: source called?", step);
             }
             Op::Insert(k, v) => {
-                ns.insert(key(k), v);
+                ns.insert(key(k), v).await;
                 model.fill(k, Some(v));
             }
             Op::Invalidate(k) => {
-                ns.invalidate(&key(k));
+                ns.invalidate(&key(k)).await;
                 model.cache.remove(&k);
             }
             Op::InvalidateAll => {
-                ns.invalidate_all();
+                ns.invalidate_all().await;
                 model.cache.clear();
             }
             Op::SetSource(k, v) => {

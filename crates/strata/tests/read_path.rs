@@ -198,7 +198,7 @@ async fn refresh_vs_invalidate_never_refills_the_old_value() {
     let l = ns.try_get_or_load("k", || src.load("k")).await.unwrap();
     assert_eq!(l.status(), Status::Stale(StaleReason::Revalidating));
     src.set("k", 43);
-    ns.invalidate("k");
+    ns.invalidate("k").await;
     src.release(1);
     settle().await;
     assert!(
@@ -222,7 +222,7 @@ async fn tombstone_vs_late_fill() {
     let slow = spawn_load(&ns, &src, "x");
     settle().await;
     src.set("x", 43);
-    ns.invalidate("x");
+    ns.invalidate("x").await;
     // A reader arriving after the invalidation does not join the old load.
     src.set_fault(Fault::None);
     let after = ns.try_get_or_load("x", || src.load("x")).await.unwrap();
@@ -246,7 +246,7 @@ async fn insert_vs_late_fill() {
     src.set_fault(Fault::Gate);
     let slow = spawn_load(&ns, &src, "k");
     settle().await;
-    ns.insert("k", 2);
+    ns.insert("k", 2).await;
     src.release(1);
     slow.await.unwrap().unwrap();
     settle().await;
@@ -266,7 +266,7 @@ async fn invalidate_all_vs_late_fills() {
         .map(|k| spawn_load(&ns, &src, k))
         .collect();
     settle().await;
-    ns.invalidate_all();
+    ns.invalidate_all().await;
     src.release(2);
     for l in loads {
         l.await.unwrap().unwrap();
@@ -278,24 +278,38 @@ async fn invalidate_all_vs_late_fills() {
 #[tokio::test(start_paused = true)]
 async fn versions_order_writes_and_fills() {
     let ns = namespace::<u32>(exact().build().unwrap());
-    assert!(ns.insert_fetched("k", Fetched::value(5).with_version(5)));
     assert!(
-        !ns.insert_fetched("k", Fetched::value(4).with_version(4)),
+        ns.insert_fetched("k", Fetched::value(5).with_version(5))
+            .await
+    );
+    assert!(
+        !ns.insert_fetched("k", Fetched::value(4).with_version(4))
+            .await,
         "older version replaced newer"
     );
     assert_eq!(ns.get("k").unwrap().version(), Some(5));
-    assert!(ns.insert_fetched("k", Fetched::value(6).with_version(6)));
-    ns.invalidate_version("k", 9);
     assert!(
-        !ns.insert_fetched("k", Fetched::value(8).with_version(8)),
+        ns.insert_fetched("k", Fetched::value(6).with_version(6))
+            .await
+    );
+    ns.invalidate_version("k", 9).await;
+    assert!(
+        !ns.insert_fetched("k", Fetched::value(8).with_version(8))
+            .await,
         "fill older than the tombstone landed"
     );
     assert!(ns.get("k").is_none());
-    assert!(ns.insert_fetched("k", Fetched::value(9).with_version(9)));
+    assert!(
+        ns.insert_fetched("k", Fetched::value(9).with_version(9))
+            .await
+    );
     // After the hold-off the tombstone no longer blocks.
-    ns.invalidate_version("k", 20);
+    ns.invalidate_version("k", 20).await;
     advance(Duration::from_secs(6)).await;
-    assert!(ns.insert_fetched("k", Fetched::value(10).with_version(10)));
+    assert!(
+        ns.insert_fetched("k", Fetched::value(10).with_version(10))
+            .await
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -476,7 +490,7 @@ async fn ttl_jitter_spreads_expiry_of_entries_filled_together() {
     let mut lifetimes = Vec::new();
     for i in 0..500 {
         let key = format!("k{i}");
-        ns.insert(key.clone(), i);
+        ns.insert(key.clone(), i).await;
         lifetimes.push(ns.get(&key).unwrap().entry().fresh_until() - now);
     }
     assert!(
@@ -541,7 +555,7 @@ async fn get_returns_only_fresh_entries_and_never_loads() {
             .unwrap(),
     );
     assert!(ns.get("k").is_none());
-    ns.insert("k", 1);
+    ns.insert("k", 1).await;
     assert_eq!(ns.get("k").unwrap().status(), Status::Hit(Tier::L1));
     advance(Duration::from_secs(11)).await;
     assert!(ns.get("k").is_none());
@@ -556,7 +570,7 @@ async fn get_or_load_many_passes_only_the_misses_to_one_batch_call() {
     for i in 0..10 {
         src.set(format!("k{i}"), i);
     }
-    ns.insert("k0", 100);
+    ns.insert("k0", 100).await;
     // k1 is being loaded by someone else.
     src.set_fault(Fault::Gate);
     let other = spawn_load(&ns, &src, "k1");
@@ -649,7 +663,7 @@ async fn stats_count_each_outcome() {
     advance(Duration::from_secs(11)).await;
     ns.try_get_or_load("a", || src.load("a")).await.unwrap();
     settle().await;
-    ns.invalidate("a");
+    ns.invalidate("a").await;
     let s = ns.stats();
     assert_eq!(
         (
@@ -670,16 +684,20 @@ async fn stats_count_each_outcome() {
 #[tokio::test(start_paused = true)]
 async fn invalidate_tag_drops_tagged_entries_and_spares_the_rest() {
     let ns = namespace::<u32>(exact().build().unwrap());
-    ns.insert_fetched("tv-1", Fetched::value(1).with_tags(["tv", "sale"]));
-    ns.insert_fetched("tv-2", Fetched::value(2).with_tags(["tv"]));
-    ns.insert_fetched("radio", Fetched::value(3).with_tags(["radio"]));
-    ns.insert("plain", 4);
-    ns.invalidate_tag("tv");
+    ns.insert_fetched("tv-1", Fetched::value(1).with_tags(["tv", "sale"]))
+        .await;
+    ns.insert_fetched("tv-2", Fetched::value(2).with_tags(["tv"]))
+        .await;
+    ns.insert_fetched("radio", Fetched::value(3).with_tags(["radio"]))
+        .await;
+    ns.insert("plain", 4).await;
+    ns.invalidate_tag("tv").await;
     assert!(ns.get("tv-1").is_none() && ns.get("tv-2").is_none());
     assert!(ns.get("radio").is_some() && ns.get("plain").is_some());
     // An entry created after the barrier is valid, even with the tag.
     advance(Duration::from_millis(5)).await;
-    ns.insert_fetched("tv-3", Fetched::value(5).with_tags(["tv"]));
+    ns.insert_fetched("tv-3", Fetched::value(5).with_tags(["tv"]))
+        .await;
     assert_eq!(ns.get("tv-3").unwrap().value(), Some(&5));
 }
 
@@ -700,7 +718,7 @@ async fn tag_invalidation_vs_late_tagged_fill() {
         })
     };
     settle().await;
-    ns.invalidate_tag("tv");
+    ns.invalidate_tag("tv").await;
     gate.notify_one();
     assert_eq!(slow.await.unwrap().unwrap().value(), Some(&1));
     settle().await;

@@ -31,9 +31,11 @@ use strata_core::{
 
 use crate::barriers::TagBarriers;
 use crate::bus::Publisher;
-
 use crate::entry::{Entry, EntryKind};
-use crate::flight::{poison_locked, remove_locked, Flight, Flights, Outcome, Role};
+use crate::flight::{
+    poison_locked, register_locked, remove_locked, Flight, Flights, Outcome, Role, Source,
+};
+use crate::hotkeys::HotKeyDetector;
 use crate::l1::L1;
 use crate::lookup::{Lookup, StaleReason, Status};
 use crate::stats::{Counters, NamespaceStats};
@@ -65,6 +67,11 @@ impl<V> std::fmt::Debug for Namespace<V> {
     }
 }
 
+mod l2;
+
+pub(crate) use l2::NsL2;
+pub use l2::BARRIER_STALENESS;
+
 pub(crate) struct Inner<V> {
     name: String,
     policy: Policy,
@@ -77,6 +84,12 @@ pub(crate) struct Inner<V> {
     load_seconds: metrics::Histogram,
     /// Set once the cache is attached to a bus: this node's writes are published through it.
     publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
+    /// The shared tier, when the cache has one and the policy enables it.
+    l2: Option<NsL2<V>>,
+    /// Hot-key detection, when the policy enables it.
+    hot: Option<HotKeyDetector>,
+    /// L1 exists only to pin hot keys (the policy turned L1 off).
+    pins_only: bool,
 }
 
 /// What L1 holds for a key, classified against the policy at one instant.
@@ -115,8 +128,23 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         clock: Arc<dyn Clock>,
         weigher: Weigher<V>,
         publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
+        l2: Option<NsL2<V>>,
     ) -> Self {
-        let l1 = policy.l1.enabled.then(|| L1::new(&policy.l1));
+        let pins_only = !policy.l1.enabled && policy.hot_keys.enabled;
+        let l1 = if policy.l1.enabled {
+            Some(L1::new(&policy.l1))
+        } else if pins_only {
+            Some(L1::new(&strata_core::L1Policy {
+                enabled: true,
+                budget_bytes: PIN_BUDGET_BYTES,
+                ..policy.l1.clone()
+            }))
+        } else {
+            None
+        };
+        let hot = policy.hot_keys.enabled.then(|| {
+            HotKeyDetector::new(clock.clone(), policy.hot_keys.threshold_per_sec, HOT_WINDOW)
+        });
         let barriers = TagBarriers::new(longest_life_ms(&policy));
         let load_seconds = metrics::histogram!("strata_load_seconds", "namespace" => name.clone());
         Self {
@@ -131,6 +159,9 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 weigher,
                 load_seconds,
                 publisher,
+                l2,
+                hot,
+                pins_only,
             }),
         }
     }
@@ -181,47 +212,58 @@ impl<V: Send + Sync + 'static> Namespace<V> {
     }
 
     /// Stores a value: a *write* the caller knows to be current (write-through). Any load of the key under way
-    /// will not fill, and with a bus attached the other nodes drop their copies. To cache a value just read from
-    /// the source, use [`get_or_load`](Self::get_or_load), which fills without telling anyone.
-    pub fn insert(&self, key: impl Into<String>, value: V) {
-        self.insert_fetched(key, Fetched::value(value));
+    /// will not fill; with L2 the value is written there too, and with a bus attached the other nodes drop their
+    /// copies. To cache a value just read from the source, use [`get_or_load`](Self::get_or_load), which fills
+    /// without telling anyone.
+    pub async fn insert(&self, key: impl Into<String>, value: V) -> bool {
+        self.insert_fetched(key, Fetched::value(value)).await
     }
 
-    /// Stores a value with its version and tags. Returns `false` when L1 holds a greater version (the write is
-    /// older than what is cached) or L1 is off.
-    pub fn insert_fetched(&self, key: impl Into<String>, fetched: Fetched<V>) -> bool {
+    /// Stores a value with its version and tags. Returns `false` when neither L1 nor L2 stored it: a greater
+    /// version is cached, L1 is off and L2 absent, or L2 failed (then the key's invalidation is queued for
+    /// replay, so the old L2 value cannot outlive this write).
+    pub async fn insert_fetched(&self, key: impl Into<String>, fetched: Fetched<V>) -> bool {
         let inner = &*self.inner;
         let key = key.into();
         inner.counters.inserts.inc();
         let version = fetched.version;
         let entry = Arc::new(inner.make_entry(&key, fetched, Duration::ZERO));
-        let mut shard = inner.flights.lock(&key);
-        poison_locked(&mut shard, &key);
-        let stored = inner.fill_locked(&key, entry);
-        if stored {
-            inner.publish(Invalidation::Set { key: key.clone() }, version);
-        }
-        stored
+        let in_l1 = {
+            let mut shard = inner.flights.lock(&key);
+            poison_locked(&mut shard, &key);
+            inner.fill_locked(&key, entry.clone())
+        };
+        let in_l2 = match &inner.l2 {
+            Some(_) => inner.write_l2(&key, &entry).await,
+            None => false,
+        };
+        inner.publish(Invalidation::Set { key }, version);
+        in_l1 || in_l2
     }
 
     /// Invalidates a key: later reads load anew, and a load that began before this call cannot put its (older)
-    /// value back. The tombstone blocks fills for `tombstone_hold_off`.
-    pub fn invalidate(&self, key: &str) {
-        self.inner.invalidate(key, None);
+    /// value back — in this process, and with L2 on every node (the L2 tombstone voids the key's lease and fences
+    /// fills). The tombstone blocks fills for `tombstone_hold_off`.
+    pub async fn invalidate(&self, key: &str) {
+        self.inner.invalidate(key, None).await;
     }
 
     /// Invalidates a key because the source now holds `version`: additionally, any fill with an older version is
     /// refused while the tombstone lives.
-    pub fn invalidate_version(&self, key: &str, version: u64) {
-        self.inner.invalidate(key, Some(version));
+    pub async fn invalidate_version(&self, key: &str, version: u64) {
+        self.inner.invalidate(key, Some(version)).await;
     }
 
-    /// Invalidates every entry tagged `tag` (its [`Fetched::tags`]): they read as absent from now on, and loads
-    /// under way in the namespace will not fill (their tags are not known until they finish). Published to the
-    /// other nodes when a bus is attached.
-    pub fn invalidate_tag(&self, tag: &str) {
-        self.inner.invalidate_tag_local(tag);
-        self.inner.publish(
+    /// Invalidates every entry tagged `tag` (its [`Fetched::tags`]): they read as absent from now on, on every
+    /// node (the barrier is kept in L2 and published on the bus), and loads under way in the namespace will not
+    /// fill (their tags are not known until they finish).
+    pub async fn invalidate_tag(&self, tag: &str) {
+        let inner = &*self.inner;
+        inner.invalidate_tag_local(tag);
+        if inner.l2.is_some() {
+            inner.raise_barrier_l2(Some(tag)).await;
+        }
+        inner.publish(
             Invalidation::Tag {
                 tag: tag.to_owned(),
             },
@@ -229,10 +271,20 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         );
     }
 
-    /// Invalidates every key of the namespace, including loads under way.
-    pub fn invalidate_all(&self) {
-        self.inner.invalidate_all_local();
-        self.inner.publish(Invalidation::Clear, None);
+    /// Invalidates every key of the namespace, including loads under way: a generation bump. With L2, the
+    /// generation barrier is kept there, so every node (also one that joins later) reads older entries as absent.
+    pub async fn bump_generation(&self) {
+        let inner = &*self.inner;
+        inner.invalidate_all_local();
+        if inner.l2.is_some() {
+            inner.raise_barrier_l2(None).await;
+        }
+        inner.publish(Invalidation::Clear, None);
+    }
+
+    /// Same as [`bump_generation`](Self::bump_generation).
+    pub async fn invalidate_all(&self) {
+        self.bump_generation().await;
     }
 
     /// Returns the cached value or loads it with `loader`, coalescing concurrent loads of the key. The loader
@@ -303,6 +355,9 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 }
                 Triage::Load(fallback) => fallback,
             };
+            if let Some(hot) = &inner.hot {
+                hot.record(key);
+            }
             ready.push(None);
             match inner.flights.join_or_register(key) {
                 Role::Leader(f) => {
@@ -322,7 +377,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 r.map(|m| m.into_iter().map(|(k, v)| (k, Fetched::value(v))).collect())
                     .map_err(|e| Arc::new(e) as SharedError)
             }));
-            inner.spawn_load(leaders, fut);
+            inner.spawn_load(leaders, fut, None);
         }
         for (i, flight, status, fallback) in waits {
             ready[i] = Some(inner.await_flight(&flight, status, fallback).await?);
@@ -379,10 +434,17 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             }
             Triage::Load(fallback) => fallback,
         };
+        if let Some(hot) = &inner.hot {
+            hot.record(key);
+        }
         let (flight, status) = match inner.flights.join_or_register(key) {
             Role::Leader(f) => {
                 inner.counters.misses.inc();
-                inner.spawn_load(vec![(key.to_owned(), f.clone())], single(key, make()));
+                inner.spawn_load(
+                    vec![(key.to_owned(), f.clone())],
+                    single(key, make()),
+                    fallback.clone(),
+                );
                 (f, Status::Miss)
             }
             Role::Follower(f) => {
@@ -491,74 +553,144 @@ impl<V: Send + Sync + 'static> Inner<V> {
     ) {
         if let Role::Leader(f) = self.flights.join_or_register(key) {
             self.count_refresh(early);
-            self.spawn_load(vec![(key.to_owned(), f)], single(key, make()));
+            self.spawn_load(vec![(key.to_owned(), f)], single(key, make()), None);
         }
     }
 
-    /// Runs one loader call for the given flights in a detached task with the hard timeout.
-    fn spawn_load(self: &Arc<Self>, flights: Vec<(String, Arc<Flight<V>>)>, fut: BatchFuture<V>)
-    where
-        V: Send + Sync + 'static,
-    {
+    /// Runs one loader call for the given flights in a detached task with the hard timeout, consulting L2 first
+    /// when the namespace has it (see [`l2`]). `fallback`: the caller's stale L1 value, for a single key.
+    fn spawn_load(
+        self: &Arc<Self>,
+        flights: Vec<(String, Arc<Flight<V>>)>,
+        fut: BatchFuture<V>,
+        fallback: Option<Arc<Entry<V>>>,
+    ) {
         let inner = self.clone();
-        inner.counters.loads.inc();
-        tokio::spawn(async move {
-            let hard = inner.policy.load_timeout.hard;
-            let started = tokio::time::Instant::now();
-            let result = tokio::time::timeout(hard, AssertUnwindSafe(fut).catch_unwind()).await;
-            let elapsed = started.elapsed();
-            inner.counters.load_micros.add(elapsed.as_micros() as u64);
-            inner.load_seconds.record(elapsed.as_secs_f64());
-            let outcome: Result<HashMap<String, Fetched<V>>, Error> = match result {
-                Err(_) => {
-                    inner.counters.load_timeouts.inc();
-                    Err(Error::Timeout {
-                        tier: Tier::Source,
-                        after: hard,
-                    })
-                }
-                Ok(Err(panic)) => {
-                    inner.counters.load_errors.inc();
-                    Err(Error::LoaderPanicked {
-                        message: panic_message(panic.as_ref()),
-                    })
-                }
-                Ok(Ok(Err(source))) => {
-                    inner.counters.load_errors.inc();
-                    Err(Error::Load {
-                        tier: Tier::Source,
-                        source,
-                    })
-                }
-                Ok(Ok(Ok(map))) => Ok(map),
-            };
-            match outcome {
-                Ok(mut map) => {
-                    for (key, flight) in flights {
-                        let fetched = map.remove(&key).unwrap_or_else(Fetched::absent);
-                        let entry = Arc::new(inner.make_entry(&key, fetched, elapsed));
-                        inner.settle(&key, &flight, Ok(entry));
-                    }
-                }
-                Err(err) => {
-                    for (key, flight) in flights {
-                        inner.settle(&key, &flight, Err(err.clone()));
+        tokio::spawn(async move { inner.run_load(flights, fut, fallback).await });
+    }
+
+    async fn run_load(
+        self: Arc<Self>,
+        flights: Vec<(String, Arc<Flight<V>>)>,
+        fut: BatchFuture<V>,
+        fallback: Option<Arc<Entry<V>>>,
+    ) {
+        let pending: Vec<l2::Pending<V>> = match &self.l2 {
+            None => flights
+                .into_iter()
+                .map(|(key, flight)| l2::Pending {
+                    key,
+                    flight,
+                    fence: None,
+                    fallback: None,
+                })
+                .collect(),
+            Some(_) if flights.len() == 1 => {
+                let (key, flight) = flights.into_iter().next().expect("one flight");
+                self.consult_l2(key, flight, fallback)
+                    .await
+                    .into_iter()
+                    .collect()
+            }
+            Some(_) => self.consult_l2_many(flights).await,
+        };
+        if pending.is_empty() {
+            return; // answered from L2: the loader's future is dropped unpolled
+        }
+        self.counters.loads.inc();
+        let hard = self.policy.load_timeout.hard;
+        let started = tokio::time::Instant::now();
+        let result = tokio::time::timeout(hard, AssertUnwindSafe(fut).catch_unwind()).await;
+        let elapsed = started.elapsed();
+        self.counters.load_micros.add(elapsed.as_micros() as u64);
+        self.load_seconds.record(elapsed.as_secs_f64());
+        let outcome: Result<HashMap<String, Fetched<V>>, Error> = match result {
+            Err(_) => {
+                self.counters.load_timeouts.inc();
+                Err(Error::Timeout {
+                    tier: Tier::Source,
+                    after: hard,
+                })
+            }
+            Ok(Err(panic)) => {
+                self.counters.load_errors.inc();
+                Err(Error::LoaderPanicked {
+                    message: panic_message(panic.as_ref()),
+                })
+            }
+            Ok(Ok(Err(source))) => {
+                self.counters.load_errors.inc();
+                Err(Error::Load {
+                    tier: Tier::Source,
+                    source,
+                })
+            }
+            Ok(Ok(Ok(map))) => Ok(map),
+        };
+        match outcome {
+            Ok(mut map) => {
+                for p in pending {
+                    let fetched = map.remove(&p.key).unwrap_or_else(Fetched::absent);
+                    let entry = Arc::new(self.make_entry(&p.key, fetched, elapsed));
+                    let poisoned = p.flight.is_poisoned();
+                    self.settle(&p.key, &p.flight, Ok((entry.clone(), Source::Loaded)));
+                    match p.fence {
+                        // A write overtook the load: L2's fence would refuse the fill anyway.
+                        Some((_, Some(token))) if poisoned => {
+                            self.release_lease(&p.key, token).await
+                        }
+                        Some((started, lease)) if !poisoned => {
+                            self.fill_l2(&p.key, &entry, started, lease).await
+                        }
+                        _ => {}
                     }
                 }
             }
-        });
+            Err(err) => {
+                for p in pending {
+                    if let Some((_, Some(token))) = p.fence {
+                        self.release_lease(&p.key, token).await;
+                    }
+                    match p.fallback {
+                        Some(stale) => {
+                            stale.throttle_until(
+                                self.clock.now() + millis(self.policy.fail_safe_retry_every),
+                            );
+                            self.counters.fail_safe_activations.inc();
+                            self.settle(
+                                &p.key,
+                                &p.flight,
+                                Ok((stale, Source::Stale(StaleReason::FailSafe))),
+                            );
+                        }
+                        None => self.settle(&p.key, &p.flight, Err(err.clone())),
+                    }
+                }
+            }
+        }
     }
 
     /// Records a flight's outcome in L1 (unless a write poisoned it), ends the flight, and wakes its waiters.
     fn settle(&self, key: &str, flight: &Arc<Flight<V>>, outcome: Outcome<V>) {
-        {
+        self.settle_then(key, flight, outcome, false);
+    }
+
+    /// [`settle`](Self::settle); with `go_on`, a new flight for the key is registered in the same critical
+    /// section (so no second load can start) and returned — unless a write poisoned this one.
+    fn settle_then(
+        &self,
+        key: &str,
+        flight: &Arc<Flight<V>>,
+        outcome: Outcome<V>,
+        go_on: bool,
+    ) -> Option<Arc<Flight<V>>> {
+        let next = {
             let mut shard = self.flights.lock(key);
             match &outcome {
-                Ok(entry) if flight.is_poisoned() => {
-                    let _ = entry;
+                Ok(_) if flight.is_poisoned() => {
                     self.counters.fills_refused.inc();
                 }
-                Ok(entry) => {
+                Ok((entry, _)) => {
                     self.fill_locked(key, entry.clone());
                 }
                 Err(_) => {
@@ -569,13 +701,22 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 }
             }
             remove_locked(&mut shard, key, flight);
-        }
+            (go_on && !flight.is_poisoned() && !shard.contains_key(key))
+                .then(|| register_locked(&mut shard, key))
+        };
         flight.publish(outcome);
+        next
     }
 
     /// Stores `entry` unless a live entry holds a greater version. Call with the key's flight shard locked.
-    fn fill_locked(&self, key: &str, entry: Arc<Entry<V>>) -> bool {
+    fn fill_locked(&self, key: &str, mut entry: Arc<Entry<V>>) -> bool {
         let Some(l1) = &self.l1 else { return false };
+        if self.pins_only {
+            match self.pin(key, &entry) {
+                Some(pinned) => entry = pinned,
+                None => return false,
+            }
+        }
         if entry.kind == EntryKind::Negative && self.policy.negative_ttl.is_zero() {
             l1.remove(key);
             return false;
@@ -592,30 +733,57 @@ impl<V: Send + Sync + 'static> Inner<V> {
         true
     }
 
-    fn invalidate(&self, key: &str, version: Option<u64>) {
-        self.invalidate_key(key, version, true);
+    /// With L1 off and hot-key protection on, only hot keys' entries go to L1, their life capped by `pin_ttl`.
+    fn pin(&self, key: &str, entry: &Arc<Entry<V>>) -> Option<Arc<Entry<V>>> {
+        if entry.kind == EntryKind::Tombstone || !self.hot.as_ref().is_some_and(|h| h.is_hot(key)) {
+            return None;
+        }
+        self.counters.pinned.inc();
+        let until = self.clock.now() + millis(self.policy.hot_keys.pin_ttl);
+        Some(Arc::new(Entry::new(
+            key,
+            entry.value.clone(),
+            entry.created_at,
+            entry.fresh_until.min(until),
+            entry.stale_until.min(until),
+            entry.version,
+            entry.tags.clone(),
+            entry.delta_ms,
+            entry
+                .weight
+                .saturating_sub(key.len() as u64 + crate::entry::ENTRY_OVERHEAD),
+        )))
     }
 
-    /// Tombstones `key` locally; publishes the invalidation when `publish` (a local write) and a bus is attached.
-    /// The publish happens under the key's lock, so messages about one key leave in the order of the writes.
-    fn invalidate_key(&self, key: &str, version: Option<u64>, publish: bool) {
+    async fn invalidate(&self, key: &str, version: Option<u64>) {
+        self.invalidate_key(key, version);
+        if self.l2.is_some() {
+            self.invalidate_l2(key, version).await;
+        }
+        self.publish(
+            Invalidation::Delete {
+                key: key.to_owned(),
+            },
+            version,
+        );
+    }
+
+    /// Tombstones `key` in L1 and poisons its load in flight. Publishing is the caller's business: a local write
+    /// publishes after L2 has the tombstone, so no node that hears of it can re-read the old value from L2.
+    fn invalidate_key(&self, key: &str, version: Option<u64>) {
         self.counters.invalidations.inc();
         let now = self.clock.now();
         let mut shard = self.flights.lock(key);
         poison_locked(&mut shard, key);
-        if let Some(l1) = &self.l1 {
+        if let Some(l1) = self
+            .l1
+            .as_ref()
+            .filter(|l1| !self.pins_only || l1.peek(key).is_some())
+        {
             let hold = now + millis(self.policy.tombstone_hold_off);
             l1.insert(
                 key.to_owned(),
                 Arc::new(Entry::tombstone(key, now, hold, version)),
-            );
-        }
-        if publish {
-            self.publish(
-                Invalidation::Delete {
-                    key: key.to_owned(),
-                },
-                version,
             );
         }
     }
@@ -662,7 +830,24 @@ impl<V: Send + Sync + 'static> Inner<V> {
             _ => flight.wait().await,
         };
         match (outcome, fallback) {
-            (Ok(entry), _) => Ok(Lookup::new(entry, status)),
+            (Ok((entry, Source::Loaded)), _) => Ok(Lookup::new(entry, status)),
+            (Ok((entry, Source::Shared)), _) => {
+                let status = if entry.kind == EntryKind::Negative {
+                    self.counters.negative_hits.inc();
+                    Status::Negative
+                } else {
+                    self.counters.hits_l2.inc();
+                    Status::Hit(Tier::L2)
+                };
+                Ok(Lookup::new(entry, status))
+            }
+            (Ok((entry, Source::Stale(reason))), _) => {
+                match reason {
+                    StaleReason::FailSafe => self.counters.stale_fail_safe.inc(),
+                    _ => self.counters.stale_revalidating.inc(),
+                }
+                Ok(Lookup::new(entry, Status::Stale(reason)))
+            }
             (Err(_), Some(stale)) => {
                 // One activation per failed load (its leader), however many waiters it answers.
                 if status == Status::Miss {
@@ -726,6 +911,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 }
 
+/// The L1 budget of a namespace whose L1 holds only pinned hot keys.
+const PIN_BUDGET_BYTES: u64 = 8 << 20;
+
+/// The hot-key detector's counting window.
+const HOT_WINDOW: Duration = Duration::from_millis(200);
+
 /// The longest an entry of this policy can live: how long a tag barrier must be kept.
 fn longest_life_ms(policy: &Policy) -> u64 {
     let fresh = millis(policy.ttl.mul_f64(1.0 + policy.jitter)).max(millis(policy.negative_ttl));
@@ -755,8 +946,8 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Type-erased namespace operations for the [`crate::Cache`] registry (invalidation by name, stats).
 pub(crate) trait ErasedNamespace: Send + Sync {
-    fn invalidate(&self, key: &str);
-    fn invalidate_all(&self);
+    fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()>;
+    fn invalidate_all(&self) -> BoxFuture<'_, ()>;
     fn stats(&self) -> NamespaceStats;
     /// Applies another node's invalidation without publishing it again. Returns `true` for a tag invalidation.
     fn apply_remote(&self, what: &Invalidation, version: Option<u64>) -> bool;
@@ -765,33 +956,49 @@ pub(crate) trait ErasedNamespace: Send + Sync {
 }
 
 impl<V: Send + Sync + 'static> ErasedNamespace for Namespace<V> {
-    fn invalidate(&self, key: &str) {
-        Namespace::invalidate(self, key)
+    fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(Namespace::invalidate(self, key))
     }
-    fn invalidate_all(&self) {
-        Namespace::invalidate_all(self)
+    fn invalidate_all(&self) -> BoxFuture<'_, ()> {
+        Box::pin(Namespace::bump_generation(self))
     }
     fn stats(&self) -> NamespaceStats {
         self.inner.stats()
     }
     fn apply_remote(&self, what: &Invalidation, version: Option<u64>) -> bool {
+        let inner = &*self.inner;
         match what {
             Invalidation::Delete { key } | Invalidation::Set { key } => {
-                self.inner.invalidate_key(key, version, false);
+                inner.invalidate_key(key, version);
                 false
             }
             Invalidation::Clear => {
-                self.inner.invalidate_all_local();
+                inner.invalidate_all_local();
+                if let Some(l2) = &inner.l2 {
+                    l2.forget_barriers();
+                }
                 false
             }
             Invalidation::Tag { tag } => {
-                self.inner.invalidate_tag_local(tag);
+                inner.invalidate_tag_local(tag);
+                if let Some(l2) = &inner.l2 {
+                    l2.forget_barriers();
+                }
                 true
+            }
+            Invalidation::Filled { key } => {
+                if let Some(l2) = &inner.l2 {
+                    l2.wake(key);
+                }
+                false
             }
         }
     }
     fn flush_local(&self) {
         self.inner.invalidate_all_local();
+        if let Some(l2) = &self.inner.l2 {
+            l2.forget_barriers();
+        }
     }
 }
 
