@@ -5,6 +5,7 @@
 //! load read an old value, change the source, and only then let the load finish: exactly the interleaving of the
 //! stale-set races the engine must survive.
 
+pub mod cluster;
 pub mod proxy;
 
 use std::collections::HashMap;
@@ -48,6 +49,7 @@ struct State<V> {
     values: Mutex<HashMap<String, V>>,
     fault: Mutex<Fault>,
     calls: AtomicUsize,
+    polled: AtomicUsize,
     keys_loaded: AtomicUsize,
     gate: Semaphore,
 }
@@ -66,6 +68,7 @@ impl<V: Clone + Send + Sync + 'static> FaultyLoader<V> {
                 values: Mutex::new(HashMap::new()),
                 fault: Mutex::new(Fault::None),
                 calls: AtomicUsize::new(0),
+                polled: AtomicUsize::new(0),
                 keys_loaded: AtomicUsize::new(0),
                 gate: Semaphore::new(0),
             }),
@@ -95,6 +98,12 @@ impl<V: Clone + Send + Sync + 'static> FaultyLoader<V> {
     /// How many loader calls were made (a batch call counts once).
     pub fn calls(&self) -> usize {
         self.state.calls.load(Ordering::SeqCst)
+    }
+
+    /// How many calls' futures were polled: loads that actually reached the source. With a shared tier the engine
+    /// may call the loader and then drop its future unpolled, because L2 had the value.
+    pub fn source_loads(&self) -> usize {
+        self.state.polled.load(Ordering::SeqCst)
     }
 
     /// How many keys were requested over all calls.
@@ -143,6 +152,7 @@ impl<V: Clone + Send + Sync + 'static> FaultyLoader<V> {
 }
 
 async fn apply<V>(state: &State<V>, fault: Fault) -> Result<(), Injected> {
+    state.polled.fetch_add(1, Ordering::SeqCst);
     match fault {
         Fault::None => Ok(()),
         Fault::Fail(msg) => Err(Injected(msg)),

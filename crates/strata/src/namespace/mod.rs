@@ -632,8 +632,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 for p in pending {
                     let fetched = map.remove(&p.key).unwrap_or_else(Fetched::absent);
                     let entry = Arc::new(self.make_entry(&p.key, fetched, elapsed));
+                    // L2 first, then the waiters: when `get_or_load` returns, every node can read the value.
                     let poisoned = p.flight.is_poisoned();
-                    self.settle(&p.key, &p.flight, Ok((entry.clone(), Source::Loaded)));
                     match p.fence {
                         // A write overtook the load: L2's fence would refuse the fill anyway.
                         Some((_, Some(token))) if poisoned => {
@@ -644,6 +644,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         }
                         _ => {}
                     }
+                    self.settle(&p.key, &p.flight, Ok((entry, Source::Loaded)));
                 }
             }
             Err(err) => {

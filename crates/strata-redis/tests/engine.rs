@@ -1,0 +1,306 @@
+//! The engine over a real Redis, several nodes per test (each test has its own key prefix and bus stream).
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use redis::AsyncCommands;
+use strata::codec::Json;
+use strata::{Policy, Status, Tier};
+use strata_core::{Compression, Envelope, EnvelopeKind, LeaseGrant};
+use strata_testkit::cluster::{Cluster, ClusterOptions};
+use strata_testkit::proxy::LinkMode;
+use strata_testkit::{Fault, FaultyLoader};
+
+async fn cluster(name: &str, nodes: usize, tweak: impl FnOnce(&mut ClusterOptions)) -> Cluster {
+    let mut options = ClusterOptions {
+        nodes,
+        name: name.into(),
+        ..ClusterOptions::default()
+    };
+    tweak(&mut options);
+    Cluster::start(options)
+        .await
+        .expect("Redis must be running for these tests (scripts/test.sh starts it)")
+}
+
+fn policy() -> strata::PolicyBuilder {
+    Policy::builder()
+        .with_ttl(Duration::from_secs(60))
+        .with_jitter(0.0)
+}
+
+/// Waits until `check` holds, up to `within`.
+async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_key_is_loaded_once_across_four_nodes() {
+    let c = cluster("one-refill", 4, |_| {}).await;
+    let p = policy().with_distributed_coalescing(true).build().unwrap();
+    let nss = c.namespace::<u64>("price", p, Json);
+    let source = FaultyLoader::new();
+    source.set("sku-1", 129u64);
+    source.set_fault(Fault::Delay(Duration::from_millis(100)));
+    let reads = nss.iter().flat_map(|ns| {
+        (0..50).map(|_| {
+            let (ns, source) = (ns.clone(), source.clone());
+            async move { ns.try_get_or_load("sku-1", || source.load("sku-1")).await }
+        })
+    });
+    let answers = join_all(reads).await;
+    assert!(answers
+        .iter()
+        .all(|a| a.as_ref().unwrap().value() == Some(&129)));
+    assert_eq!(
+        source.source_loads(),
+        1,
+        "the source was loaded more than once"
+    );
+    let l2_hits = answers
+        .iter()
+        .filter(|a| a.as_ref().unwrap().status() == Status::Hit(Tier::L2))
+        .count();
+    assert!(l2_hits >= 3, "the other nodes did not read L2: {l2_hits}");
+    assert!(nss.iter().map(|n| n.stats().lease_waits).sum::<u64>() >= 1);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lease_holder_is_taken_over_after_its_lease_expires() {
+    let c = cluster("dead-holder", 1, |_| {}).await;
+    let p = policy()
+        .with_distributed_coalescing(true)
+        .with_lease_wait(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let ns = c.namespace::<u64>("price", p, Json).remove(0);
+    // A "node" takes the lease and dies.
+    let grant = c.nodes[0]
+        .l2
+        .lease("price", "k", Duration::from_millis(300), Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(matches!(grant, LeaseGrant::Granted(_)));
+    let source = FaultyLoader::new();
+    source.set("k", 7u64);
+    let started = Instant::now();
+    let got = ns.try_get_or_load("k", || source.load("k")).await.unwrap();
+    assert_eq!(got.value(), Some(&7));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "took over after {took:?}"
+    );
+    assert_eq!(source.source_loads(), 1);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_that_began_before_an_invalidation_never_lands() {
+    let c = cluster("stale-set", 3, |_| {}).await;
+    let p = policy().with_distributed_coalescing(true).build().unwrap();
+    let nss = c.namespace::<String>("price", p, Json);
+    let source = FaultyLoader::new();
+    source.set("k", "old".to_string());
+    source.set_fault(Fault::Gate);
+    // Node 0 starts a load that reads "old" and stalls.
+    let slow = {
+        let (ns, source) = (nss[0].clone(), source.clone());
+        tokio::spawn(async move { ns.try_get_or_load("k", || source.load("k")).await })
+    };
+    assert!(eventually(Duration::from_secs(5), || source.source_loads() == 1).await);
+    // The source changes; node 1 invalidates (L2 tombstone, lease voided, bus message).
+    source.set("k", "new".to_string());
+    source.set_fault(Fault::None);
+    nss[1].invalidate("k").await;
+    let applied = || c.nodes[0].bus_stats().unwrap().applied >= 1;
+    assert!(eventually(Duration::from_secs(5), applied).await);
+    // Now the slow load finishes with the old value: its caller gets what it read, but no tier keeps it.
+    source.release(1);
+    let old = slow.await.unwrap().unwrap();
+    assert_eq!(old.value().map(String::as_str), Some("old"));
+    let stored = c.nodes[2].l2.get("price", "k").await.unwrap();
+    assert!(
+        stored
+            .as_ref()
+            .is_none_or(|e| e.kind == EnvelopeKind::Tombstone),
+        "the stale fill landed in L2: {stored:?}"
+    );
+    for ns in &nss {
+        let got = ns.try_get_or_load("k", || source.load("k")).await.unwrap();
+        assert_eq!(got.value().map(String::as_str), Some("new"));
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_l2_bytes_are_a_miss_and_a_count() {
+    let c = cluster("corrupt", 1, |o| o.bus = false).await;
+    let ns = c
+        .namespace::<u64>("price", policy().build().unwrap(), Json)
+        .remove(0);
+    let l2 = &c.nodes[0].l2;
+    let mut conn = l2.connection();
+    // Garbage under the key.
+    let _: () = conn
+        .set(l2.redis_key("price", "a"), b"\x00\x01garbage".to_vec())
+        .await
+        .unwrap();
+    // A well-formed envelope whose value is not JSON for u64.
+    let env = Envelope {
+        created_at: 0,
+        fresh_until: u64::MAX / 4,
+        stale_until: u64::MAX / 4,
+        version: None,
+        tags: vec![],
+        delta_ms: 0,
+        etag: None,
+        kind: EnvelopeKind::Value(b"{not json".to_vec()),
+    };
+    l2.set("price", "b", &env, Compression::None, 1)
+        .await
+        .unwrap();
+    let source = FaultyLoader::new();
+    source.set("a", 1u64);
+    source.set("b", 2u64);
+    for (key, want) in [("a", 1), ("b", 2)] {
+        let got = ns.try_get_or_load(key, || source.load(key)).await.unwrap();
+        assert_eq!((got.value(), got.status()), (Some(&want), Status::Miss));
+    }
+    assert_eq!(l2.stats().corrupt, 1);
+    assert_eq!(c.nodes[0].cache.shared_stats().unwrap().corrupt, 1);
+    // The loads overwrote the bad entries.
+    assert!(l2.get("price", "a").await.unwrap().is_some());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_and_generation_barriers_reach_every_node_without_a_bus() {
+    let c = cluster("barriers", 2, |o| o.bus = false).await;
+    // L1 off: every read consults L2 and the barriers.
+    let p = policy().with_l1(false).build().unwrap();
+    let nss = c.namespace::<u64>("product", p, Json);
+    let source = FaultyLoader::new();
+    source.set("tv-1", 1u64);
+    source.set("radio-1", 2u64);
+    let load = |ns: &strata::Namespace<u64>, key: &'static str| {
+        let (ns, source) = (ns.clone(), source.clone());
+        async move {
+            ns.try_get_or_load(key, || {
+                let f = source.load(key);
+                async move { f.await.map(|v| strata::Fetched::from(v).with_tags(["tv"])) }
+            })
+            .await
+            .unwrap()
+            .status()
+        }
+    };
+    assert_eq!(load(&nss[0], "tv-1").await, Status::Miss);
+    assert_eq!(load(&nss[1], "tv-1").await, Status::Hit(Tier::L2));
+    nss[0].invalidate_tag("tv").await;
+    // Node 1 heard nothing; its cached barriers are at most BARRIER_STALENESS old.
+    tokio::time::sleep(strata::BARRIER_STALENESS + Duration::from_millis(50)).await;
+    assert_eq!(load(&nss[1], "tv-1").await, Status::Miss);
+    assert_eq!(load(&nss[0], "tv-1").await, Status::Hit(Tier::L2));
+    // A generation bump hides everything older, on every node.
+    assert_eq!(load(&nss[1], "radio-1").await, Status::Miss);
+    nss[1].bump_generation().await;
+    tokio::time::sleep(strata::BARRIER_STALENESS + Duration::from_millis(50)).await;
+    assert_eq!(load(&nss[0], "radio-1").await, Status::Miss);
+    assert_eq!(load(&nss[0], "tv-1").await, Status::Miss);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_bus_barriers_apply_at_once_including_l1() {
+    let c = cluster("barriers-bus", 2, |_| {}).await;
+    let nss = c.namespace::<u64>("product", policy().build().unwrap(), Json);
+    let tagged = |v: u64| strata::Fetched::value(v).with_tags(["tv"]);
+    nss[0].insert_fetched("tv-1", tagged(1)).await;
+    // The insert's own bus message (drop your copy) must reach node 1 before it reads, or it would drop it after.
+    let heard = || c.nodes[1].bus_stats().unwrap().applied >= 1;
+    assert!(eventually(Duration::from_secs(3), heard).await);
+    let got = nss[1]
+        .get_or_load("tv-1", || async { strata::Fetched::<u64>::absent() })
+        .await
+        .unwrap();
+    assert_eq!(got.status(), Status::Hit(Tier::L2));
+    assert!(nss[1].get("tv-1").is_some(), "node 1 keeps it in L1");
+    nss[0].invalidate_tag("tv").await;
+    assert!(
+        eventually(Duration::from_secs(3), || nss[1].get("tv-1").is_none()).await,
+        "node 1 still serves the tagged entry from L1"
+    );
+    let got = nss[1]
+        .get_or_load("tv-1", || async { Some(2u64) })
+        .await
+        .unwrap();
+    assert_eq!((got.value(), got.status()), (Some(&2), Status::Miss));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cut_slows_nothing_down_and_leaves_no_stale_value_behind() {
+    let c = cluster("cut", 2, |o| o.proxied = true).await;
+    let nss = c.namespace::<String>("price", policy().build().unwrap(), Json);
+    let source = FaultyLoader::new();
+    source.set("k", "v1".to_string());
+    for ns in &nss {
+        let got = ns.try_get_or_load("k", || source.load("k")).await.unwrap();
+        assert_eq!(got.value().map(String::as_str), Some("v1"));
+    }
+    // Node 0 loses Redis (L2 and bus) without a connection reset: the worst case, calls hang.
+    c.nodes[0].set_link(LinkMode::Blackhole);
+    // The source changes and node 0, the writer, invalidates: L2 is unreachable, so the tombstone is queued.
+    source.set("k", "v2".to_string());
+    let started = Instant::now();
+    nss[0].invalidate("k").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "invalidate hung"
+    );
+    let mut slowest = Duration::ZERO;
+    for i in 0..30 {
+        let key = format!("other-{i}");
+        source.set(key.clone(), format!("o{i}"));
+        let t = Instant::now();
+        let got = nss[0].try_get_or_load(&key, || source.load(&key)).await;
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(got.unwrap().value().cloned(), Some(format!("o{i}")));
+        let got = nss[0].try_get_or_load("k", || source.load("k")).await;
+        assert_eq!(got.unwrap().value().map(String::as_str), Some("v2"));
+    }
+    assert!(
+        slowest < Duration::from_millis(800),
+        "a read waited {slowest:?} on dead Redis"
+    );
+    let stats = c.nodes[0].cache.shared_stats().unwrap();
+    assert!(stats.pending >= 1 && stats.breaker_opened >= 1, "{stats:?}");
+    // Recovery: the queued tombstone reaches L2 and the bus; node 1 drops v1.
+    c.nodes[0].set_link(LinkMode::Pass);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            c.nodes[0].cache.shared_stats().unwrap().pending == 0
+        })
+        .await,
+        "the queued invalidation was never replayed"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || nss[1].get("k").is_none()).await,
+        "node 1 still serves v1 after recovery"
+    );
+    let got = nss[1]
+        .try_get_or_load("k", || source.load("k"))
+        .await
+        .unwrap();
+    assert_eq!(got.value().map(String::as_str), Some("v2"));
+    c.shutdown().await;
+}
