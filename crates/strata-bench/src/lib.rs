@@ -4,6 +4,7 @@
 
 #![allow(missing_docs)]
 
+pub mod cluster;
 pub mod invalidation;
 pub mod l1;
 pub mod l2;

@@ -24,6 +24,25 @@ enum Scenario {
         /// Source latency in milliseconds.
         #[arg(long, default_value_t = 50)]
         load_ms: u64,
+        /// Nodes. With more than one, the nodes share Redis (leases, L2, bus) and the naive baseline is
+        /// cache-aside over the same Redis.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// Redis URL (with `--nodes` > 1).
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+    },
+    /// One hot key read on every node with L1 off: Redis reads with and without hot-key pinning.
+    Hotkey {
+        /// Nodes.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Redis URL.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// Reads per variant over all nodes.
+        #[arg(long, default_value_t = 1_000_000)]
+        reads: usize,
     },
     /// Source calls per expiry at 1,000 req/s: TTL only, XFetch alone, XFetch with single-flight.
     Xfetch {
@@ -65,7 +84,47 @@ enum Scenario {
 
 fn main() {
     match Args::parse().scenario {
-        Scenario::Stampede { requests, load_ms } => {
+        Scenario::Stampede {
+            requests,
+            load_ms,
+            nodes,
+            redis,
+        } if nodes > 1 => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let load = Duration::from_millis(load_ms);
+            match rt.block_on(strata_bench::cluster::stampede(
+                &redis, nodes, requests, load,
+            )) {
+                Ok(report) => println!("{report}"),
+                Err(e) => {
+                    eprintln!("stampede: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Scenario::Hotkey {
+            nodes,
+            redis,
+            reads,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            match rt.block_on(strata_bench::cluster::hotkey(&redis, nodes, reads)) {
+                Ok(report) => println!("{report}"),
+                Err(e) => {
+                    eprintln!("hotkey: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Scenario::Stampede {
+            requests, load_ms, ..
+        } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

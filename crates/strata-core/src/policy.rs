@@ -155,14 +155,13 @@ pub enum WriteMode {
 /// *(L2)* Hot-key protection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HotKeys {
-    /// Detect hot keys at all. Default: `false`.
+    /// Detect hot keys and pin them in L1 for `pin_ttl` — also where the namespace's L1 is off, so a hot key
+    /// stops costing a Redis round trip per request. Default: `false`.
     pub enabled: bool,
     /// Requests per second above which a key counts as hot. Default: 1000.
     pub threshold_per_sec: u32,
     /// How long a hot key is pinned in L1. Default: 1 s.
     pub pin_ttl: Duration,
-    /// Copies of an extreme key in L2 (`k#r0..rN`); 0 disables replication. Default: 0.
-    pub l2_replicas: u8,
 }
 
 impl Default for HotKeys {
@@ -171,7 +170,6 @@ impl Default for HotKeys {
             enabled: false,
             threshold_per_sec: 1000,
             pin_ttl: Duration::from_secs(1),
-            l2_replicas: 0,
         }
     }
 }
@@ -294,6 +292,9 @@ impl Policy {
                     ),
                 );
             }
+        }
+        if self.hot_keys.enabled && self.hot_keys.pin_ttl.is_zero() {
+            return bad("hot_keys.pin_ttl", "must be greater than zero".into());
         }
         if self.hot_keys.enabled && self.hot_keys.threshold_per_sec == 0 {
             return bad(

@@ -17,7 +17,7 @@
 //!
 //! # Barriers
 //! A tag barrier (`invalidate_tag`) or the namespace's generation barrier (`bump_generation`) is a tier-clock time:
-//! an entry stamped before it reads as absent. Barriers are kept long enough to outlive every entry they cover.
+//! an entry stamped before it (or in the same millisecond) reads as absent. Barriers are kept long enough to outlive every entry they cover.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -98,12 +98,14 @@ pub struct Barriers {
 }
 
 impl Barriers {
-    /// Whether an entry stamped `stamp` with `tags` is behind a barrier (and so reads as absent).
+    /// Whether an entry stamped `stamp` with `tags` is behind a barrier (and so reads as absent). Stamps have
+    /// millisecond resolution: an entry stamped in the barrier's own millisecond may predate it, so it is behind it
+    /// (the cost is one extra miss).
     pub fn blocks(&self, tags: &[String], stamp: UnixMillis) -> bool {
-        self.generation.is_some_and(|g| stamp < g)
+        self.generation.is_some_and(|g| stamp <= g)
             || tags
                 .iter()
-                .any(|t| self.tags.get(t).is_some_and(|&b| stamp < b))
+                .any(|t| self.tags.get(t).is_some_and(|&b| stamp <= b))
     }
 }
 

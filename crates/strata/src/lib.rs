@@ -46,6 +46,7 @@ pub use namespace::{Namespace, WarmReport, Weigher, BARRIER_STALENESS};
 pub use shared::{BreakerOptions, SharedStats};
 pub use stats::NamespaceStats;
 pub use strata_core::{
-    Clock, EarlyRefresh, Error, Eviction, Fetched, L1Policy, LoadTimeout, ManualClock, Policy,
-    PolicyBuilder, PolicyError, SystemClock, Tier, TokioClock, UnixMillis,
+    Clock, Coalescing, EarlyRefresh, Error, Eviction, Fetched, HotKeys, L1Policy, L2Policy,
+    LoadTimeout, ManualClock, Policy, PolicyBuilder, PolicyError, SharedTier, SystemClock, Tier,
+    TokioClock, UnixMillis, WriteMode,
 };

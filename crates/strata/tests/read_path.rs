@@ -727,3 +727,45 @@ async fn tag_invalidation_vs_late_tagged_fill() {
         "a load that began before the tag invalidation filled the cache"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn hot_keys_are_pinned_even_with_l1_off_and_dropped_on_invalidation() {
+    let policy = exact()
+        .with_l1(false)
+        .with_hot_keys(strata::HotKeys {
+            enabled: true,
+            threshold_per_sec: 50, // 10 requests in the 200 ms window
+            pin_ttl: Duration::from_secs(1),
+        })
+        .build()
+        .unwrap();
+    let ns = namespace::<u32>(policy);
+    let source = FaultyLoader::new();
+    source.set("hot", 1u32);
+    source.set("cold", 2u32);
+    for _ in 0..50 {
+        ns.try_get_or_load("hot", || source.load("hot"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(source.source_loads(), 10, "loads before the key turned hot");
+    assert_eq!(ns.stats().pinned, 1);
+    assert_eq!(ns.get("hot").unwrap().status(), Status::Hit(Tier::L1));
+    // A cold key is never kept with L1 off.
+    ns.try_get_or_load("cold", || source.load("cold"))
+        .await
+        .unwrap();
+    assert!(ns.get("cold").is_none());
+    // The pin lasts pin_ttl, however long the entry's own TTL.
+    advance(Duration::from_millis(1100)).await;
+    assert!(ns.get("hot").is_none());
+    // An invalidation drops a pinned copy at once.
+    for _ in 0..12 {
+        ns.try_get_or_load("hot", || source.load("hot"))
+            .await
+            .unwrap();
+    }
+    assert!(ns.get("hot").is_some());
+    ns.invalidate("hot").await;
+    assert!(ns.get("hot").is_none());
+}
