@@ -15,17 +15,20 @@
 //! - a malformed message or an unknown namespace is counted and skipped, never a crash;
 //! - a tag invalidation raises a tag barrier in its namespace (see `Namespace::invalidate_tag`).
 //!
-//! The publisher is an ordered queue drained by one task, so messages leave in sequence order even though
-//! `invalidate` is synchronous.
+//! The publisher is an ordered queue drained by one task, so messages leave in sequence order.
 //!
-//! Known limit, until the per-key replay queue (newest wins) lands: a message the transport refuses (Redis down) is
-//! counted in [`BusStats::publish_errors`] and dropped. Its sequence number was consumed, so every other node sees
-//! a jump at this node's next message and flushes its L1 — safety holds — but if this node publishes nothing
-//! more, the others keep their copy until its TTL. The queue is also unbounded for now.
+//! When the transport refuses a message (Redis down), the message moves to a [`Backlog`]: one message per target
+//! (key, tag or namespace; newest wins; a clear supersedes its namespace's messages), at most [`BACKLOG_CAP`]
+//! targets (beyond that a namespace's messages collapse into one clear), retried every [`RETRY_EVERY`] in order,
+//! and every message published after it waits behind it. A message superseded in the backlog never leaves, so the
+//! others see a jump in this node's sequence when the backlog drains and flush their L1: the backlog may lose
+//! *detail*, never *safety*. Receivers record the lag (now − the message's `ts`) in the `strata_bus_lag_seconds`
+//! histogram.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -162,6 +165,10 @@ pub struct BusStats {
     pub published: u64,
     /// Messages that failed to publish (the transport refused).
     pub publish_errors: u64,
+    /// Messages waiting in the backlog for the transport to recover.
+    pub backlog: u64,
+    /// Messages superseded in the backlog by a newer one for the same target.
+    pub superseded: u64,
     /// Other nodes' messages applied.
     pub applied: u64,
     /// Own messages seen and ignored.
@@ -182,6 +189,8 @@ pub struct BusStats {
 pub(crate) struct BusCounters {
     pub published: AtomicU64,
     pub publish_errors: AtomicU64,
+    pub backlog: AtomicU64,
+    pub superseded: AtomicU64,
     pub applied: AtomicU64,
     pub echoes: AtomicU64,
     pub duplicates: AtomicU64,
@@ -197,6 +206,8 @@ impl BusCounters {
         BusStats {
             published: g(&self.published),
             publish_errors: g(&self.publish_errors),
+            backlog: g(&self.backlog),
+            superseded: g(&self.superseded),
             applied: g(&self.applied),
             echoes: g(&self.echoes),
             duplicates: g(&self.duplicates),
@@ -240,6 +251,97 @@ impl Publisher {
     }
 }
 
+/// At most this many targets wait in a publisher's backlog.
+pub const BACKLOG_CAP: usize = 10_000;
+
+/// How often a publisher retries its backlog.
+pub const RETRY_EVERY: Duration = Duration::from_millis(100);
+
+/// Messages the transport refused, waiting for retry: one per target, newest wins, in sequence order.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    msgs: Vec<BusMessage>,
+    index: HashMap<(String, String), usize>,
+}
+
+fn target(m: &BusMessage) -> (String, String) {
+    let t = match &m.what {
+        Invalidation::Delete { key } | Invalidation::Set { key } | Invalidation::Filled { key } => {
+            format!("k:{key}")
+        }
+        Invalidation::Tag { tag } => format!("t:{tag}"),
+        Invalidation::Clear => "*".to_owned(),
+    };
+    (m.namespace.clone(), t)
+}
+
+impl Backlog {
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// Adds a message; returns how many waiting messages it superseded.
+    pub fn push(&mut self, m: BusMessage) -> usize {
+        let t = target(&m);
+        if let Some(&i) = self.index.get(&t) {
+            // The newer message goes to the end, so the backlog stays in sequence order (receivers drop a
+            // message whose sequence number is below one they have seen).
+            self.msgs.remove(i);
+            self.msgs.push(m);
+            self.reindex();
+            return 1;
+        }
+        let clear = matches!(m.what, Invalidation::Clear);
+        if clear || self.msgs.len() >= BACKLOG_CAP {
+            // A clear covers every message of its namespace; so does the clear that replaces them when full.
+            let before = self.msgs.len();
+            self.msgs.retain(|old| old.namespace != m.namespace);
+            let dropped = before - self.msgs.len();
+            let m = BusMessage {
+                what: Invalidation::Clear,
+                ..m
+            };
+            self.msgs.push(m);
+            self.reindex();
+            return dropped;
+        }
+        self.index.insert(t, self.msgs.len());
+        self.msgs.push(m);
+        0
+    }
+
+    /// Removes and returns the messages in order.
+    pub fn take(&mut self) -> Vec<BusMessage> {
+        self.index.clear();
+        std::mem::take(&mut self.msgs)
+    }
+
+    /// Puts back messages that could not be published (ahead of anything pushed since `take`).
+    pub fn put_back(&mut self, mut msgs: Vec<BusMessage>) {
+        let newer = std::mem::take(&mut self.msgs);
+        self.msgs = std::mem::take(&mut msgs);
+        self.reindex();
+        for m in newer {
+            self.push(m);
+        }
+    }
+
+    fn reindex(&mut self) {
+        self.index = self
+            .msgs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (target(m), i))
+            .collect();
+    }
+}
+
 /// The running bus attachment of a node. [`close`](Self::close) publishes what is queued and stops listening.
 pub struct BusListener {
     pub(crate) stop: tokio::sync::watch::Sender<bool>,
@@ -277,6 +379,63 @@ mod tests {
         assert_eq!(t.observe("a", 9), Seen::Gap { missed: 2 });
         assert_eq!(t.observe("b", 1), Seen::First);
         assert_eq!(t.observe("a", 10), Seen::InOrder);
+    }
+
+    fn msg(ns: &str, what: Invalidation, seq: u64) -> BusMessage {
+        BusMessage {
+            namespace: ns.into(),
+            what,
+            version: None,
+            origin: "o".into(),
+            seq,
+            ts: 0,
+        }
+    }
+
+    #[test]
+    fn backlog_keeps_the_newest_message_per_target_and_a_clear_covers_its_namespace() {
+        let del = |k: &str| Invalidation::Delete { key: k.into() };
+        let mut b = Backlog::default();
+        assert_eq!(b.push(msg("a", del("1"), 1)), 0);
+        assert_eq!(b.push(msg("a", del("2"), 2)), 0);
+        assert_eq!(b.push(msg("a", del("1"), 3)), 1);
+        assert_eq!(b.push(msg("b", del("1"), 4)), 0);
+        let seqs: Vec<u64> = b.take().iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![2, 3, 4]);
+        for (i, k) in ["1", "2", "3"].iter().enumerate() {
+            b.push(msg("a", del(k), i as u64));
+        }
+        b.push(msg("b", del("9"), 10));
+        assert_eq!(b.push(msg("a", Invalidation::Clear, 11)), 3);
+        let left: Vec<(String, u64)> = b.take().into_iter().map(|m| (m.namespace, m.seq)).collect();
+        assert_eq!(left, vec![("b".into(), 10), ("a".into(), 11)]);
+    }
+
+    #[test]
+    fn a_full_backlog_collapses_a_namespace_into_one_clear() {
+        let mut b = Backlog::default();
+        for i in 0..BACKLOG_CAP as u64 {
+            b.push(msg("a", Invalidation::Delete { key: i.to_string() }, i));
+        }
+        b.push(msg("a", Invalidation::Delete { key: "new".into() }, 99_999));
+        let all = b.take();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].what, Invalidation::Clear);
+    }
+
+    #[test]
+    fn put_back_keeps_the_unsent_ahead_of_newer_messages() {
+        let del = |k: &str| Invalidation::Delete { key: k.into() };
+        let mut b = Backlog::default();
+        b.push(msg("a", del("1"), 1));
+        b.push(msg("a", del("2"), 2));
+        let mut taken = b.take();
+        taken.remove(0); // "1" was published
+        b.push(msg("a", del("3"), 3));
+        b.push(msg("a", del("2"), 4));
+        b.put_back(taken);
+        let seqs: Vec<u64> = b.take().iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![3, 4]);
     }
 
     #[test]

@@ -12,7 +12,9 @@ use parking_lot::RwLock;
 use strata_core::{Clock, Error, Policy, SharedTier, SystemClock};
 use tokio::sync::{mpsc, watch};
 
-use crate::bus::{Bus, BusCounters, BusEvent, BusListener, Publisher, Seen, SeqTracker};
+use crate::bus::{
+    Backlog, Bus, BusCounters, BusEvent, BusListener, Publisher, Seen, SeqTracker, RETRY_EVERY,
+};
 use crate::codec::Codec;
 use crate::namespace::{ErasedNamespace, Namespace, NsL2, Weigher};
 use crate::shared::{BreakerOptions, SharedLink, SharedStats};
@@ -103,18 +105,33 @@ impl Cache {
         let publishing = {
             let (bus, counters, mut stop) = (bus.clone(), counters.clone(), stop_rx.clone());
             tokio::spawn(async move {
+                let mut backlog = Backlog::default();
+                // After a refusal, only the retry timer tries again: new messages just join the backlog.
+                let mut failing = false;
                 loop {
                     tokio::select! {
                         biased;
-                        m = queue.recv() => match m {
-                            Some(m) => publish_one(bus.as_ref(), &counters, m).await,
-                            None => break,
-                        },
                         _ = stopped(&mut stop) => {
                             while let Ok(m) = queue.try_recv() {
-                                publish_one(bus.as_ref(), &counters, m).await;
+                                enqueue(&mut backlog, &counters, m);
                             }
+                            drain(bus.as_ref(), &counters, &mut backlog).await;
                             break;
+                        }
+                        m = queue.recv() => match m {
+                            Some(m) => {
+                                enqueue(&mut backlog, &counters, m);
+                                while let Ok(m) = queue.try_recv() {
+                                    enqueue(&mut backlog, &counters, m);
+                                }
+                                if !failing {
+                                    failing = !drain(bus.as_ref(), &counters, &mut backlog).await;
+                                }
+                            }
+                            None => break,
+                        },
+                        _ = tokio::time::sleep(RETRY_EVERY), if !backlog.is_empty() => {
+                            failing = !drain(bus.as_ref(), &counters, &mut backlog).await;
                         }
                     }
                 }
@@ -146,6 +163,8 @@ impl Cache {
         use std::sync::atomic::Ordering::Relaxed;
         match ev {
             BusEvent::Message(m) => {
+                let lag_ms = self.inner.clock.now().saturating_sub(m.ts);
+                metrics::histogram!("strata_bus_lag_seconds").record(lag_ms as f64 / 1000.0);
                 if m.origin == self.inner.node_id {
                     counters.echoes.fetch_add(1, Relaxed);
                     return;
@@ -291,6 +310,7 @@ impl Cache {
             for (event, v) in [
                 ("published", s.published),
                 ("publish_error", s.publish_errors),
+                ("superseded", s.superseded),
                 ("applied", s.applied),
                 ("echo", s.echoes),
                 ("duplicate", s.duplicates),
@@ -301,6 +321,7 @@ impl Cache {
             ] {
                 metrics::counter!("strata_bus_messages_total", "event" => event).absolute(v);
             }
+            metrics::gauge!("strata_bus_backlog").set(s.backlog as f64);
         }
     }
 
@@ -319,13 +340,30 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn publish_one(bus: &dyn Bus, counters: &BusCounters, m: strata_core::BusMessage) {
-    let c = if bus.publish(m).await.is_ok() {
-        &counters.published
-    } else {
-        &counters.publish_errors
-    };
-    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+fn enqueue(backlog: &mut Backlog, counters: &BusCounters, m: strata_core::BusMessage) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let superseded = backlog.push(m);
+    counters.superseded.fetch_add(superseded as u64, Relaxed);
+    counters.backlog.store(backlog.len() as u64, Relaxed);
+}
+
+/// Publishes the backlog in order, stopping at the first refusal (the rest waits for the next retry). Returns
+/// whether everything was published.
+async fn drain(bus: &dyn Bus, counters: &BusCounters, backlog: &mut Backlog) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut msgs = backlog.take().into_iter();
+    while let Some(m) = msgs.next() {
+        if bus.publish(m.clone()).await.is_ok() {
+            counters.published.fetch_add(1, Relaxed);
+        } else {
+            counters.publish_errors.fetch_add(1, Relaxed);
+            backlog.put_back(std::iter::once(m).chain(msgs).collect());
+            counters.backlog.store(backlog.len() as u64, Relaxed);
+            return false;
+        }
+    }
+    counters.backlog.store(backlog.len() as u64, Relaxed);
+    true
 }
 
 /// Builds a [`Cache`].

@@ -220,3 +220,57 @@ async fn a_second_bus_is_refused() {
     assert!(err.to_string().contains("already attached"), "{err}");
     first.close().await;
 }
+
+/// A transport that refuses every publish while `down`.
+struct FlakyBus {
+    inner: InProcessBus,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Bus for FlakyBus {
+    fn publish(&self, msg: BusMessage) -> BoxFuture<'_, Result<(), strata::Error>> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(strata::Error::Unavailable {
+                    tier: strata::Tier::L2,
+                    message: "transport down".into(),
+                })
+            });
+        }
+        self.inner.publish(msg)
+    }
+    fn subscribe(&self) -> BoxStream<'static, BusEvent> {
+        self.inner.subscribe()
+    }
+}
+
+#[tokio::test]
+async fn refused_messages_wait_in_the_backlog_newest_wins_and_reach_the_others_on_recovery() {
+    let flaky = Arc::new(FlakyBus {
+        inner: InProcessBus::new(),
+        down: true.into(),
+    });
+    let (_a, price_a, bus_a) = node(flaky.clone());
+    let (_b, price_b, bus_b) = node(flaky.clone());
+    for k in ["k1", "k2"] {
+        price_b.get_or_load(k, || async { Some(1) }).await.unwrap();
+    }
+    price_a.invalidate("k1").await;
+    price_a.invalidate("k2").await;
+    price_a.invalidate("k1").await;
+    eventually("the backlog holds one message per key", || {
+        bus_a.stats().backlog == 2
+    })
+    .await;
+    assert_eq!(bus_a.stats().superseded, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(price_b.get("k1").is_some() && price_b.get("k2").is_some());
+    flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually("node b dropped both keys", || {
+        price_b.get("k1").is_none() && price_b.get("k2").is_none()
+    })
+    .await;
+    assert_eq!(bus_a.stats().backlog, 0);
+    bus_a.close().await;
+    bus_b.close().await;
+}
