@@ -59,12 +59,20 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 say "scenario smoke runs (release)"
 cargo build --release --quiet -p strata-bench --bins --examples
+REDIS_URL="${STRATA_REDIS_URL:-redis://127.0.0.1:6379}"
 line=$(cargo run --release --quiet -p strata-bench -- stampede)
 echo "$line"
 echo "$line" | grep -q ' loader_calls=1 ' || { echo "stampede: expected loader_calls=1" >&2; exit 1; }
 cargo run --release --quiet -p strata-bench -- xfetch --seconds 20
-cargo run --release --quiet -p strata-bench -- l2 --samples 2000
-cargo run --release --quiet -p strata-bench -- invalidation --nodes 4 --samples 200
+cargo run --release --quiet -p strata-bench -- l2 --samples 2000 --redis "$REDIS_URL"
+cargo run --release --quiet -p strata-bench -- invalidation --nodes 4 --samples 200 --redis "$REDIS_URL"
+line=$(cargo run --release --quiet -p strata-bench -- stampede --nodes 4 --redis "$REDIS_URL")
+echo "$line"
+echo "$line" | grep -q ' source_loads=1 ' || { echo "stampede --nodes 4: expected source_loads=1" >&2; exit 1; }
+line=$(cargo run --release --quiet -p strata-bench -- hotkey --nodes 4 --redis "$REDIS_URL")
+echo "$line"
+pct=$(echo "$line" | sed -n 's/.*reduction_pct=\([0-9.]*\).*/\1/p')
+awk -v p="$pct" 'BEGIN { exit !(p >= 99.9) }' || { echo "hotkey: reduction_pct=$pct, expected >= 99.9" >&2; exit 1; }
 cargo run --release --quiet --example black_friday -- --requests 2000
 
 say "all checks passed"

@@ -22,9 +22,13 @@
 //!
 //! Every lookup returns a [`Lookup`]: the value with how it was obtained ([`Status`]).
 //!
-//! Building blocks for the shared tier, tested on their own and wired into the read path with L2:
-//! [`hotkeys::HotKeyDetector`] (HeavyKeeper top-k over tumbling windows) and [`breaker::CircuitBreaker`]
-//! (consecutive-failure breaker with a single half-open probe).
+//! # With a shared tier (L2)
+//! [`CacheBuilder::with_shared_tier`] adds L2 (e.g. `strata_redis::RedisL2`); each namespace then needs a
+//! [`codec`]. Misses consult L2 before the source, with leases for distributed coalescing; writes reach L2 before
+//! the bus tells other nodes; tag and generation barriers live in L2; every L2 call passes a
+//! [`breaker::CircuitBreaker`], and invalidations that cannot reach L2 wait in a replay queue. Hot keys
+//! ([`hotkeys::HotKeyDetector`]) are pinned in L1, also where a namespace's L1 is off. See `Namespace` (read path)
+//! and the `shared` module docs (Redis down).
 
 mod barriers;
 pub mod breaker;
@@ -34,6 +38,7 @@ pub mod codec;
 mod entry;
 mod flight;
 pub mod hotkeys;
+pub mod keys;
 pub mod l1;
 mod lookup;
 mod namespace;

@@ -11,11 +11,17 @@
 //! 4. On error or timeout, a value inside the fail-safe window is served (and further loads throttled); else the
 //!    error reaches the caller.
 //!
+//! With a shared tier, the load task first consults L2 and, with distributed coalescing, takes the key's lease
+//! (see the `l2` submodule); it fills L2 under a fence before it answers.
+//!
 //! # Consistency model
 //! Within one process, every operation on a key is linearizable with respect to writes (`insert`, `invalidate`,
 //! `invalidate_all`): a load that started before a write never fills the cache after it, and a read that starts
 //! after a write returns completed writes' data or loads anew. What the source itself returns is the loader's
 //! business: Strata caches it for `ttl` (± jitter), which is the staleness bound for changes it is not told of.
+//!
+//! Across nodes sharing L2: a write through any node is in L2 before its call returns and other nodes' L1 copies
+//! go within the bus latency; a load that began before an invalidation (anywhere) never fills L2 after it.
 
 use std::collections::HashMap;
 use std::future::Future;
