@@ -304,3 +304,49 @@ async fn a_redis_cut_slows_nothing_down_and_leaves_no_stale_value_behind() {
     assert_eq!(got.value().map(String::as_str), Some("v2"));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_refresh_reaches_the_source_and_l2_instead_of_copying_l2_back() {
+    let c = cluster("early-refresh", 2, |_| {}).await;
+    let p = policy()
+        .with_ttl(Duration::from_secs(2))
+        .with_early_refresh(strata::EarlyRefresh::Ratio(0.5))
+        .with_distributed_coalescing(true)
+        .build()
+        .unwrap();
+    let nss = c.namespace::<u64>("price", p, Json);
+    let source = FaultyLoader::new();
+    source.set("k", 1u64);
+    // Node 1 loads; node 0 copies the entry from L2 (so node 0 holds L2's very entry).
+    nss[1]
+        .try_get_or_load("k", || source.load("k"))
+        .await
+        .unwrap();
+    let got = nss[0]
+        .try_get_or_load("k", || source.load("k"))
+        .await
+        .unwrap();
+    assert_eq!(got.status(), Status::Hit(Tier::L2));
+    source.set("k", 2u64);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past half its life: node 0 answers from L1 and refreshes in the background, from the source.
+    let got = nss[0]
+        .try_get_or_load("k", || source.load("k"))
+        .await
+        .unwrap();
+    assert_eq!(got.value(), Some(&1));
+    assert!(
+        eventually(Duration::from_secs(3), || source.source_loads() == 2).await,
+        "the refresh never reached the source"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || nss[0]
+            .get("k")
+            .and_then(|l| l.value().copied())
+            == Some(2))
+        .await
+    );
+    let stored = c.nodes[1].l2.get("price", "k").await.unwrap().unwrap();
+    assert_eq!(stored.kind, EnvelopeKind::Value(b"2".to_vec()));
+    c.shutdown().await;
+}

@@ -7,9 +7,9 @@ use strata_core::UnixMillis;
 
 /// Fixed bytes charged per entry on top of the key and the value's weight: the entry struct and its `Arc`, the
 /// value's `Arc` header, the key's `String` header and the store's slot and ghost share. Measured, not guessed:
-/// the `l1` benchmark counts 213 allocated bytes per entry for an 8-byte key and an 8-byte value, i.e. ≈ 197 of
+/// the `l1` benchmark counts 221 allocated bytes per entry for an 8-byte key and an 8-byte value, i.e. ≈ 205 of
 /// overhead, rounded up here.
-pub const ENTRY_OVERHEAD: u64 = 200;
+pub const ENTRY_OVERHEAD: u64 = 208;
 
 /// What an entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,8 @@ pub struct Entry<V> {
     pub(crate) tags: Vec<String>,
     pub(crate) delta_ms: u32,
     pub(crate) weight: u64,
+    /// The shared tier's stamp of the entry this one was read from (tier time); 0 if it was not read from L2.
+    pub(crate) stamp: UnixMillis,
     /// Fail-safe throttle: no new load for this key before this instant after a failed one.
     pub(crate) retry_after: AtomicU64,
 }
@@ -69,6 +71,7 @@ impl<V> Entry<V> {
             tags,
             delta_ms,
             weight: key.len() as u64 + value_weight + tag_bytes as u64 + ENTRY_OVERHEAD,
+            stamp: 0,
             retry_after: AtomicU64::new(0),
         }
     }
@@ -90,6 +93,7 @@ impl<V> Entry<V> {
             tags: Vec::new(),
             delta_ms: 0,
             weight: key.len() as u64 + ENTRY_OVERHEAD,
+            stamp: 0,
             retry_after: AtomicU64::new(0),
         }
     }

@@ -88,6 +88,32 @@ pub(crate) enum Found<V> {
     Absent,
 }
 
+/// The entry a refresh replaces: its creation time (local) and L2 stamp (0 if it was not read from L2).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refreshing {
+    pub created_at: UnixMillis,
+    pub stamp: UnixMillis,
+}
+
+impl Refreshing {
+    pub(crate) fn of<V>(e: &Entry<V>) -> Self {
+        Self {
+            created_at: e.created_at,
+            stamp: e.stamp,
+        }
+    }
+
+    /// Whether the L2 entry `e` is newer than the entry being refreshed: another node refreshed it already.
+    /// Stamps are compared exactly when both come from L2 (local times derived from them wobble with the RTT).
+    fn is_older_than<V>(&self, e: &Entry<V>) -> bool {
+        if self.stamp != 0 {
+            e.stamp > self.stamp
+        } else {
+            e.created_at > self.created_at
+        }
+    }
+}
+
 /// The flight a load goes on under, and its stale fallback.
 type GoOn<V> = (Arc<Flight<V>>, Option<Arc<Entry<V>>>);
 
@@ -209,7 +235,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             fresh_until = fresh_until.min(local_now + super::millis(cap));
         }
         let weight = value.as_ref().map_or(0, |v| (self.weigher)(v) as u64);
-        let entry = Arc::new(Entry::new(
+        let mut entry = Entry::new(
             key,
             value,
             local(stamp),
@@ -219,7 +245,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
             env.tags,
             env.delta_ms,
             weight,
-        ));
+        );
+        entry.stamp = stamp;
+        let entry = Arc::new(entry);
         if tier_now < env.fresh_until && local_now < fresh_until {
             Found::Fresh(entry)
         } else {
@@ -238,6 +266,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         key: String,
         flight: Arc<Flight<V>>,
         l1_fallback: Option<Arc<Entry<V>>>,
+        newer_than: Option<Refreshing>,
     ) -> Option<Pending<V>> {
         let (found, mut started) = match self.l2_lookup(&key).await {
             Ok(x) => x,
@@ -250,7 +279,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 })
             }
         };
-        let (flight, fallback) = self.take_found(&key, flight, found)?;
+        let (flight, fallback) = self.take_found(&key, flight, found, newer_than)?;
         if !self.policy.coalescing.distributed {
             return Some(Pending {
                 key,
@@ -325,6 +354,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     pub(crate) async fn consult_l2_many(
         &self,
         flights: Vec<(String, Arc<Flight<V>>)>,
+        refreshing: &HashMap<String, Refreshing>,
     ) -> Vec<Pending<V>> {
         let keys: Vec<&str> = flights.iter().map(|(k, _)| k.as_str()).collect();
         let looked = self.l2_lookup_many(&keys).await;
@@ -336,7 +366,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
             .into_iter()
             .zip(found)
             .filter_map(|((key, flight), found)| {
-                let (flight, fallback) = self.take_found(&key, flight, found)?;
+                let newer_than = refreshing.get(&key).copied();
+                let (flight, fallback) = self.take_found(&key, flight, found, newer_than)?;
                 Some(Pending {
                     key,
                     flight,
@@ -347,10 +378,21 @@ impl<V: Send + Sync + 'static> Inner<V> {
             .collect()
     }
 
-    /// Answers the flight from a fresh or revalidating L2 entry. Returns the flight to go on loading under (a new
-    /// one after a stale answer) and the fallback, or `None` when nothing remains to do.
-    fn take_found(&self, key: &str, flight: Arc<Flight<V>>, found: Found<V>) -> Option<GoOn<V>> {
+    /// Answers the flight from a fresh or revalidating L2 entry (for a refresh: only from an entry newer than
+    /// `newer_than`). Returns the flight to go on loading under (a new one after a stale answer) and the
+    /// fallback, or `None` when nothing remains to do.
+    fn take_found(
+        &self,
+        key: &str,
+        flight: Arc<Flight<V>>,
+        found: Found<V>,
+        newer_than: Option<Refreshing>,
+    ) -> Option<GoOn<V>> {
         match found {
+            // A refresh that finds the very entry it refreshes (or an older one) must still load.
+            Found::Fresh(e) if newer_than.is_some_and(|old| !old.is_older_than(&e)) => {
+                Some((flight, Some(e)))
+            }
             Found::Fresh(e) => {
                 self.settle(key, &flight, Ok((e, Source::Shared)));
                 None

@@ -346,6 +346,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         let mut ready: Vec<Option<Lookup<V>>> = Vec::with_capacity(keys.len());
         let mut waits = Vec::new();
         let mut leaders: Vec<(String, Arc<Flight<V>>)> = Vec::new();
+        let mut refreshing = HashMap::new();
         for (i, key) in keys.iter().enumerate() {
             let key = key.as_ref();
             let fallback = match inner.triage(key, now) {
@@ -353,6 +354,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                     if let Some(early) = refresh {
                         if let Role::Leader(f) = inner.flights.join_or_register(key) {
                             inner.count_refresh(early);
+                            refreshing.insert(key.to_owned(), l2::Refreshing::of(lookup.entry()));
                             leaders.push((key.to_owned(), f));
                         }
                     }
@@ -383,7 +385,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 r.map(|m| m.into_iter().map(|(k, v)| (k, Fetched::value(v))).collect())
                     .map_err(|e| Arc::new(e) as SharedError)
             }));
-            inner.spawn_load(leaders, fut, None);
+            inner.spawn_load(leaders, fut, None, refreshing);
         }
         for (i, flight, status, fallback) in waits {
             ready[i] = Some(inner.await_flight(&flight, status, fallback).await?);
@@ -434,7 +436,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         let fallback = match inner.triage(key, inner.clock.now()) {
             Triage::Answer(lookup, refresh) => {
                 if let Some(early) = refresh {
-                    inner.refresh(key, make, early);
+                    inner.refresh(key, make, early, l2::Refreshing::of(lookup.entry()));
                 }
                 return Ok(lookup);
             }
@@ -450,6 +452,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                     vec![(key.to_owned(), f.clone())],
                     single(key, make()),
                     fallback.clone(),
+                    HashMap::new(),
                 );
                 (f, Status::Miss)
             }
@@ -556,23 +559,33 @@ impl<V: Send + Sync + 'static> Inner<V> {
         key: &str,
         make: impl FnOnce() -> BoxFuture<'static, Result<Fetched<V>, SharedError>>,
         early: bool,
+        current: l2::Refreshing,
     ) {
         if let Role::Leader(f) = self.flights.join_or_register(key) {
             self.count_refresh(early);
-            self.spawn_load(vec![(key.to_owned(), f)], single(key, make()), None);
+            let refreshing = HashMap::from([(key.to_owned(), current)]);
+            self.spawn_load(
+                vec![(key.to_owned(), f)],
+                single(key, make()),
+                None,
+                refreshing,
+            );
         }
     }
 
     /// Runs one loader call for the given flights in a detached task with the hard timeout, consulting L2 first
     /// when the namespace has it (see [`l2`]). `fallback`: the caller's stale L1 value, for a single key.
+    /// `refreshing`: keys being refreshed, with the creation time of the entry being replaced — L2 answers those
+    /// only with a newer entry (another node's refresh), else the refresh would just copy L2 back.
     fn spawn_load(
         self: &Arc<Self>,
         flights: Vec<(String, Arc<Flight<V>>)>,
         fut: BatchFuture<V>,
         fallback: Option<Arc<Entry<V>>>,
+        refreshing: HashMap<String, l2::Refreshing>,
     ) {
         let inner = self.clone();
-        tokio::spawn(async move { inner.run_load(flights, fut, fallback).await });
+        tokio::spawn(async move { inner.run_load(flights, fut, fallback, refreshing).await });
     }
 
     async fn run_load(
@@ -580,6 +593,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         flights: Vec<(String, Arc<Flight<V>>)>,
         fut: BatchFuture<V>,
         fallback: Option<Arc<Entry<V>>>,
+        refreshing: HashMap<String, l2::Refreshing>,
     ) {
         let pending: Vec<l2::Pending<V>> = match &self.l2 {
             None => flights
@@ -593,12 +607,13 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 .collect(),
             Some(_) if flights.len() == 1 => {
                 let (key, flight) = flights.into_iter().next().expect("one flight");
-                self.consult_l2(key, flight, fallback)
+                let newer_than = refreshing.get(&key).copied();
+                self.consult_l2(key, flight, fallback, newer_than)
                     .await
                     .into_iter()
                     .collect()
             }
-            Some(_) => self.consult_l2_many(flights).await,
+            Some(_) => self.consult_l2_many(flights, &refreshing).await,
         };
         if pending.is_empty() {
             return; // answered from L2: the loader's future is dropped unpolled
@@ -747,7 +762,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
         self.counters.pinned.inc();
         let until = self.clock.now() + millis(self.policy.hot_keys.pin_ttl);
-        Some(Arc::new(Entry::new(
+        let mut pinned = Entry::new(
             key,
             entry.value.clone(),
             entry.created_at,
@@ -759,7 +774,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
             entry
                 .weight
                 .saturating_sub(key.len() as u64 + crate::entry::ENTRY_OVERHEAD),
-        )))
+        );
+        pinned.stamp = entry.stamp;
+        Some(Arc::new(pinned))
     }
 
     async fn invalidate(&self, key: &str, version: Option<u64>) {
