@@ -350,3 +350,69 @@ async fn an_early_refresh_reaches_the_source_and_l2_instead_of_copying_l2_back()
     assert_eq!(stored.kind, EnvelopeKind::Value(b"2".to_vec()));
     c.shutdown().await;
 }
+
+mod model {
+    //! Random sequences of reads, writes, inserts and generation bumps over two nodes with L1 off (every read goes
+    //! to L2): after each write returns, every node must read the source's current value.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Read { node: usize, key: u8 },
+        WriteThenInvalidate { node: usize, key: u8, value: u32 },
+        Insert { node: usize, key: u8, value: u32 },
+        BumpGeneration { node: usize },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..2usize, 0..3u8).prop_map(|(node, key)| Op::Read { node, key }),
+            2 => (0..2usize, 0..3u8, any::<u32>())
+                .prop_map(|(node, key, value)| Op::WriteThenInvalidate { node, key, value }),
+            2 => (0..2usize, 0..3u8, any::<u32>()).prop_map(|(node, key, value)| Op::Insert { node, key, value }),
+            1 => (0..2usize).prop_map(|node| Op::BumpGeneration { node }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn every_node_reads_the_latest_write(ops in proptest::collection::vec(op(), 1..40)) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let c = cluster("model", 2, |o| o.bus = false).await;
+                let p = policy()
+                    .with_l1(false)
+                    .with_distributed_coalescing(true)
+                    .with_negative_ttl(Duration::from_secs(60))
+                    .build()
+                    .unwrap();
+                let nss = c.namespace::<u32>("m", p, Json);
+                let source = FaultyLoader::<u32>::new();
+                for op in ops {
+                    match op {
+                        Op::Read { node, key } => {
+                            let k = format!("k{key}");
+                            let got = nss[node].try_get_or_load(&k, || source.load(&k)).await.unwrap();
+                            let want = source.peek(&k);
+                            assert_eq!(got.value().copied(), want, "node {node} read {k}");
+                        }
+                        Op::WriteThenInvalidate { node, key, value } => {
+                            let k = format!("k{key}");
+                            source.set(k.clone(), value);
+                            nss[node].invalidate(&k).await;
+                        }
+                        Op::Insert { node, key, value } => {
+                            let k = format!("k{key}");
+                            source.set(k.clone(), value);
+                            nss[node].insert(k, value).await;
+                        }
+                        Op::BumpGeneration { node } => nss[node].bump_generation().await,
+                    }
+                }
+                c.shutdown().await;
+            });
+        }
+    }
+}

@@ -75,7 +75,12 @@ impl<V: Clone + Send + Sync + 'static> FaultyLoader<V> {
         }
     }
 
-    /// Sets a key's value in the source.
+    /// The source's current value of `key`, without counting a call.
+    pub fn peek(&self, key: &str) -> Option<V> {
+        self.state.values.lock().get(key).cloned()
+    }
+
+    /// Sets the source's value of `key`.
     pub fn set(&self, key: impl Into<String>, value: V) {
         self.state.values.lock().insert(key.into(), value);
     }
