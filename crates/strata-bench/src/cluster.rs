@@ -214,6 +214,7 @@ pub async fn hotkey(redis: &str, nodes: usize, reads: usize) -> Result<HotKeyRep
                 enabled: pinned,
                 threshold_per_sec: 100,
                 pin_ttl: Duration::from_secs(1),
+                l2_replicas: 0,
             })
             .build()
             .expect("valid policy");

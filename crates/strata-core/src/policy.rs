@@ -162,6 +162,10 @@ pub struct HotKeys {
     pub threshold_per_sec: u32,
     /// How long a hot key is pinned in L1. Default: 1 s.
     pub pin_ttl: Duration,
+    /// *(L2)* Copies of a hot key in L2 (`key␀r0..rN`, each living at most `pin_ttl`), read at random so that one
+    /// extreme key's reads spread over Redis Cluster shards; 0 disables replication. Invalidations and writes
+    /// tombstone every copy. Default: 0. At most 16.
+    pub l2_replicas: u8,
 }
 
 impl Default for HotKeys {
@@ -170,6 +174,7 @@ impl Default for HotKeys {
             enabled: false,
             threshold_per_sec: 1000,
             pin_ttl: Duration::from_secs(1),
+            l2_replicas: 0,
         }
     }
 }
@@ -292,6 +297,12 @@ impl Policy {
                     ),
                 );
             }
+        }
+        if self.hot_keys.l2_replicas > 16 {
+            return bad(
+                "hot_keys.l2_replicas",
+                format!("is {}, must be at most 16", self.hot_keys.l2_replicas),
+            );
         }
         if self.hot_keys.enabled && self.hot_keys.pin_ttl.is_zero() {
             return bad("hot_keys.pin_ttl", "must be greater than zero".into());

@@ -416,3 +416,74 @@ mod model {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_key_replicas_serve_reads_and_are_tombstoned_by_writes() {
+    let c = cluster("replicas", 2, |_| {}).await;
+    let p = policy()
+        .with_l1(false)
+        .with_hot_keys(strata::HotKeys {
+            enabled: true,
+            threshold_per_sec: 50,
+            pin_ttl: Duration::from_millis(300),
+            l2_replicas: 4,
+        })
+        .build()
+        .unwrap();
+    let nss = c.namespace::<u64>("price", p, Json);
+    let source = FaultyLoader::new();
+    source.set("hot", 1u64);
+    let replicas: Vec<String> = (0..4).map(|i| format!("hot\u{0}r{i}")).collect();
+    let copies = |c: &Cluster| {
+        let l2 = c.nodes[0].l2.clone();
+        let replicas = replicas.clone();
+        async move {
+            let mut values = Vec::new();
+            for r in &replicas {
+                if let Some(e) = l2.get("price", r).await.unwrap() {
+                    values.push(e.kind);
+                }
+            }
+            values
+        }
+    };
+    // Hot on node 0: reads past each pin go to a replica, filled from the primary.
+    let mut before = Vec::new();
+    for _ in 0..6 {
+        for _ in 0..20 {
+            nss[0]
+                .try_get_or_load("hot", || source.load("hot"))
+                .await
+                .unwrap();
+        }
+        before.extend(copies(&c).await); // replicas live at most pin_ttl
+        tokio::time::sleep(Duration::from_millis(320)).await;
+    }
+    assert!(
+        before.contains(&EnvelopeKind::Value(b"1".to_vec())),
+        "no replica was filled: {before:?}"
+    );
+    assert_eq!(
+        source.source_loads(),
+        1,
+        "replicas must not cost source loads"
+    );
+    // A write through node 1 tombstones every replica; node 0 then reads the new value.
+    source.set("hot", 2u64);
+    nss[1].insert("hot", 2).await;
+    let after = copies(&c).await;
+    assert!(
+        after.iter().all(|k| *k == EnvelopeKind::Tombstone),
+        "a replica kept the old value: {after:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || nss[0].get("hot").is_none()).await,
+        "node 0 kept its pin"
+    );
+    let got = nss[0]
+        .try_get_or_load("hot", || source.load("hot"))
+        .await
+        .unwrap();
+    assert_eq!(got.value(), Some(&2));
+    c.shutdown().await;
+}

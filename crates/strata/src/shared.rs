@@ -30,6 +30,11 @@ use strata_core::{Clock, Error, Invalidation, SharedTier, Tier, UnixMillis};
 use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::bus::Publisher;
 
+/// The L2 keys of a hot key's replicas: `key␀r0..`. The NUL separator cannot collide with a text key.
+pub(crate) fn replica_keys(key: &str, replicas: u8) -> impl Iterator<Item = String> + '_ {
+    (0..replicas).map(move |i| format!("{key}\u{0}r{i}"))
+}
+
 /// At most this many invalidation targets wait for replay.
 pub(crate) const MAX_PENDING: usize = 100_000;
 
@@ -52,6 +57,8 @@ impl Target {
 #[derive(Debug, Clone)]
 struct Pending {
     version: Option<u64>,
+    /// L2 copies of the key (hot-key replicas) to tombstone with it.
+    replicas: u8,
     /// Tombstone hold-off (keys) or barrier keep period (tags, generations).
     hold: Duration,
     /// Arrival order; a replay removes a target only if no newer invalidation replaced it meanwhile.
@@ -205,7 +212,13 @@ impl SharedLink {
     }
 
     /// Queues an invalidation that could not reach L2 and makes sure a replay task runs.
-    pub(crate) fn enqueue(self: &Arc<Self>, target: Target, version: Option<u64>, hold: Duration) {
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        target: Target,
+        version: Option<u64>,
+        hold: Duration,
+        replicas: u8,
+    ) {
         self.queued.fetch_add(1, Ordering::Relaxed);
         let seq = self.pending_seq.fetch_add(1, Ordering::Relaxed);
         {
@@ -223,7 +236,18 @@ impl SharedLink {
                 None => version,
             };
             let hold = pending.get(&target).map_or(hold, |old| old.hold.max(hold));
-            pending.insert(target, Pending { version, hold, seq });
+            let replicas = pending
+                .get(&target)
+                .map_or(replicas, |old| old.replicas.max(replicas));
+            pending.insert(
+                target,
+                Pending {
+                    version,
+                    hold,
+                    replicas,
+                    seq,
+                },
+            );
             self.pending_len.store(pending.len(), Ordering::Release);
         }
         if !self.replaying.swap(true, Ordering::AcqRel) {
@@ -271,10 +295,13 @@ impl SharedLink {
     async fn replay_one(&self, target: &Target, p: &Pending) -> Result<(), Error> {
         let tier = &self.tier;
         match target {
-            Target::Key { ns, key } => self
-                .call(tier.invalidate(ns, key, p.version, p.hold))
-                .await
-                .map(drop),
+            Target::Key { ns, key } => {
+                for copy in std::iter::once(key.clone()).chain(replica_keys(key, p.replicas)) {
+                    self.call(tier.invalidate(ns, &copy, p.version, p.hold))
+                        .await?;
+                }
+                Ok(())
+            }
             Target::Tag { ns, tag } => self
                 .call(tier.raise_barrier(ns, Some(tag), p.hold))
                 .await

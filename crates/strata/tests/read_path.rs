@@ -736,6 +736,7 @@ async fn hot_keys_are_pinned_even_with_l1_off_and_dropped_on_invalidation() {
             enabled: true,
             threshold_per_sec: 50, // 10 requests in the 200 ms window
             pin_ttl: Duration::from_secs(1),
+            l2_replicas: 0,
         })
         .build()
         .unwrap();

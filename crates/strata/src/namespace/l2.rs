@@ -155,11 +155,16 @@ impl<V: Send + Sync + 'static> Inner<V> {
 
     /// Looks `key` up in L2 and classifies what is there. `Err`: L2 cannot be used for this key now.
     pub(crate) async fn l2_lookup(&self, key: &str) -> Result<(Found<V>, UnixMillis), Error> {
+        self.l2_lookup_at(key, key).await
+    }
+
+    /// [`l2_lookup`](Self::l2_lookup) of `key`, read from the L2 key `at` (the key itself or one of its replicas).
+    async fn l2_lookup_at(&self, key: &str, at: &str) -> Result<(Found<V>, UnixMillis), Error> {
         let l2 = self.ns_l2();
         if l2.link.blocks(&self.name, key, &[]) {
             return Err(pending_replay());
         }
-        let (stamped, tier_now) = l2.link.call(l2.link.tier.lookup(&self.name, key)).await?;
+        let (stamped, tier_now) = l2.link.call(l2.link.tier.lookup(&self.name, at)).await?;
         let barriers = self.barriers().await;
         Ok((self.classify(key, stamped, tier_now, &barriers), tier_now))
     }
@@ -268,8 +273,22 @@ impl<V: Send + Sync + 'static> Inner<V> {
         l1_fallback: Option<Arc<Entry<V>>>,
         newer_than: Option<Refreshing>,
     ) -> Option<Pending<V>> {
+        let replica = self.replica_for(&key);
+        if let Some(r) = &replica {
+            if let Ok((Found::Fresh(e), _)) = self.l2_lookup_at(&key, r).await {
+                if newer_than.is_none_or(|old| old.is_older_than(&e)) {
+                    self.settle(&key, &flight, Ok((e, Source::Shared)));
+                    return None;
+                }
+            }
+        }
         let (found, mut started) = match self.l2_lookup(&key).await {
-            Ok(x) => x,
+            Ok((found, started)) => {
+                if let (Some(r), Found::Fresh(e)) = (&replica, &found) {
+                    self.copy_to_replica(r, e, started).await;
+                }
+                (found, started)
+            }
             Err(_) => {
                 return Some(Pending {
                     key,
@@ -412,6 +431,40 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
     }
 
+    /// The replica to read for a hot key, when the policy replicates hot keys in L2.
+    fn replica_for(&self, key: &str) -> Option<String> {
+        let n = self.policy.hot_keys.l2_replicas;
+        if n == 0 || !self.hot.as_ref().is_some_and(|h| h.is_hot(key)) {
+            return None;
+        }
+        let i = rand::random::<u8>() % n;
+        crate::shared::replica_keys(key, n).nth(usize::from(i))
+    }
+
+    /// Copies a fresh entry to a replica for at most `pin_ttl`, fenced by the entry's own stamp: a replica write
+    /// that lands after an invalidation of the key (which tombstones every replica) is refused.
+    async fn copy_to_replica(&self, replica: &str, e: &Entry<V>, tier_now: UnixMillis) {
+        let l2 = self.ns_l2();
+        let Some(mut env) = self.envelope(e) else {
+            return;
+        };
+        let until = tier_now + super::millis(self.policy.hot_keys.pin_ttl);
+        env.fresh_until = env.fresh_until.min(until);
+        env.stale_until = env.stale_until.min(until);
+        let fence = Fence {
+            started_at: Some(e.stamp),
+            lease: None,
+        };
+        let _ = l2
+            .link
+            .call(
+                l2.link
+                    .tier
+                    .fill(&self.name, replica, &env, l2.compression, tier_now, fence),
+            )
+            .await;
+    }
+
     /// Stores a loaded entry in L2 under its fence, then wakes the nodes waiting on the lease.
     pub(crate) async fn fill_l2(
         &self,
@@ -484,24 +537,38 @@ impl<V: Send + Sync + 'static> Inner<V> {
             return false;
         };
         let now = l2.link.to_tier(self.clock.now());
-        match l2
+        let replicas = self.policy.hot_keys.l2_replicas;
+        let hold = self.policy.tombstone_hold_off;
+        let write = l2
             .link
             .call(
                 l2.link
                     .tier
                     .write(&self.name, key, &env, l2.compression, now),
             )
-            .await
-        {
-            Ok(o) => o == FillOutcome::Stored,
-            Err(_) => {
+            .await;
+        // Replicas hold the old value: tombstone them.
+        let copies = futures::future::join_all(
+            crate::shared::replica_keys(key, replicas)
+                .map(|r| async move {
+                    l2.link
+                        .call(l2.link.tier.invalidate(&self.name, &r, entry.version, hold))
+                        .await
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        match write {
+            Ok(o) if copies.iter().all(Result::is_ok) => o == FillOutcome::Stored,
+            _ => {
                 l2.link.enqueue(
                     Target::Key {
                         ns: self.name.clone(),
                         key: key.to_owned(),
                     },
                     entry.version,
-                    self.policy.tombstone_hold_off,
+                    hold,
+                    replicas,
                 );
                 false
             }
@@ -512,16 +579,21 @@ impl<V: Send + Sync + 'static> Inner<V> {
     pub(crate) async fn invalidate_l2(&self, key: &str, version: Option<u64>) {
         let l2 = self.ns_l2();
         let hold = self.policy.tombstone_hold_off;
-        let r = l2
-            .link
-            .call(l2.link.tier.invalidate(&self.name, key, version, hold))
-            .await;
-        if r.is_err() {
+        let replicas = self.policy.hot_keys.l2_replicas;
+        let copies: Vec<String> = std::iter::once(key.to_owned())
+            .chain(crate::shared::replica_keys(key, replicas))
+            .collect();
+        let results = futures::future::join_all(copies.iter().map(|k| {
+            l2.link
+                .call(l2.link.tier.invalidate(&self.name, k, version, hold))
+        }))
+        .await;
+        if results.iter().any(Result::is_err) {
             let target = Target::Key {
                 ns: self.name.clone(),
                 key: key.to_owned(),
             };
-            l2.link.enqueue(target, version, hold);
+            l2.link.enqueue(target, version, hold, replicas);
         }
     }
 
@@ -543,7 +615,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 },
                 None => Target::Generation { ns },
             };
-            l2.link.enqueue(target, None, keep);
+            l2.link.enqueue(target, None, keep, 0);
         }
     }
 
