@@ -487,3 +487,47 @@ async fn hot_key_replicas_serve_reads_and_are_tombstoned_by_writes() {
     assert_eq!(got.value(), Some(&2));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_loser_with_a_stale_value_answers_at_once() {
+    let c = cluster("loser-stale", 2, |_| {}).await;
+    let p = policy()
+        .with_ttl(Duration::from_millis(200))
+        .with_fail_safe_for(Duration::from_secs(60))
+        .with_distributed_coalescing(true)
+        .with_lease_wait(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let nss = c.namespace::<u64>("price", p, Json);
+    let source = FaultyLoader::new();
+    source.set("k", 1u64);
+    for ns in &nss {
+        ns.try_get_or_load("k", || source.load("k")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Node 1 takes the lease and stalls in the source.
+    source.set("k", 2u64);
+    source.set_fault(Fault::Gate);
+    let slow = {
+        let (ns, source) = (nss[1].clone(), source.clone());
+        tokio::spawn(async move { ns.try_get_or_load("k", || source.load("k")).await })
+    };
+    assert!(eventually(Duration::from_secs(5), || source.source_loads() == 2).await);
+    // Node 0 loses the lease and answers with its stale value without waiting.
+    let started = Instant::now();
+    let got = nss[0]
+        .try_get_or_load("k", || source.load("k"))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(got.value(), Some(&1));
+    assert!(
+        matches!(got.status(), Status::Stale(_)),
+        "{:?}",
+        got.status()
+    );
+    assert_eq!(source.source_loads(), 2, "the loser went to the source");
+    source.release(1);
+    assert_eq!(slow.await.unwrap().unwrap().value(), Some(&2));
+    c.shutdown().await;
+}

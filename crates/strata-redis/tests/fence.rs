@@ -325,3 +325,38 @@ async fn a_dead_holders_lease_expires_and_the_next_reader_takes_over() {
         "expired lease not taken over"
     );
 }
+
+#[tokio::test]
+async fn lease_grants_are_rate_limited_per_key_and_release_checks_the_token() {
+    use strata_redis::LeaseGrant;
+    let l2 = l2("lease_rate").await;
+    let interval = Duration::from_millis(300);
+    let ttl = Duration::from_secs(5);
+    let LeaseGrant::Granted(first) = l2.lease("p", "k", ttl, interval).await.unwrap() else {
+        panic!("the first lease must be granted");
+    };
+    assert_eq!(
+        l2.lease("p", "k", ttl, interval).await.unwrap(),
+        LeaseGrant::Held
+    );
+    // A foreign token does not release it; the holder's does.
+    let LeaseGrant::Granted(other) = l2.lease("p", "other", ttl, interval).await.unwrap() else {
+        panic!("another key has its own lease");
+    };
+    l2.release("p", "k", &other).await.unwrap();
+    assert_eq!(
+        l2.lease("p", "k", ttl, interval).await.unwrap(),
+        LeaseGrant::Held
+    );
+    l2.release("p", "k", &first).await.unwrap();
+    // Released, but a lease was granted less than `interval` ago.
+    assert_eq!(
+        l2.lease("p", "k", ttl, interval).await.unwrap(),
+        LeaseGrant::RateLimited
+    );
+    tokio::time::sleep(interval + Duration::from_millis(50)).await;
+    assert!(matches!(
+        l2.lease("p", "k", ttl, interval).await.unwrap(),
+        LeaseGrant::Granted(_)
+    ));
+}
