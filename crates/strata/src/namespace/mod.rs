@@ -297,7 +297,9 @@ impl<V: Send + Sync + 'static> Namespace<V> {
     /// returns `Option<V>` (`None`: the key does not exist) or a [`Fetched`] with version and tags.
     ///
     /// The loader's future runs in a detached task, so it must be `Send + 'static`; if this call is cancelled the
-    /// load still completes for the other waiters and for the cache.
+    /// load still completes for the other waiters and for the cache. With L2, the loader is called when this
+    /// caller leads the key's load, but its future is polled (the source touched) only if L2 cannot answer: keep
+    /// side effects inside the future, not in the closure.
     pub async fn get_or_load<F, Fut, T>(&self, key: &str, loader: F) -> Result<Lookup<V>, Error>
     where
         F: FnOnce() -> Fut,
@@ -330,6 +332,9 @@ impl<V: Send + Sync + 'static> Namespace<V> {
     /// Returns the values of `keys` (in order), loading all misses with one call of `loader`, which receives only
     /// the keys that are neither cached nor already being loaded. Keys missing from the loader's map are absent.
     /// Fails with the first key's error that no fail-safe value covers.
+    ///
+    /// With L2, the keys are looked up there with one round trip first; batch loads take no leases (local
+    /// single-flight still holds per key).
     pub async fn get_or_load_many<K, F, Fut, E>(
         &self,
         keys: &[K],
