@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Strata's whole test suite: formatting, lints, every test, the docs, and a smoke run of the scenario
 # benchmarks and the example. Works on a fresh Debian machine: it installs and starts what is missing (Rust from
-# Debian if cargo is absent, redis-server). Set STRATA_REDIS_URL to use a Redis of your own.
+# Debian if cargo is absent, redis-server, PostgreSQL). Set STRATA_REDIS_URL / STRATA_PG_URL to use your own.
 # CI calls exactly this script (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,9 +39,43 @@ need_redis() {
   exit 1
 }
 
+# PostgreSQL on 127.0.0.1:$PG_PORT with trust auth and a `test` database. If nothing listens there, a private
+# cluster is created in /tmp/strata-pg (installing Debian's postgresql if needed) and started with wal_level=logical.
+PG_PORT="${STRATA_PG_PORT:-5432}"
+pg_up() {
+  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PG_PORT" 2>/dev/null
+}
+
+need_postgres() {
+  if [ -n "${STRATA_PG_URL:-}" ]; then
+    say "using PostgreSQL at STRATA_PG_URL=$STRATA_PG_URL (managed by you)"
+    return
+  fi
+  export STRATA_PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/test"
+  if pg_up; then say "PostgreSQL is running on 127.0.0.1:$PG_PORT"; return; fi
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    say "PostgreSQL not found: installing Debian's postgresql"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  local bin dir=/tmp/strata-pg-$PG_PORT
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+  if [ ! -s "$dir/PG_VERSION" ]; then
+    say "creating a PostgreSQL cluster in $dir"
+    mkdir -p "$dir" && [ "$(id -u)" = 0 ] && chown postgres "$dir"
+    as_pg "$bin/initdb" -D "$dir" -A trust -U postgres >/dev/null
+  fi
+  say "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+  as_pg "$bin/pg_ctl" -D "$dir" -l "$dir/log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -c wal_level=logical -k /tmp" start >/dev/null
+  as_pg "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres test 2>/dev/null || true
+  pg_up || { echo "PostgreSQL did not come up; see $dir/log" >&2; exit 1; }
+}
+
 need_cargo
 say "toolchain: $(cargo --version)"
 need_redis
+need_postgres
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

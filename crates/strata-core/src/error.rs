@@ -84,6 +84,17 @@ pub enum Error {
         /// What went wrong, with the address or command involved.
         message: String,
     },
+    /// Writing to the source (a sink) failed; the caches were not changed.
+    #[error("writing {key:?} to the source failed: {source}")]
+    Write {
+        /// The key.
+        key: String,
+        /// The sink's error.
+        source: SharedError,
+    },
+    /// The operation is not available in this configuration (says why and what to do).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// The named namespace was never configured.
     #[error("unknown namespace {0:?}")]
     UnknownNamespace(String),
@@ -106,7 +117,10 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Load { .. } | Error::Timeout { .. } | Error::Unavailable { .. }
+            Error::Load { .. }
+                | Error::Timeout { .. }
+                | Error::Unavailable { .. }
+                | Error::Write { .. }
         )
     }
 
@@ -116,7 +130,7 @@ impl Error {
             Error::Load { tier, .. }
             | Error::Timeout { tier, .. }
             | Error::Corrupt { tier, .. } => Some(*tier),
-            Error::LoaderPanicked { .. } => Some(Tier::Source),
+            Error::LoaderPanicked { .. } | Error::Write { .. } => Some(Tier::Source),
             _ => None,
         }
     }

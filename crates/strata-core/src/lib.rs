@@ -9,6 +9,7 @@
 //! - [`error`]: what failed, in which tier, and whether a retry may help.
 //! - [`fetched`]: what a source returns for one key (value or absence, with its version and tags).
 //! - [`shared`]: the [`SharedTier`] trait the engine drives L2 through, with its fences, leases and barriers.
+//! - [`source`]: the source of truth as the engine sees it ([`Source`] reads, [`Sink`] writes).
 //! - [`bus`]: the invalidation messages nodes exchange, JSON on the wire, validated on decode.
 
 pub mod bus;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod fetched;
 pub mod policy;
 pub mod shared;
+pub mod source;
 
 pub use bus::{Bus, BusError, BusEvent, BusMessage, Invalidation};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock, UnixMillis};
@@ -29,3 +31,4 @@ pub use policy::{
     PolicyBuilder, PolicyError, WriteMode,
 };
 pub use shared::{Barriers, Fence, FillOutcome, LeaseGrant, LeaseToken, SharedTier, Stamped};
+pub use source::{Sink, Source};

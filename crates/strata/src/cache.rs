@@ -9,14 +9,14 @@ use std::sync::OnceLock;
 
 use futures::StreamExt;
 use parking_lot::RwLock;
-use strata_core::{Clock, Error, Policy, SharedTier, SystemClock};
+use strata_core::{Clock, Error, Policy, SharedTier, Sink, Source, SystemClock};
 use tokio::sync::{mpsc, watch};
 
 use crate::bus::{
     Backlog, Bus, BusCounters, BusEvent, BusListener, Publisher, Seen, SeqTracker, RETRY_EVERY,
 };
 use crate::codec::Codec;
-use crate::namespace::{ErasedNamespace, Namespace, NsL2, Weigher};
+use crate::namespace::{ErasedNamespace, Namespace, NsL2, Parts, Weigher};
 use crate::shared::{BreakerOptions, SharedLink, SharedStats};
 use crate::stats::{publish, NamespaceStats};
 
@@ -223,6 +223,8 @@ impl Cache {
             policy: Policy::default(),
             weigher: Arc::new(|_| std::mem::size_of::<V>()),
             codec: None,
+            source: None,
+            sink: None,
             _v: PhantomData,
         }
     }
@@ -427,6 +429,8 @@ pub struct NamespaceBuilder<V> {
     policy: Policy,
     weigher: Weigher<V>,
     codec: Option<Arc<dyn Codec<V>>>,
+    source: Option<Arc<dyn Source<V>>>,
+    sink: Option<Arc<dyn Sink<V>>>,
     _v: PhantomData<fn() -> V>,
 }
 
@@ -449,6 +453,23 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
     pub fn with_codec(mut self, codec: impl Codec<V>) -> Self {
         self.codec = Some(Arc::new(codec));
         self
+    }
+
+    /// The source of truth to read from ([`Namespace::fetch`]).
+    pub fn with_source(mut self, source: Arc<dyn Source<V>>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// The source of truth to write to ([`Namespace::write`], [`Namespace::delete`]).
+    pub fn with_sink(mut self, sink: Arc<dyn Sink<V>>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// A table (or anything else) that is both: `with_source` and `with_sink` with the same object.
+    pub fn with_store<S: Source<V> + Sink<V>>(self, store: Arc<S>) -> Self {
+        self.with_source(store.clone()).with_sink(store)
     }
 
     /// Validates the policy and registers the namespace. Fails if the name is taken, or if the namespace would use
@@ -479,14 +500,16 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
         if map.contains_key(&self.name) {
             return Err(Error::NamespaceExists(self.name));
         }
-        let ns = Namespace::new(
-            self.name.clone(),
-            self.policy,
-            self.cache.inner.clock.clone(),
-            self.weigher,
-            self.cache.inner.publisher.clone(),
+        let ns = Namespace::new(Parts {
+            name: self.name.clone(),
+            policy: self.policy,
+            clock: self.cache.inner.clock.clone(),
+            weigher: self.weigher,
+            publisher: self.cache.inner.publisher.clone(),
             l2,
-        );
+            source: self.source,
+            sink: self.sink,
+        });
         map.insert(
             self.name,
             Registered {

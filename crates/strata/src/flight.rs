@@ -32,7 +32,7 @@ const SHARDS: usize = 64;
 
 /// Where a flight's answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
+pub(crate) enum Origin {
     /// The source (the loader ran).
     Loaded,
     /// A fresh entry of the shared tier.
@@ -42,7 +42,7 @@ pub(crate) enum Source {
 }
 
 /// The outcome every waiter of a flight receives.
-pub(crate) type Outcome<V> = Result<(Arc<Entry<V>>, Source), Error>;
+pub(crate) type Outcome<V> = Result<(Arc<Entry<V>>, Origin), Error>;
 
 pub(crate) struct Flight<V> {
     tx: watch::Sender<Option<Outcome<V>>>,

@@ -52,6 +52,6 @@ pub use shared::{BreakerOptions, SharedStats};
 pub use stats::NamespaceStats;
 pub use strata_core::{
     Clock, Coalescing, EarlyRefresh, Error, Eviction, Fetched, HotKeys, L1Policy, L2Policy,
-    LoadTimeout, ManualClock, Policy, PolicyBuilder, PolicyError, SharedTier, SystemClock, Tier,
-    TokioClock, UnixMillis, WriteMode,
+    LoadTimeout, ManualClock, Policy, PolicyBuilder, PolicyError, SharedTier, Sink, Source,
+    SystemClock, Tier, TokioClock, UnixMillis, WriteMode,
 };

@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use super::Inner;
 use crate::codec::Codec;
 use crate::entry::{Entry, EntryKind};
-use crate::flight::{Flight, Source};
+use crate::flight::{Flight, Origin};
 use crate::lookup::StaleReason;
 use crate::shared::{SharedLink, Target};
 
@@ -277,7 +277,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         if let Some(r) = &replica {
             if let Ok((Found::Fresh(e), _)) = self.l2_lookup_at(&key, r).await {
                 if newer_than.is_none_or(|old| old.is_older_than(&e)) {
-                    self.settle(&key, &flight, Ok((e, Source::Shared)));
+                    self.settle(&key, &flight, Ok((e, Origin::Shared)));
                     return None;
                 }
             }
@@ -332,7 +332,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         self.settle(
                             &key,
                             &flight,
-                            Ok((stale, Source::Stale(StaleReason::Revalidating))),
+                            Ok((stale, Origin::Stale(StaleReason::Revalidating))),
                         );
                         break None;
                     }
@@ -345,7 +345,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     backoff = (backoff * 2).min(Duration::from_millis(200));
                     match self.l2_lookup(&key).await {
                         Ok((Found::Fresh(e), _)) => {
-                            self.settle(&key, &flight, Ok((e, Source::Shared)));
+                            self.settle(&key, &flight, Ok((e, Origin::Shared)));
                             break None;
                         }
                         Ok((_, t)) => started = t,
@@ -413,7 +413,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 Some((flight, Some(e)))
             }
             Found::Fresh(e) => {
-                self.settle(key, &flight, Ok((e, Source::Shared)));
+                self.settle(key, &flight, Ok((e, Origin::Shared)));
                 None
             }
             Found::Stale(e, true) => {
@@ -421,7 +421,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 let next = self.settle_then(
                     key,
                     &flight,
-                    Ok((e.clone(), Source::Stale(StaleReason::Revalidating))),
+                    Ok((e.clone(), Origin::Stale(StaleReason::Revalidating))),
                     true,
                 )?;
                 Some((next, Some(e)))

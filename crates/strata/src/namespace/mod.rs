@@ -32,14 +32,15 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use strata_core::{
-    Clock, EarlyRefresh, Error, Fetched, Invalidation, Policy, SharedError, Tier, UnixMillis,
+    Clock, EarlyRefresh, Error, Fetched, Invalidation, Policy, SharedError, Sink, Source, Tier,
+    UnixMillis, WriteMode,
 };
 
 use crate::barriers::TagBarriers;
 use crate::bus::Publisher;
 use crate::entry::{Entry, EntryKind};
 use crate::flight::{
-    poison_locked, register_locked, remove_locked, Flight, Flights, Outcome, Role, Source,
+    poison_locked, register_locked, remove_locked, Flight, Flights, Origin, Outcome, Role,
 };
 use crate::hotkeys::HotKeyDetector;
 use crate::l1::L1;
@@ -94,6 +95,10 @@ pub(crate) struct Inner<V> {
     l2: Option<NsL2<V>>,
     /// Hot-key detection, when the policy enables it.
     hot: Option<HotKeyDetector>,
+    /// The source of truth's read side, when bound.
+    source: Option<Arc<dyn Source<V>>>,
+    /// The source of truth's write side, when bound.
+    sink: Option<Arc<dyn Sink<V>>>,
     /// L1 exists only to pin hot keys (the policy turned L1 off).
     pins_only: bool,
 }
@@ -127,15 +132,30 @@ pub struct WarmReport {
     pub failed: usize,
 }
 
+/// What a namespace is built from (see `NamespaceBuilder`).
+pub(crate) struct Parts<V> {
+    pub name: String,
+    pub policy: Policy,
+    pub clock: Arc<dyn Clock>,
+    pub weigher: Weigher<V>,
+    pub publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
+    pub l2: Option<NsL2<V>>,
+    pub source: Option<Arc<dyn Source<V>>>,
+    pub sink: Option<Arc<dyn Sink<V>>>,
+}
+
 impl<V: Send + Sync + 'static> Namespace<V> {
-    pub(crate) fn new(
-        name: String,
-        policy: Policy,
-        clock: Arc<dyn Clock>,
-        weigher: Weigher<V>,
-        publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
-        l2: Option<NsL2<V>>,
-    ) -> Self {
+    pub(crate) fn new(parts: Parts<V>) -> Self {
+        let Parts {
+            name,
+            policy,
+            clock,
+            weigher,
+            publisher,
+            l2,
+            source,
+            sink,
+        } = parts;
         let pins_only = !policy.l1.enabled && policy.hot_keys.enabled;
         let l1 = if policy.l1.enabled {
             Some(L1::new(&policy.l1))
@@ -168,6 +188,8 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 l2,
                 hot,
                 pins_only,
+                source,
+                sink,
             }),
         }
     }
@@ -346,6 +368,20 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         Fut: Future<Output = Result<HashMap<String, V>, E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
+        self.read_many(keys, |keys| {
+            Box::pin(loader(keys).map(|r| {
+                r.map(|m| m.into_iter().map(|(k, v)| (k, Fetched::value(v))).collect())
+                    .map_err(|e| Arc::new(e) as SharedError)
+            }))
+        })
+        .await
+    }
+
+    async fn read_many<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+        make: impl FnOnce(Vec<String>) -> BatchFuture<V>,
+    ) -> Result<Vec<Lookup<V>>, Error> {
         let inner = &self.inner;
         let now = inner.clock.now();
         let mut ready: Vec<Option<Lookup<V>>> = Vec::with_capacity(keys.len());
@@ -385,11 +421,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             }
         }
         if !leaders.is_empty() {
-            let fut = loader(leaders.iter().map(|(k, _)| k.clone()).collect());
-            let fut: BatchFuture<V> = Box::pin(fut.map(|r| {
-                r.map(|m| m.into_iter().map(|(k, v)| (k, Fetched::value(v))).collect())
-                    .map_err(|e| Arc::new(e) as SharedError)
-            }));
+            let fut = make(leaders.iter().map(|(k, _)| k.clone()).collect());
             inner.spawn_load(leaders, fut, None, refreshing);
         }
         for (i, flight, status, fallback) in waits {
@@ -399,6 +431,87 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             .into_iter()
             .map(|r| r.expect("every key answered"))
             .collect())
+    }
+
+    /// Reads `key` through the namespace's [`Source`] ([`NamespaceBuilder::with_source`](crate::NamespaceBuilder::with_source)):
+    /// [`get_or_load`](Self::get_or_load) with the source as the loader.
+    pub async fn fetch(&self, key: &str) -> Result<Lookup<V>, Error> {
+        let source = self.source()?;
+        let k = key.to_owned();
+        self.read(key, move || Box::pin(async move { source.load(&k).await }))
+            .await
+    }
+
+    /// Reads `keys` through the namespace's [`Source`], loading all misses with one `load_many` (one query).
+    pub async fn fetch_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<Lookup<V>>, Error> {
+        let source = self.source()?;
+        self.read_many(keys, move |keys| {
+            Box::pin(async move { source.load_many(&keys).await })
+        })
+        .await
+    }
+
+    /// Writes `value` to the source through the namespace's [`Sink`], then updates the caches as the policy's
+    /// [`WriteMode`] says, and returns the version the source now holds:
+    /// - `Aside`: commit, then invalidate (tombstone with the new version in L1 and L2, lease voided, bus);
+    /// - `Through`: commit, then set L1 and L2 with the source's version (older versions cannot overwrite it),
+    ///   and tell the other nodes;
+    /// - `Around`: commit only; caches learn by TTL or by the bus (CDC).
+    ///
+    /// When the commit fails the caches are untouched and the error names the key.
+    pub async fn write(&self, key: &str, value: V) -> Result<u64, Error> {
+        let sink = self.sink()?;
+        let mode = self.inner.policy.write;
+        if mode == WriteMode::Behind {
+            return Err(Error::Unsupported(format!(
+                "namespace {:?}: write-behind needs the durable journal, which is not built yet",
+                self.inner.name
+            )));
+        }
+        let version = sink
+            .upsert(key, &value)
+            .await
+            .map_err(|source| Error::Write {
+                key: key.to_owned(),
+                source,
+            })?;
+        match mode {
+            WriteMode::Aside => self.invalidate_version(key, version).await,
+            WriteMode::Through => {
+                self.insert_fetched(key, Fetched::value(value).with_version(version))
+                    .await;
+            }
+            WriteMode::Around | WriteMode::Behind => {}
+        }
+        Ok(version)
+    }
+
+    /// Deletes `key` in the source through the namespace's [`Sink`], then invalidates it in every tier (except in
+    /// `Around` mode).
+    pub async fn delete(&self, key: &str) -> Result<(), Error> {
+        let sink = self.sink()?;
+        let version = sink.delete(key).await.map_err(|source| Error::Write {
+            key: key.to_owned(),
+            source,
+        })?;
+        match (self.inner.policy.write, version) {
+            (WriteMode::Around, _) => {}
+            (_, Some(v)) => self.invalidate_version(key, v).await,
+            (_, None) => self.invalidate(key).await,
+        }
+        Ok(())
+    }
+
+    fn source(&self) -> Result<Arc<dyn Source<V>>, Error> {
+        self.inner.source.clone().ok_or(Error::InvalidState(
+            "the namespace has no source: register it with with_source",
+        ))
+    }
+
+    fn sink(&self) -> Result<Arc<dyn Sink<V>>, Error> {
+        self.inner.sink.clone().ok_or(Error::InvalidState(
+            "the namespace has no sink: register it with with_sink",
+        ))
     }
 
     /// Loads `keys` that are not cached, at most `concurrency` loads at a time. Keys already cached or being
@@ -670,7 +783,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                         }
                         _ => {}
                     }
-                    self.settle(&p.key, &p.flight, Ok((entry, Source::Loaded)));
+                    self.settle(&p.key, &p.flight, Ok((entry, Origin::Loaded)));
                 }
             }
             Err(err) => {
@@ -687,7 +800,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                             self.settle(
                                 &p.key,
                                 &p.flight,
-                                Ok((stale, Source::Stale(StaleReason::FailSafe))),
+                                Ok((stale, Origin::Stale(StaleReason::FailSafe))),
                             );
                         }
                         None => self.settle(&p.key, &p.flight, Err(err.clone())),
@@ -859,8 +972,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
             _ => flight.wait().await,
         };
         match (outcome, fallback) {
-            (Ok((entry, Source::Loaded)), _) => Ok(Lookup::new(entry, status)),
-            (Ok((entry, Source::Shared)), _) => {
+            (Ok((entry, Origin::Loaded)), _) => Ok(Lookup::new(entry, status)),
+            (Ok((entry, Origin::Shared)), _) => {
                 let status = if entry.kind == EntryKind::Negative {
                     self.counters.negative_hits.inc();
                     Status::Negative
@@ -870,7 +983,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 };
                 Ok(Lookup::new(entry, status))
             }
-            (Ok((entry, Source::Stale(reason))), _) => {
+            (Ok((entry, Origin::Stale(reason))), _) => {
                 match reason {
                     StaleReason::FailSafe => self.counters.stale_fail_safe.inc(),
                     _ => self.counters.stale_revalidating.inc(),
