@@ -38,6 +38,7 @@ pub mod codec;
 mod entry;
 mod flight;
 pub mod hotkeys;
+pub mod journal;
 pub mod keys;
 pub mod l1;
 mod lookup;
