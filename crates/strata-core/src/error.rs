@@ -92,6 +92,9 @@ pub enum Error {
         /// The sink's error.
         source: SharedError,
     },
+    /// A bounded queue is full and stayed full for the allowed wait: back off and retry.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// The operation is not available in this configuration (says why and what to do).
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -121,6 +124,7 @@ impl Error {
                 | Error::Timeout { .. }
                 | Error::Unavailable { .. }
                 | Error::Write { .. }
+                | Error::Overloaded(_)
         )
     }
 

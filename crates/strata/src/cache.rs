@@ -9,9 +9,10 @@ use std::sync::OnceLock;
 
 use futures::StreamExt;
 use parking_lot::RwLock;
-use strata_core::{Clock, Error, Policy, SharedTier, Sink, Source, SystemClock};
+use strata_core::{Clock, Error, Policy, SharedTier, Sink, Source, SystemClock, WriteMode};
 use tokio::sync::{mpsc, watch};
 
+use crate::behind::{BehindNs, WriteBehind};
 use crate::bus::{
     Backlog, Bus, BusCounters, BusEvent, BusListener, Publisher, Seen, SeqTracker, RETRY_EVERY,
 };
@@ -225,6 +226,7 @@ impl Cache {
             codec: None,
             source: None,
             sink: None,
+            write_behind: None,
             _v: PhantomData,
         }
     }
@@ -431,6 +433,7 @@ pub struct NamespaceBuilder<V> {
     codec: Option<Arc<dyn Codec<V>>>,
     source: Option<Arc<dyn Source<V>>>,
     sink: Option<Arc<dyn Sink<V>>>,
+    write_behind: Option<WriteBehind>,
     _v: PhantomData<fn() -> V>,
 }
 
@@ -467,6 +470,14 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
         self
     }
 
+    /// The write-behind queue for a namespace whose policy writes behind (it also needs a sink and a codec, which
+    /// encodes values in the journal). Build inside a Tokio runtime: the namespace's flusher starts here, and
+    /// writes recovered from the journal for this namespace are replayed.
+    pub fn with_write_behind(mut self, wb: WriteBehind) -> Self {
+        self.write_behind = Some(wb);
+        self
+    }
+
     /// A table (or anything else) that is both: `with_source` and `with_sink` with the same object.
     pub fn with_store<S: Source<V> + Sink<V>>(self, store: Arc<S>) -> Self {
         self.with_source(store.clone()).with_sink(store)
@@ -478,7 +489,7 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
         self.policy.validate()?;
         let l2 = match (&self.cache.inner.shared, self.policy.l2.enabled) {
             (Some(link), true) => {
-                let codec = self.codec.ok_or_else(|| {
+                let codec = self.codec.clone().ok_or_else(|| {
                     Error::InvalidPolicy(strata_core::PolicyError {
                         field: "l2.enabled",
                         problem: format!(
@@ -496,6 +507,41 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
             }
             _ => None,
         };
+        if self.cache.inner.namespaces.read().contains_key(&self.name) {
+            return Err(Error::NamespaceExists(self.name));
+        }
+        let behind = match (self.policy.write, self.write_behind) {
+            (WriteMode::Behind, Some(wb)) => {
+                let need = |what: &str| {
+                    Error::Unsupported(format!(
+                        "namespace {:?} writes behind and needs {what}",
+                        self.name
+                    ))
+                };
+                let sink = self
+                    .sink
+                    .clone()
+                    .ok_or_else(|| need("a sink (with_sink)"))?;
+                let codec = self
+                    .codec
+                    .clone()
+                    .ok_or_else(|| need("a codec for the journal (with_codec)"))?;
+                Some(BehindNs::register(wb, &self.name, sink, codec)?)
+            }
+            (WriteMode::Behind, None) => {
+                return Err(Error::Unsupported(format!(
+                    "namespace {:?} writes behind and needs a queue (with_write_behind)",
+                    self.name
+                )))
+            }
+            (_, Some(_)) => {
+                return Err(Error::Unsupported(format!(
+                    "namespace {:?} has a write-behind queue but its write mode is not Behind",
+                    self.name
+                )))
+            }
+            (_, None) => None,
+        };
         let mut map = self.cache.inner.namespaces.write();
         if map.contains_key(&self.name) {
             return Err(Error::NamespaceExists(self.name));
@@ -509,6 +555,7 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
             l2,
             source: self.source,
             sink: self.sink,
+            behind,
         });
         map.insert(
             self.name,

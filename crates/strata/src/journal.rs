@@ -291,6 +291,14 @@ impl Journal {
 
     /// Appends a write; resolves once it is durable (per [`Fsync`]). Returns its sequence number.
     pub async fn append(&self, namespace: &str, key: &str, op: Op) -> Result<u64, Error> {
+        let (seq, durable) = self.submit(namespace, key, op)?;
+        durable.wait().await.map(|()| seq)
+    }
+
+    /// Queues a write for the writer and returns its sequence number at once, with a handle that resolves when
+    /// the record is durable. Lets a caller record the sequence (e.g. as unflushed) before the record can be
+    /// acknowledged.
+    pub fn submit(&self, namespace: &str, key: &str, op: Op) -> Result<(u64, Durable), Error> {
         let (ack, done) = oneshot::channel();
         let seq = {
             // The sequence is taken under the sender lock so records reach the writer in sequence order.
@@ -309,14 +317,7 @@ impl Journal {
                 .map_err(|_| Error::InvalidState("the journal writer stopped"))?;
             seq
         };
-        match done.await {
-            Ok(Ok(())) => Ok(seq),
-            Ok(Err(message)) => Err(Error::Unavailable {
-                tier: strata_core::Tier::Source,
-                message: format!("write-behind journal: {message}"),
-            }),
-            Err(_) => Err(Error::InvalidState("the journal writer stopped")),
-        }
+        Ok((seq, Durable(done)))
     }
 
     /// Records that every write up to `seq` is in the source; files wholly below it are deleted.
@@ -353,6 +354,24 @@ impl Journal {
     /// Stops accepting appends; the writer finishes what is queued.
     pub fn close(&self) {
         self.inner.tx.lock().take();
+    }
+}
+
+/// Resolves when a submitted record is durable.
+#[derive(Debug)]
+pub struct Durable(oneshot::Receiver<Result<(), String>>);
+
+impl Durable {
+    /// Waits until the record is on disk (per [`Fsync`]), or the write failed.
+    pub async fn wait(self) -> Result<(), Error> {
+        match self.0.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(Error::Unavailable {
+                tier: strata_core::Tier::Source,
+                message: format!("write-behind journal: {message}"),
+            }),
+            Err(_) => Err(Error::InvalidState("the journal writer stopped")),
+        }
     }
 }
 

@@ -31,6 +31,7 @@
 //! and the `shared` module docs (Redis down).
 
 mod barriers;
+pub mod behind;
 pub mod breaker;
 pub mod bus;
 mod cache;

@@ -37,12 +37,14 @@ use strata_core::{
 };
 
 use crate::barriers::TagBarriers;
+use crate::behind::BehindNs;
 use crate::bus::Publisher;
 use crate::entry::{Entry, EntryKind};
 use crate::flight::{
     poison_locked, register_locked, remove_locked, Flight, Flights, Origin, Outcome, Role,
 };
 use crate::hotkeys::HotKeyDetector;
+use crate::journal::Op;
 use crate::l1::L1;
 use crate::lookup::{Lookup, StaleReason, Status};
 use crate::stats::{Counters, NamespaceStats};
@@ -99,6 +101,8 @@ pub(crate) struct Inner<V> {
     source: Option<Arc<dyn Source<V>>>,
     /// The source of truth's write side, when bound.
     sink: Option<Arc<dyn Sink<V>>>,
+    /// Write-behind, when the namespace writes behind.
+    behind: Option<BehindNs<V>>,
     /// L1 exists only to pin hot keys (the policy turned L1 off).
     pins_only: bool,
 }
@@ -142,6 +146,7 @@ pub(crate) struct Parts<V> {
     pub l2: Option<NsL2<V>>,
     pub source: Option<Arc<dyn Source<V>>>,
     pub sink: Option<Arc<dyn Sink<V>>>,
+    pub behind: Option<BehindNs<V>>,
 }
 
 impl<V: Send + Sync + 'static> Namespace<V> {
@@ -155,6 +160,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             l2,
             source,
             sink,
+            behind,
         } = parts;
         let pins_only = !policy.l1.enabled && policy.hot_keys.enabled;
         let l1 = if policy.l1.enabled {
@@ -190,6 +196,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 pins_only,
                 source,
                 sink,
+                behind,
             }),
         }
     }
@@ -256,6 +263,11 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         inner.counters.inserts.inc();
         let version = fetched.version;
         let entry = Arc::new(inner.make_entry(&key, fetched, Duration::ZERO));
+        self.insert_entry(key, entry, version).await
+    }
+
+    async fn insert_entry(&self, key: String, entry: Arc<Entry<V>>, version: Option<u64>) -> bool {
+        let inner = &*self.inner;
         let in_l1 = {
             let mut shard = inner.flights.lock(&key);
             poison_locked(&mut shard, &key);
@@ -436,6 +448,9 @@ impl<V: Send + Sync + 'static> Namespace<V> {
     /// Reads `key` through the namespace's [`Source`] ([`NamespaceBuilder::with_source`](crate::NamespaceBuilder::with_source)):
     /// [`get_or_load`](Self::get_or_load) with the source as the loader.
     pub async fn fetch(&self, key: &str) -> Result<Lookup<V>, Error> {
+        if let Some(pending) = self.pending_write(key) {
+            return Ok(pending);
+        }
         let source = self.source()?;
         let k = key.to_owned();
         self.read(key, move || Box::pin(async move { source.load(&k).await }))
@@ -445,10 +460,19 @@ impl<V: Send + Sync + 'static> Namespace<V> {
     /// Reads `keys` through the namespace's [`Source`], loading all misses with one `load_many` (one query).
     pub async fn fetch_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<Lookup<V>>, Error> {
         let source = self.source()?;
-        self.read_many(keys, move |keys| {
-            Box::pin(async move { source.load_many(&keys).await })
-        })
-        .await
+        let mut answers = self
+            .read_many(keys, move |keys| {
+                Box::pin(async move { source.load_many(&keys).await })
+            })
+            .await?;
+        if self.inner.behind.is_some() {
+            for (answer, key) in answers.iter_mut().zip(keys) {
+                if let Some(pending) = self.pending_write(key.as_ref()) {
+                    *answer = pending;
+                }
+            }
+        }
+        Ok(answers)
     }
 
     /// Writes `value` to the source through the namespace's [`Sink`], then updates the caches as the policy's
@@ -463,10 +487,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         let sink = self.sink()?;
         let mode = self.inner.policy.write;
         if mode == WriteMode::Behind {
-            return Err(Error::Unsupported(format!(
-                "namespace {:?}: write-behind needs the durable journal, which is not built yet",
-                self.inner.name
-            )));
+            return self.write_behind(key, Some(value)).await;
         }
         let version = sink
             .upsert(key, &value)
@@ -487,9 +508,12 @@ impl<V: Send + Sync + 'static> Namespace<V> {
     }
 
     /// Deletes `key` in the source through the namespace's [`Sink`], then invalidates it in every tier (except in
-    /// `Around` mode).
+    /// `Around` mode). In `Behind` mode the delete is journaled and flushed like a write.
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
         let sink = self.sink()?;
+        if self.inner.policy.write == WriteMode::Behind {
+            return self.write_behind(key, None).await.map(drop);
+        }
         let version = sink.delete(key).await.map_err(|source| Error::Write {
             key: key.to_owned(),
             source,
@@ -500,6 +524,60 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             (_, None) => self.invalidate(key).await,
         }
         Ok(())
+    }
+
+    /// Write-behind (see [`crate::behind`]): journal durably, update the caches and the pending overlay, ack;
+    /// the flusher writes the source later. Returns the journal sequence of the write.
+    async fn write_behind(&self, key: &str, value: Option<V>) -> Result<u64, Error> {
+        let inner = &*self.inner;
+        let b = inner.behind.as_ref().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "namespace {:?} is in write-behind mode but has no queue: build it with with_write_behind",
+                inner.name
+            ))
+        })?;
+        let entry =
+            value.map(|v| Arc::new(inner.make_entry(key, Fetched::value(v), Duration::ZERO)));
+        let op = match entry.as_ref().and_then(|e| e.value.as_ref()) {
+            Some(v) => Op::Upsert(b.codec.encode(v).map_err(|e| Error::Write {
+                key: key.to_owned(),
+                source: Arc::new(std::io::Error::other(format!(
+                    "the value does not encode: {e}"
+                ))),
+            })?),
+            None => Op::Delete,
+        };
+        let seq = b.wb.journal(&inner.name, key, op.clone()).await?;
+        {
+            let mut overlay = b.overlay.lock();
+            if overlay.get(key).is_none_or(|(s, _)| *s < seq) {
+                let value = entry.as_ref().and_then(|e| e.value.clone());
+                overlay.insert(key.to_owned(), (seq, value));
+            }
+        }
+        match entry {
+            Some(e) => {
+                self.insert_entry(key.to_owned(), e, None).await;
+            }
+            None => self.invalidate(key).await,
+        }
+        b.wb.enqueue(&inner.name, key, seq, op);
+        Ok(seq)
+    }
+
+    /// A write-behind write of `key` not yet in the source, as readers must see it.
+    fn pending_write(&self, key: &str) -> Option<Lookup<V>> {
+        let inner = &*self.inner;
+        let (_, value) = inner.behind.as_ref()?.overlay.lock().get(key).cloned()?;
+        let now = inner.clock.now();
+        let fresh = now + millis(inner.policy.ttl);
+        let status = if value.is_some() {
+            Status::Hit(Tier::L1)
+        } else {
+            Status::Negative
+        };
+        let entry = Entry::new(key, value, now, fresh, fresh, None, Vec::new(), 0, 0);
+        Some(Lookup::new(Arc::new(entry), status))
     }
 
     fn source(&self) -> Result<Arc<dyn Source<V>>, Error> {
