@@ -107,6 +107,9 @@ line=$(cargo run --release --quiet -p strata-bench -- hotkey --nodes 4 --redis "
 echo "$line"
 pct=$(echo "$line" | sed -n 's/.*reduction_pct=\([0-9.]*\).*/\1/p')
 awk -v p="$pct" 'BEGIN { exit !(p >= 99.9) }' || { echo "hotkey: reduction_pct=$pct, expected >= 99.9" >&2; exit 1; }
+line=$(cargo run --release --quiet -p strata-bench -- write-behind-crash --cycles 50)
+echo "$line"
+echo "$line" | grep -q ' lost_acked_writes=0$' || { echo "write-behind-crash: acknowledged writes were lost" >&2; exit 1; }
 cargo run --release --quiet --example black_friday -- --requests 2000
 
 say "all checks passed"

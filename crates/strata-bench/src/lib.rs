@@ -4,6 +4,7 @@
 
 #![allow(missing_docs)]
 
+pub mod behind_crash;
 pub mod cluster;
 pub mod invalidation;
 pub mod l1;

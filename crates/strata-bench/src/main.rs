@@ -71,6 +71,23 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         samples: usize,
     },
+    /// A child writing through write-behind is SIGKILLed at random moments; no acknowledged write may be lost.
+    WriteBehindCrash {
+        /// Kill cycles.
+        #[arg(long, default_value_t = 50)]
+        cycles: usize,
+        /// Working directory (default: a fresh one under the temp dir).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// The child of `write-behind-crash` (internal).
+    #[command(hide = true)]
+    WriteBehindChild {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        start: i64,
+    },
     /// L1 hit ratios, throughput and memory beside moka and quick_cache.
     L1 {
         /// Gets per thread in the throughput runs.
@@ -84,6 +101,24 @@ enum Scenario {
 
 fn main() {
     match Args::parse().scenario {
+        Scenario::WriteBehindCrash { cycles, dir } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let report = rt.block_on(strata_bench::behind_crash::run(cycles, dir));
+            println!("{report}");
+            if report.lost_acked_writes > 0 {
+                std::process::exit(1);
+            }
+        }
+        Scenario::WriteBehindChild { dir, start } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(strata_bench::behind_crash::child(dir, start));
+        }
         Scenario::Stampede {
             requests,
             load_ms,
