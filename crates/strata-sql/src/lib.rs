@@ -238,6 +238,27 @@ impl Bound {
         })
     }
 
+    /// The value of the first row (a single-key load), or absence.
+    fn first<V: DeserializeOwned>(
+        &self,
+        rows: Vec<(String, serde_json::Value)>,
+    ) -> Result<Fetched<V>, SharedError> {
+        match rows.into_iter().next() {
+            Some((k, row)) => self.decode(&k, row).map_err(shared),
+            None => Ok(Fetched::absent()),
+        }
+    }
+
+    /// The values of every row, by key (a batch load).
+    fn all<V: DeserializeOwned>(
+        &self,
+        rows: Vec<(String, serde_json::Value)>,
+    ) -> Result<HashMap<String, Fetched<V>>, SharedError> {
+        rows.into_iter()
+            .map(|(k, row)| Ok((k.clone(), self.decode(&k, row).map_err(shared)?)))
+            .collect()
+    }
+
     fn db(&self, source: sqlx::Error) -> SqlError {
         SqlError::Database {
             table: self.spec.table.clone(),
@@ -323,10 +344,7 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for PgTable<V> {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<V>, SharedError>> {
         async move {
             let rows = self.load_rows(&[key.to_owned()]).await.map_err(shared)?;
-            match rows.into_iter().next() {
-                Some((k, row)) => self.bound.decode(&k, row).map_err(shared),
-                None => Ok(Fetched::absent()),
-            }
+            self.bound.first(rows)
         }
         .boxed()
     }
@@ -337,12 +355,7 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for PgTable<V> {
     ) -> BoxFuture<'a, Result<HashMap<String, Fetched<V>>, SharedError>> {
         async move {
             let rows = self.load_rows(keys).await.map_err(shared)?;
-            rows.into_iter()
-                .map(|(k, row)| {
-                    let f = self.bound.decode(&k, row).map_err(shared)?;
-                    Ok((k, f))
-                })
-                .collect()
+            self.bound.all(rows)
         }
         .boxed()
     }
@@ -406,6 +419,10 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for PgTable<V> {
 }
 
 /// A SQLite table as a [`Source`] and [`Sink`] of `V`: the embedded default.
+///
+/// SQLite has no boolean type: a `bool` column reads back as `0`/`1`, so a `bool` field needs a serde adapter
+/// (or an integer field). For the write-behind journal's checkpoint to be safe against power loss, open the pool
+/// with `synchronous=FULL`; `NORMAL` in WAL mode survives process crashes only.
 pub struct SqliteTable<V> {
     pool: SqlitePool,
     bound: Bound,
@@ -498,10 +515,7 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for SqliteTable<V> {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<V>, SharedError>> {
         async move {
             let rows = self.load_rows(&[key.to_owned()]).await.map_err(shared)?;
-            match rows.into_iter().next() {
-                Some((k, row)) => self.bound.decode(&k, row).map_err(shared),
-                None => Ok(Fetched::absent()),
-            }
+            self.bound.first(rows)
         }
         .boxed()
     }
@@ -512,12 +526,7 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for SqliteTable<V> {
     ) -> BoxFuture<'a, Result<HashMap<String, Fetched<V>>, SharedError>> {
         async move {
             let rows = self.load_rows(keys).await.map_err(shared)?;
-            rows.into_iter()
-                .map(|(k, row)| {
-                    let f = self.bound.decode(&k, row).map_err(shared)?;
-                    Ok((k, f))
-                })
-                .collect()
+            self.bound.all(rows)
         }
         .boxed()
     }
