@@ -498,18 +498,16 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
         if let Some(token) = lease {
             // A stored fill ends the lease; a refused one leaves it: give it back so nobody waits it out.
-            if !stored {
-                let _ = l2
-                    .link
-                    .call(l2.link.tier.release(&self.name, key, &token))
-                    .await;
+            if stored {
+                self.publish(
+                    Invalidation::Filled {
+                        key: key.to_owned(),
+                    },
+                    None,
+                );
+            } else {
+                self.release_lease(key, token).await;
             }
-            self.publish(
-                Invalidation::Filled {
-                    key: key.to_owned(),
-                },
-                None,
-            );
         }
     }
 
