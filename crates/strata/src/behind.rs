@@ -360,14 +360,15 @@ async fn flusher(inner: Arc<Inner>, queue: Arc<Queue>, target: Arc<dyn Target>) 
             .collect()
             .await;
         let mut failed = false;
+        // Settled in one step per round: one checkpoint write (two fsyncs) per round, not per key.
+        let mut settled = Vec::new();
         for (key, mut l, r) in results {
             match r {
                 Ok(()) => {
                     inner.flushed.fetch_add(1, Ordering::Relaxed);
                     target.settled(&key, l.seq);
-                    let mut seqs = l.covered;
-                    seqs.push(l.seq);
-                    settle(&inner, &seqs);
+                    settled.extend(l.covered);
+                    settled.push(l.seq);
                 }
                 Err(error) => {
                     inner.failures.fetch_add(1, Ordering::Relaxed);
@@ -375,9 +376,8 @@ async fn flusher(inner: Arc<Inner>, queue: Arc<Queue>, target: Arc<dyn Target>) 
                     if l.attempts >= o.max_attempts {
                         park(&inner, &queue.namespace, &key, &l, &error);
                         target.settled(&key, l.seq);
-                        let mut seqs = l.covered;
-                        seqs.push(l.seq);
-                        settle(&inner, &seqs);
+                        settled.extend(l.covered);
+                        settled.push(l.seq);
                     } else {
                         failed = true;
                         // Back in the queue; a newer write that arrived meanwhile supersedes it.
@@ -394,6 +394,9 @@ async fn flusher(inner: Arc<Inner>, queue: Arc<Queue>, target: Arc<dyn Target>) 
                     }
                 }
             }
+        }
+        if !settled.is_empty() {
+            settle(&inner, &settled);
         }
         backoff = if failed {
             (backoff * 2).clamp(o.retry_base, o.retry_max)
