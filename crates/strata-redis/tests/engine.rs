@@ -531,3 +531,33 @@ async fn a_lease_loser_with_a_stale_value_answers_at_once() {
     assert_eq!(slow.await.unwrap().unwrap().value(), Some(&2));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_fields_in_the_barrier_hash_are_skipped_and_counted() {
+    let c = cluster("bad-barriers", 1, |o| o.bus = false).await;
+    let l2 = &c.nodes[0].l2;
+    let mut conn = l2.connection();
+    let hkey = format!("{}:barriers:{{price}}", c.prefix);
+    let _: () = redis::cmd("HSET")
+        .arg(&hkey)
+        .arg("t:tv")
+        .arg("garbage")
+        .arg("someone-elses")
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let barriers = l2.barriers("price").await.unwrap();
+    assert!(
+        barriers.tags.is_empty() && barriers.generation.is_none(),
+        "{barriers:?}"
+    );
+    assert_eq!(l2.stats().corrupt, 1);
+    // Reads still work.
+    let ns = c
+        .namespace::<u64>("price", policy().build().unwrap(), Json)
+        .remove(0);
+    let got = ns.get_or_load("k", || async { Some(1u64) }).await.unwrap();
+    assert_eq!(got.value(), Some(&1));
+    c.shutdown().await;
+}

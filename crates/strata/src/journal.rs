@@ -513,6 +513,21 @@ mod tests {
         assert!(j.append("n", "c", Op::Delete).await.unwrap() > s3);
     }
 
+    #[test]
+    fn a_garbage_checkpoint_is_a_clear_error_naming_the_file() {
+        let d = dir("badcp");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("checkpoint"), "not-a-number").unwrap();
+        let err = Journal::open(&d, JournalOptions::default())
+            .err()
+            .expect("a garbage checkpoint must not open")
+            .to_string();
+        assert!(
+            err.contains("checkpoint") && err.contains("not-a-number"),
+            "{err}"
+        );
+    }
+
     #[tokio::test]
     async fn a_torn_tail_is_cut_and_counted_and_the_rest_is_kept() {
         let d = dir("torn");
