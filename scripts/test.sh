@@ -49,6 +49,7 @@ pg_up() {
 need_postgres() {
   if [ -n "${STRATA_PG_URL:-}" ]; then
     say "using PostgreSQL at STRATA_PG_URL=$STRATA_PG_URL (managed by you)"
+    export STRATA_PG_URL_MANAGED=1
     return
   fi
   export STRATA_PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/test"
@@ -72,10 +73,53 @@ need_postgres() {
   pg_up || { echo "PostgreSQL did not come up; see $dir/log" >&2; exit 1; }
 }
 
+# Logical replication (the CDC consumer) needs wal_level=logical and a replication line in pg_hba.conf. On a server
+# this script did not start, both are set here (ALTER SYSTEM, then a restart) when missing; with STRATA_PG_URL set,
+# that is left to you.
+pg_sql() { psql -X -qAt -h 127.0.0.1 -p "$PG_PORT" -U postgres -d test -c "$1"; }
+need_logical_replication() {
+  [ -n "${STRATA_PG_URL_MANAGED:-}" ] && return
+  if ! command -v psql >/dev/null 2>&1; then
+    say "psql not found: installing Debian's postgresql-client"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null
+  fi
+  local hba changed=
+  hba=$(pg_sql "show hba_file")
+  if ! grep -Eq '^[[:space:]]*host[[:space:]]+replication[[:space:]]' "$hba"; then
+    say "allowing replication connections from 127.0.0.1 in $hba"
+    printf 'host replication all 127.0.0.1/32 trust\n' >>"$hba"
+    pg_sql "select pg_reload_conf()" >/dev/null
+  fi
+  if [ "$(pg_sql "show wal_level")" != logical ]; then
+    say "PostgreSQL has wal_level=$(pg_sql "show wal_level"): setting wal_level=logical and restarting it"
+    pg_sql "alter system set wal_level = logical" >/dev/null
+    local dir owner
+    dir=$(pg_sql "show data_directory")
+    owner=$(stat -c %U "$dir")
+    if command -v pg_lsclusters >/dev/null 2>&1 && pg_lsclusters -h | awk -v p="$PG_PORT" '$3 == p { found = 1 } END { exit !found }'; then
+      read -r ver name < <(pg_lsclusters -h | awk -v p="$PG_PORT" '$3 == p { print $1, $2; exit }')
+      pg_ctlcluster "$ver" "$name" restart
+    else
+      local bin
+      bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+      runuser -u "$owner" -- "$bin/pg_ctl" -D "$dir" -w -m fast restart >/dev/null
+    fi
+    changed=1
+  fi
+  if [ -n "$changed" ]; then
+    for _ in $(seq 100); do pg_sql "select 1" >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
+  [ "$(pg_sql "show wal_level")" = logical ] || { echo "could not set wal_level=logical" >&2; exit 1; }
+  # Slots left behind by an interrupted earlier run hold WAL forever: drop the inactive test ones.
+  pg_sql "select pg_drop_replication_slot(slot_name) from pg_replication_slots
+          where slot_name like 'strata\_t\_%' and not active" >/dev/null
+}
+
 need_cargo
 say "toolchain: $(cargo --version)"
 need_redis
 need_postgres
+need_logical_replication
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

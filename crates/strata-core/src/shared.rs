@@ -109,6 +109,12 @@ impl Barriers {
     }
 }
 
+/// The L2 keys of a hot key's replicas: `key␀r0..`. The NUL separator cannot collide with a text key. Everything
+/// that invalidates a key in L2 (the engine, the CDC consumer) tombstones these copies too.
+pub fn replica_keys(key: &str, replicas: u8) -> impl Iterator<Item = String> + '_ {
+    (0..replicas).map(move |i| format!("{key}\u{0}r{i}"))
+}
+
 /// A shared cache tier. Every method is one round trip; implementations bound it with their own timeout and
 /// report failures as [`Error::Unavailable`] or [`Error::Timeout`] with `tier: L2`. Corrupt stored bytes are a miss,
 /// never an error.

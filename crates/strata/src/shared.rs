@@ -30,10 +30,7 @@ use strata_core::{Clock, Error, Invalidation, SharedTier, Tier, UnixMillis};
 use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::bus::Publisher;
 
-/// The L2 keys of a hot key's replicas: `key␀r0..`. The NUL separator cannot collide with a text key.
-pub(crate) fn replica_keys(key: &str, replicas: u8) -> impl Iterator<Item = String> + '_ {
-    (0..replicas).map(move |i| format!("{key}\u{0}r{i}"))
-}
+pub(crate) use strata_core::shared::replica_keys;
 
 /// At most this many invalidation targets wait for replay.
 pub(crate) const MAX_PENDING: usize = 100_000;
