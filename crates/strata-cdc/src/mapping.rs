@@ -8,7 +8,7 @@
 //! Invariant: a change is never mapped to *less* than it invalidates. When a rule needs a value the change does
 //! not carry — the old category of an updated row without `REPLICA IDENTITY FULL`, an unchanged TOASTed column, a
 //! version that is not a number — the whole namespace of that rule is cleared instead, and the change is counted
-//! as unmapped. [`Mapping::needs_full_identity`] names the tables whose tag templates read non-key columns, so the
+//! as unmapped. [`Mapping::tag_columns`] names the columns tag templates read, so the
 //! consumer's set-up can make PostgreSQL send the whole old row.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
