@@ -154,6 +154,10 @@ awk -v p="$pct" 'BEGIN { exit !(p >= 99.9) }' || { echo "hotkey: reduction_pct=$
 line=$(cargo run --release --quiet -p strata-bench -- write-behind-crash --cycles 50)
 echo "$line"
 echo "$line" | grep -q ' lost_acked_writes=0$' || { echo "write-behind-crash: acknowledged writes were lost" >&2; exit 1; }
+line=$(cargo run --release --quiet -p strata-bench -- cdc --nodes 4 --samples 500 --redis "$REDIS_URL" --pg "$STRATA_PG_URL")
+echo "$line"
+p99=$(echo "$line" | sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p')
+awk -v p="$p99" 'BEGIN { exit !(p < 100) }' || { echo "cdc: p99_ms=$p99, expected < 100" >&2; exit 1; }
 cargo run --release --quiet --example black_friday -- --requests 2000
 
 say "all checks passed"

@@ -5,6 +5,7 @@
 #![allow(missing_docs)]
 
 pub mod behind_crash;
+pub mod cdc;
 pub mod cluster;
 pub mod invalidation;
 pub mod l1;

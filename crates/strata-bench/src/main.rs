@@ -71,6 +71,21 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         samples: usize,
     },
+    /// Time from a commit in PostgreSQL to eviction on every node, through the CDC consumer.
+    Cdc {
+        /// Nodes.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Redis URL.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// PostgreSQL URL (wal_level=logical; the user needs REPLICATION). Default: STRATA_PG_URL or the local `test`.
+        #[arg(long)]
+        pg: Option<String>,
+        /// Commits to time.
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+    },
     /// A child writing through write-behind is SIGKILLed at random moments; no acknowledged write may be lost.
     WriteBehindCrash {
         /// Kill cycles.
@@ -187,6 +202,28 @@ fn main() {
                 Ok(report) => println!("{report}"),
                 Err(e) => {
                     eprintln!("l2: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Scenario::Cdc {
+            nodes,
+            redis,
+            pg,
+            samples,
+        } => {
+            let pg = pg.unwrap_or_else(|| {
+                std::env::var("STRATA_PG_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+            });
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            match rt.block_on(strata_bench::cdc::run(&redis, &pg, nodes, samples)) {
+                Ok(report) => println!("{report}"),
+                Err(e) => {
+                    eprintln!("cdc: {e}");
                     std::process::exit(1);
                 }
             }
