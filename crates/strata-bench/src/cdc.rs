@@ -48,7 +48,11 @@ pub async fn run(redis: &str, pg: &str, nodes: usize, samples: usize) -> Result<
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    let name = format!("strata_bench_cdc_{}_{}", std::process::id(), nanos % 1_000_000_000);
+    let name = format!(
+        "strata_bench_cdc_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000
+    );
     let prefix = format!("strata-bench:cdc:{name}");
     let pool = PgPool::connect(pg)
         .await
@@ -74,7 +78,11 @@ pub async fn run(redis: &str, pg: &str, nodes: usize, samples: usize) -> Result<
         let cache = Cache::builder().with_shared_tier(Arc::new(l2)).build();
         let ns = cache
             .namespace::<i64>("price")
-            .with_policy(Policy::builder().with_ttl(Duration::from_secs(600)).build()?)
+            .with_policy(
+                Policy::builder()
+                    .with_ttl(Duration::from_secs(600))
+                    .build()?,
+            )
             .with_codec(Json)
             .build()?;
         let bus = RedisBus::connect(redis, bus_options.clone()).await?;
@@ -83,7 +91,12 @@ pub async fn run(redis: &str, pg: &str, nodes: usize, samples: usize) -> Result<
     }
     let tier: Arc<dyn SharedTier> = Arc::new(RedisL2::connect(redis, l2_options).await?);
     let bus = RedisBus::connect(redis, bus_options).await?;
-    let applier = Applier::new(Some(tier), Arc::new(bus), "bench-cdc", ApplyOptions::default());
+    let applier = Applier::new(
+        Some(tier),
+        Arc::new(bus),
+        "bench-cdc",
+        ApplyOptions::default(),
+    );
     let options = PgCdcOptions::new(pg, &name, &name)
         .rule(Rule::new(format!("{name}.price"), "price").version_column("version"));
     let cdc = PgCdc::start(options, Arc::new(applier))
@@ -93,7 +106,8 @@ pub async fn run(redis: &str, pg: &str, nodes: usize, samples: usize) -> Result<
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mut hist = Histogram::<u64>::new(3).expect("histogram");
-    let update = format!("UPDATE {name}.price SET price = price + 1, version = version + 1 WHERE sku = $1");
+    let update =
+        format!("UPDATE {name}.price SET price = price + 1, version = version + 1 WHERE sku = $1");
     for i in 0..samples {
         let key = format!("sku-{i}");
         for (ns, _) in &cluster {

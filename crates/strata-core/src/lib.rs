@@ -22,7 +22,7 @@ pub mod shared;
 pub mod source;
 
 pub use bus::{Bus, BusError, BusEvent, BusMessage, Invalidation};
-pub use clock::{Clock, ManualClock, SystemClock, TokioClock, UnixMillis};
+pub use clock::{Clock, Hlc, ManualClock, SystemClock, TokioClock, UnixMillis};
 pub use envelope::{CodecError, Compression, Envelope, EnvelopeKind};
 pub use error::{Error, SharedError, Tier};
 pub use fetched::Fetched;

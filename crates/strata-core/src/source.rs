@@ -30,4 +30,55 @@ pub trait Sink<V>: Send + Sync + 'static {
 
     /// Deletes `key`; returns the version of the deletion when the source has one.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, SharedError>>;
+
+    /// Writes `value` with the caller's `version` unless the source already holds `version` or a newer one for
+    /// `key` (`… WHERE version < $version`): idempotent, and an older write replayed late cannot overwrite a newer
+    /// one. Returns whether the row was written. Write-behind flushes through this.
+    ///
+    /// The default is for sources without versions: a plain [`upsert`](Self::upsert) (unfenced).
+    fn upsert_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a V,
+        version: u64,
+    ) -> BoxFuture<'a, Result<bool, SharedError>>
+    where
+        V: Sync,
+    {
+        let _ = version;
+        Box::pin(async move { self.upsert(key, value).await.map(|_| true) })
+    }
+
+    /// [`upsert_fenced`](Self::upsert_fenced) for many distinct keys, as one batch (one statement or one
+    /// transaction where the source allows): all written or fenced, or an error and — for a transactional
+    /// source — nothing written. Returns, per item, whether it was written.
+    ///
+    /// The default calls `upsert_fenced` per item.
+    fn upsert_fenced_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, &'a V, u64)],
+    ) -> BoxFuture<'a, Result<Vec<bool>, SharedError>>
+    where
+        V: Sync,
+    {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(items.len());
+            for (k, v, version) in items {
+                out.push(self.upsert_fenced(k, v, *version).await?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Deletes `key` unless the source holds a version newer than `version`. Returns whether a row was deleted.
+    ///
+    /// The default is a plain [`delete`](Self::delete).
+    fn delete_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        version: u64,
+    ) -> BoxFuture<'a, Result<bool, SharedError>> {
+        let _ = version;
+        Box::pin(async move { self.delete(key).await.map(|v| v.is_some()) })
+    }
 }

@@ -214,6 +214,42 @@ impl Bound {
         Ok(map)
     }
 
+    /// The fields of every item of a batch, which must share one column set (the same statement serves all).
+    #[allow(clippy::type_complexity)]
+    fn batch_fields<V: Serialize>(
+        &self,
+        items: &[(&str, &V, u64)],
+    ) -> Result<(Vec<String>, Vec<serde_json::Map<String, serde_json::Value>>), SqlError> {
+        let mut maps = Vec::with_capacity(items.len());
+        let mut columns: Option<Vec<String>> = None;
+        for (key, value, _) in items {
+            let map = self.fields(key, *value)?;
+            let cols: Vec<String> = map.keys().cloned().collect();
+            match &columns {
+                None => columns = Some(cols),
+                Some(c) if *c == cols => {}
+                Some(_) => {
+                    return Err(SqlError::BadValue {
+                        key: (*key).to_owned(),
+                        table: self.spec.table.clone(),
+                        problem: "a batch needs the same fields in every value".into(),
+                    })
+                }
+            }
+            maps.push(map);
+        }
+        Ok((columns.unwrap_or_default(), maps))
+    }
+
+    /// A version as the database's signed 64-bit integer.
+    fn version_i64(&self, key: &str, version: u64) -> Result<i64, SqlError> {
+        i64::try_from(version).map_err(|_| SqlError::BadValue {
+            key: key.to_owned(),
+            table: self.spec.table.clone(),
+            problem: format!("version {version} does not fit a 64-bit signed column"),
+        })
+    }
+
     fn decode<V: DeserializeOwned>(
         &self,
         key: &str,
@@ -416,6 +452,103 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for PgTable<V> {
         }
         .boxed()
     }
+
+    fn upsert_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a V,
+        version: u64,
+    ) -> BoxFuture<'a, Result<bool, SharedError>> {
+        async move {
+            let items = [(key, value, version)];
+            Ok(self.upsert_fenced_many(&items).await?[0])
+        }
+        .boxed()
+    }
+
+    /// One statement for the whole batch: `unnest` of keys, JSON documents and versions, each document turned
+    /// into a row by `jsonb_populate_record`, and `ON CONFLICT … DO UPDATE … WHERE t.version < EXCLUDED.version`.
+    fn upsert_fenced_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, &'a V, u64)],
+    ) -> BoxFuture<'a, Result<Vec<bool>, SharedError>> {
+        async move {
+            if items.is_empty() {
+                return Ok(Vec::new());
+            }
+            let b = &self.bound;
+            let version = b.version_or_err().map_err(shared)?;
+            let (columns, maps) = b.batch_fields(items).map_err(shared)?;
+            let cols: Vec<String> = columns
+                .iter()
+                .map(|c| quote_ident("column", c))
+                .collect::<Result<_, _>>()
+                .map_err(shared)?;
+            let insert_cols: String = cols.iter().map(|c| format!(", {c}")).collect();
+            let select_cols: String = cols.iter().map(|c| format!(", r.{c}")).collect();
+            let updates: String = cols
+                .iter()
+                .map(|c| format!("{c} = EXCLUDED.{c}, "))
+                .collect();
+            let sql = format!(
+                "INSERT INTO {table} AS t ({key}{insert_cols}, {version}) \
+                 SELECT x.k::text::{kt}{select_cols}, x.v \
+                 FROM unnest($1::text[], $2::jsonb[], $3::int8[]) AS x(k, doc, v) \
+                 CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, x.doc) r \
+                 ON CONFLICT ({key}) DO UPDATE SET {updates}{version} = EXCLUDED.{version} \
+                 WHERE t.{version} < EXCLUDED.{version} \
+                 RETURNING t.{key}::text",
+                table = b.table,
+                key = b.key,
+                kt = self.key_type
+            );
+            let keys: Vec<&str> = items.iter().map(|(k, _, _)| *k).collect();
+            let docs: Vec<serde_json::Value> =
+                maps.into_iter().map(serde_json::Value::Object).collect();
+            let versions: Vec<i64> = items
+                .iter()
+                .map(|(k, _, v)| b.version_i64(k, *v))
+                .collect::<Result<_, _>>()
+                .map_err(shared)?;
+            let rows = sqlx::query(&sql)
+                .bind(&keys)
+                .bind(&docs)
+                .bind(&versions)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| shared(b.db(e)))?;
+            let written: std::collections::HashSet<String> =
+                rows.iter().map(|r| r.get::<String, _>(0)).collect();
+            Ok(keys.iter().map(|k| written.contains(*k)).collect())
+        }
+        .boxed()
+    }
+
+    fn delete_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        version: u64,
+    ) -> BoxFuture<'a, Result<bool, SharedError>> {
+        async move {
+            let b = &self.bound;
+            let column = b.version_or_err().map_err(shared)?;
+            let v = b.version_i64(key, version).map_err(shared)?;
+            let sql = format!(
+                "DELETE FROM {table} WHERE {key} = $1::text::{kt} AND {column} < $2",
+                table = b.table,
+                key = b.key,
+                kt = self.key_type
+            );
+            let done = sqlx::query(&sql)
+                .bind(key)
+                .bind(v)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| shared(b.db(e)))?;
+            Ok(done.rows_affected() > 0)
+        }
+        .boxed()
+    }
 }
 
 /// A SQLite table as a [`Source`] and [`Sink`] of `V`: the embedded default.
@@ -584,6 +717,96 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for SqliteTable<V> {
                 .await
                 .map_err(|e| shared(b.db(e)))?;
             Ok(row.map(|r| r.get::<i64, _>(0).max(0) as u64 + 1))
+        }
+        .boxed()
+    }
+
+    fn upsert_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a V,
+        version: u64,
+    ) -> BoxFuture<'a, Result<bool, SharedError>> {
+        async move {
+            let items = [(key, value, version)];
+            Ok(self.upsert_fenced_many(&items).await?[0])
+        }
+        .boxed()
+    }
+
+    /// One transaction for the whole batch (one commit, one sync), one fenced `INSERT … ON CONFLICT … WHERE
+    /// version < excluded.version` per item.
+    fn upsert_fenced_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, &'a V, u64)],
+    ) -> BoxFuture<'a, Result<Vec<bool>, SharedError>> {
+        async move {
+            if items.is_empty() {
+                return Ok(Vec::new());
+            }
+            let b = &self.bound;
+            let version = b.version_or_err().map_err(shared)?;
+            let (columns, maps) = b.batch_fields(items).map_err(shared)?;
+            let mut cols = Vec::new();
+            let mut exprs = Vec::new();
+            for c in &columns {
+                cols.push(quote_ident("column", c).map_err(shared)?);
+                // `c` is a validated identifier, so it is safe inside the JSON path literal.
+                exprs.push(format!("json_extract(?2, '$.{c}')"));
+            }
+            let insert_cols: String = cols.iter().map(|c| format!(", {c}")).collect();
+            let values: String = exprs.iter().map(|e| format!(", {e}")).collect();
+            let updates: String = cols
+                .iter()
+                .map(|c| format!("{c} = excluded.{c}, "))
+                .collect();
+            let sql = format!(
+                "INSERT INTO {table} ({key}{insert_cols}, {version}) VALUES (?1{values}, ?3) \
+                 ON CONFLICT ({key}) DO UPDATE SET {updates}{version} = excluded.{version} \
+                 WHERE {table}.{version} < excluded.{version} RETURNING 1",
+                table = b.table,
+                key = b.key,
+            );
+            let mut tx = self.pool.begin().await.map_err(|e| shared(b.db(e)))?;
+            let mut out = Vec::with_capacity(items.len());
+            for ((key, _, v), map) in items.iter().zip(maps) {
+                let v = b.version_i64(key, *v).map_err(shared)?;
+                let row = sqlx::query(&sql)
+                    .bind(*key)
+                    .bind(serde_json::Value::Object(map).to_string())
+                    .bind(v)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| shared(b.db(e)))?;
+                out.push(row.is_some());
+            }
+            tx.commit().await.map_err(|e| shared(b.db(e)))?;
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn delete_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        version: u64,
+    ) -> BoxFuture<'a, Result<bool, SharedError>> {
+        async move {
+            let b = &self.bound;
+            let column = b.version_or_err().map_err(shared)?;
+            let v = b.version_i64(key, version).map_err(shared)?;
+            let sql = format!(
+                "DELETE FROM {table} WHERE {key} = ?1 AND {column} < ?2",
+                table = b.table,
+                key = b.key
+            );
+            let done = sqlx::query(&sql)
+                .bind(key)
+                .bind(v)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| shared(b.db(e)))?;
+            Ok(done.rows_affected() > 0)
         }
         .boxed()
     }

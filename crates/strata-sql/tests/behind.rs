@@ -83,6 +83,26 @@ impl Faulty {
 #[error("injected: {0}")]
 struct Injected(&'static str);
 
+impl Faulty {
+    /// Holds, fails or refuses as configured before a write of `keys` reaches the table.
+    async fn check(&self, keys: &[&str]) -> Result<(), SharedError> {
+        while self.hold.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if keys.iter().any(|k| self.poison.as_deref() == Some(*k)) {
+            return Err(Arc::new(Injected("poison")) as SharedError);
+        }
+        if self
+            .fail_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Arc::new(Injected("database unreachable")) as SharedError);
+        }
+        Ok(())
+    }
+}
+
 impl Sink<Count> for Faulty {
     fn upsert<'a>(
         &'a self,
@@ -90,24 +110,40 @@ impl Sink<Count> for Faulty {
         value: &'a Count,
     ) -> BoxFuture<'a, Result<u64, SharedError>> {
         Box::pin(async move {
-            while self.hold.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            if self.poison.as_deref() == Some(key) {
-                return Err(Arc::new(Injected("poison")) as SharedError);
-            }
-            if self
-                .fail_first
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                return Err(Arc::new(Injected("database unreachable")) as SharedError);
-            }
+            self.check(&[key]).await?;
             self.inner.upsert(key, value).await
         })
     }
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, SharedError>> {
         self.inner.delete(key)
+    }
+    fn upsert_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a Count,
+        version: u64,
+    ) -> BoxFuture<'a, Result<bool, SharedError>> {
+        Box::pin(async move {
+            self.check(&[key]).await?;
+            self.inner.upsert_fenced(key, value, version).await
+        })
+    }
+    fn upsert_fenced_many<'a>(
+        &'a self,
+        items: &'a [(&'a str, &'a Count, u64)],
+    ) -> BoxFuture<'a, Result<Vec<bool>, SharedError>> {
+        Box::pin(async move {
+            let keys: Vec<&str> = items.iter().map(|(k, _, _)| *k).collect();
+            self.check(&keys).await?;
+            self.inner.upsert_fenced_many(items).await
+        })
+    }
+    fn delete_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        version: u64,
+    ) -> BoxFuture<'a, Result<bool, SharedError>> {
+        self.inner.delete_fenced(key, version)
     }
 }
 

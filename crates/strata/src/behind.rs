@@ -14,8 +14,17 @@
 //! - **Retries and poison**: a failed flush is retried with exponential backoff; after `max_attempts` the write is
 //!   parked in `dead-letter.jsonl` next to the journal (with the error), counted, and no longer blocks the
 //!   checkpoint.
-//! - **Idempotent replay**: a replayed write is an upsert (or delete) of the same value, so writing it twice leaves
-//!   the same row.
+//! - **Versions and fencing**: each write takes a version from a hybrid logical clock ([`strata_core::Hlc`]) when
+//!   it is journaled; the caches hold it with the value, and the source is written with
+//!   [`Sink::upsert_fenced`](strata_core::Sink::upsert_fenced) (`… WHERE version < $new`), so a replayed or late
+//!   write never overwrites a newer row, and replaying twice leaves the same row (idempotent). A namespace that
+//!   writes behind should write *only* behind: the source's own counters (`through`) do not order against clock
+//!   versions.
+//! - **Batches**: each round sends its upserts as one [`Sink::upsert_fenced_many`](strata_core::Sink::upsert_fenced_many)
+//!   (one statement on PostgreSQL, one transaction on SQLite). If the batch fails, its writes are retried one by
+//!   one in the same round, so a poison write is isolated and the rest still flush.
+//! - **Lag**: for every key flushed, the time its oldest covered write waited between ack and commit is recorded
+//!   ([`WriteBehindStats::lag_p99_micros`], metric `strata_write_behind_lag_seconds`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
@@ -27,7 +36,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use strata_core::Error;
+use strata_core::{Error, Hlc};
 use tokio::sync::Notify;
 
 use crate::journal::{Journal, JournalOptions, Op, Record};
@@ -81,7 +90,8 @@ pub struct WriteBehindStats {
     pub pending: u64,
     /// Writes committed to the source (coalesced writes count once each).
     pub flushed: u64,
-    /// Flush attempts that failed (and were retried or parked).
+    /// Flush attempts that failed (and were retried or parked); a failed batch counts once, and its writes are
+    /// then tried one by one.
     pub failures: u64,
     /// Writes parked as poison in the dead-letter file.
     pub dead_lettered: u64,
@@ -89,11 +99,27 @@ pub struct WriteBehindStats {
     pub recovered: u64,
     /// Bytes cut from a torn journal tail at open.
     pub truncated_bytes: u64,
+    /// Flushes the source fenced out (it already held a newer version).
+    pub fenced: u64,
+    /// Batches that failed and were retried one write at a time.
+    pub batch_fallbacks: u64,
+    /// Ack-to-commit lag of flushed keys (oldest covered write), median, in µs.
+    pub lag_p50_micros: u64,
+    /// The same, 99th percentile.
+    pub lag_p99_micros: u64,
+    /// The same, maximum.
+    pub lag_max_micros: u64,
 }
+
+/// One write handed to a [`Target`]: key, operation, version.
+pub(crate) type Item<'a> = (&'a str, &'a Op, Option<u64>);
 
 /// Applies journaled writes of one namespace to its source.
 pub(crate) trait Target: Send + Sync {
-    fn apply<'a>(&'a self, key: &'a str, op: &'a Op) -> BoxFuture<'a, Result<(), String>>;
+    /// One write; returns whether the source fenced it out (it held a newer version).
+    fn apply<'a>(&'a self, item: Item<'a>) -> BoxFuture<'a, Result<bool, String>>;
+    /// Upserts of distinct keys as one batch; returns how many were fenced out. All or error.
+    fn apply_batch<'a>(&'a self, items: &'a [Item<'a>]) -> BoxFuture<'a, Result<u64, String>>;
     /// The write `seq` of `key` is in the source (or parked): stop serving it from the pending overlay.
     fn settled(&self, key: &str, seq: u64);
 }
@@ -102,8 +128,11 @@ pub(crate) trait Target: Send + Sync {
 struct Latest {
     seq: u64,
     op: Op,
+    version: Option<u64>,
     covered: Vec<u64>,
     attempts: u32,
+    /// When the oldest write this entry covers was acknowledged.
+    oldest_ack: std::time::Instant,
 }
 
 struct Queue {
@@ -132,8 +161,14 @@ struct Inner {
     flushed: AtomicU64,
     failures: AtomicU64,
     dead_lettered: AtomicU64,
+    fenced: AtomicU64,
+    batch_fallbacks: AtomicU64,
     recovered: u64,
     truncated_bytes: u64,
+    /// Issues the versions of writes.
+    hlc: Hlc,
+    /// Ack-to-commit lag in µs.
+    lag: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 impl std::fmt::Debug for WriteBehind {
@@ -154,7 +189,11 @@ impl WriteBehind {
         let mut orphans: HashMap<String, Vec<Record>> = HashMap::new();
         let mut unflushed = BTreeSet::new();
         let recovered = recovery.pending.len() as u64;
+        let hlc = Hlc::new();
         for r in recovery.pending {
+            if let Some(v) = r.version {
+                hlc.observe(v);
+            }
             unflushed.insert(r.seq);
             orphans.entry(r.namespace.clone()).or_default().push(r);
         }
@@ -171,8 +210,15 @@ impl WriteBehind {
                 flushed: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 dead_lettered: AtomicU64::new(0),
+                fenced: AtomicU64::new(0),
+                batch_fallbacks: AtomicU64::new(0),
                 recovered,
                 truncated_bytes: recovery.truncated_bytes,
+                hlc,
+                lag: Mutex::new(
+                    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                        .expect("valid histogram bounds"),
+                ),
             }),
         })
     }
@@ -180,7 +226,16 @@ impl WriteBehind {
     /// The queue's counters.
     pub fn stats(&self) -> WriteBehindStats {
         let i = &self.inner;
+        let (lag_p50_micros, lag_p99_micros, lag_max_micros) = {
+            let h = i.lag.lock();
+            (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
+        };
         WriteBehindStats {
+            fenced: i.fenced.load(Ordering::Relaxed),
+            batch_fallbacks: i.batch_fallbacks.load(Ordering::Relaxed),
+            lag_p50_micros,
+            lag_p99_micros,
+            lag_max_micros,
             acked: i.acked.load(Ordering::Relaxed),
             pending: i.unflushed.lock().0.len() as u64,
             flushed: i.flushed.load(Ordering::Relaxed),
@@ -189,6 +244,35 @@ impl WriteBehind {
             recovered: i.recovered,
             truncated_bytes: i.truncated_bytes,
         }
+    }
+
+    /// Forgets the lag recorded so far (e.g. after a warm-up).
+    pub fn reset_lag(&self) {
+        self.inner.lag.lock().reset();
+    }
+
+    /// Publishes the counters through the `metrics` facade: `strata_write_behind_{acked,flushed,failures,
+    /// dead_lettered,fenced,batch_fallbacks}` (absolute counters), `strata_write_behind_pending` and
+    /// `strata_write_behind_lag_p99_seconds` (gauges). Call it periodically, like `Cache::publish_metrics`.
+    pub fn publish_metrics(&self) {
+        let s = self.stats();
+        for (name, v) in [
+            ("strata_write_behind_acked", s.acked),
+            ("strata_write_behind_flushed", s.flushed),
+            ("strata_write_behind_failures", s.failures),
+            ("strata_write_behind_dead_lettered", s.dead_lettered),
+            ("strata_write_behind_fenced", s.fenced),
+            ("strata_write_behind_batch_fallbacks", s.batch_fallbacks),
+        ] {
+            metrics::counter!(name).absolute(v);
+        }
+        metrics::gauge!("strata_write_behind_pending").set(s.pending as f64);
+        metrics::gauge!("strata_write_behind_lag_p99_seconds").set(s.lag_p99_micros as f64 / 1e6);
+    }
+
+    /// The version for a write made now: larger than any issued or recovered before (see [`Hlc`]).
+    pub(crate) fn next_version(&self, now: strata_core::UnixMillis) -> u64 {
+        self.inner.hlc.next(now)
     }
 
     /// Waits until no write is pending (all in the source or parked), up to `timeout`. Returns whether it is so.
@@ -233,8 +317,9 @@ impl WriteBehind {
             .lock()
             .remove(namespace)
             .unwrap_or_default();
+        let now = std::time::Instant::now();
         for r in &recovered {
-            enqueue(&queue, &r.key, r.seq, r.op.clone());
+            enqueue(&queue, &r.key, r.seq, r.op.clone(), r.version, now);
         }
         queue.wake.notify_one();
         let inner = self.inner.clone();
@@ -244,13 +329,21 @@ impl WriteBehind {
 
     /// Journals a write of `namespace` and returns its sequence once it is durable. The caller updates its caches,
     /// then calls [`enqueue`](Self::enqueue).
-    pub(crate) async fn journal(&self, namespace: &str, key: &str, op: Op) -> Result<u64, Error> {
+    pub(crate) async fn journal(
+        &self,
+        namespace: &str,
+        key: &str,
+        op: Op,
+        version: Option<u64>,
+    ) -> Result<u64, Error> {
         let inner = &self.inner;
         self.wait_for_room().await?;
         let (seq, durable) = {
             // Submitting under the lock makes "journaled" and "unflushed" one step for the checkpoint.
             let mut unflushed = inner.unflushed.lock();
-            let (seq, durable) = inner.journal.submit(namespace, key, op)?;
+            let (seq, durable) = inner
+                .journal
+                .submit_versioned(namespace, key, op, version)?;
             unflushed.0.insert(seq);
             (seq, durable)
         };
@@ -263,9 +356,16 @@ impl WriteBehind {
     }
 
     /// Hands a journaled write to its namespace's flusher.
-    pub(crate) fn enqueue(&self, namespace: &str, key: &str, seq: u64, op: Op) {
+    pub(crate) fn enqueue(
+        &self,
+        namespace: &str,
+        key: &str,
+        seq: u64,
+        op: Op,
+        version: Option<u64>,
+    ) {
         if let Some(q) = self.inner.queues.lock().get(namespace).cloned() {
-            enqueue(&q, key, seq, op);
+            enqueue(&q, key, seq, op, version, std::time::Instant::now());
             q.wake.notify_one();
         }
     }
@@ -311,24 +411,38 @@ fn settle(inner: &Inner, seqs: &[u64]) {
     let _ = inner.journal.checkpoint(checkpoint);
 }
 
-fn enqueue(q: &Queue, key: &str, seq: u64, op: Op) {
+fn enqueue(
+    q: &Queue,
+    key: &str,
+    seq: u64,
+    op: Op,
+    version: Option<u64>,
+    acked: std::time::Instant,
+) {
     let mut keys = q.keys.lock();
     match keys.get_mut(key) {
         Some(l) if l.seq < seq => {
             l.covered.push(l.seq);
             l.seq = seq;
             l.op = op;
+            l.version = version;
             l.attempts = 0;
+            l.oldest_ack = l.oldest_ack.min(acked);
         }
-        Some(l) => l.covered.push(seq),
+        Some(l) => {
+            l.covered.push(seq);
+            l.oldest_ack = l.oldest_ack.min(acked);
+        }
         None => {
             keys.insert(
                 key.to_owned(),
                 Latest {
                     seq,
                     op,
+                    version,
                     covered: Vec::new(),
                     attempts: 0,
+                    oldest_ack: acked,
                 },
             );
         }
@@ -351,20 +465,54 @@ async fn flusher(inner: Arc<Inner>, queue: Arc<Queue>, target: Arc<dyn Target>) 
                 .collect()
         };
         let target = &target;
-        let results: Vec<(String, Latest, Result<(), String>)> = futures::stream::iter(batch)
-            .map(|(key, l)| async move {
-                let r = target.apply(&key, &l.op).await;
-                (key, l, r)
-            })
-            .buffer_unordered(o.concurrency.max(1))
-            .collect()
-            .await;
+        // Upserts with versions go as one batch; if it fails, they are retried singly below (poison isolation).
+        let (batchable, mut singles): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|(_, l)| matches!(l.op, Op::Upsert(_)) && l.version.is_some());
+        let mut results: Vec<(String, Latest, Result<bool, String>)> = Vec::new();
+        if batchable.len() >= 2 {
+            let items: Vec<Item<'_>> = batchable
+                .iter()
+                .map(|(k, l)| (k.as_str(), &l.op, l.version))
+                .collect();
+            match target.apply_batch(&items).await {
+                Ok(fenced) => {
+                    drop(items);
+                    inner.fenced.fetch_add(fenced, Ordering::Relaxed);
+                    results.extend(batchable.into_iter().map(|(k, l)| (k, l, Ok(false))));
+                }
+                Err(_) => {
+                    drop(items);
+                    inner.failures.fetch_add(1, Ordering::Relaxed);
+                    inner.batch_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    singles.extend(batchable);
+                }
+            }
+        } else {
+            singles.extend(batchable);
+        }
+        let single_results: Vec<(String, Latest, Result<bool, String>)> =
+            futures::stream::iter(singles)
+                .map(|(key, l)| async move {
+                    let r = target.apply((&key, &l.op, l.version)).await;
+                    (key, l, r)
+                })
+                .buffer_unordered(o.concurrency.max(1))
+                .collect()
+                .await;
+        results.extend(single_results);
         let mut failed = false;
         // Settled in one step per round: one checkpoint write (two fsyncs) per round, not per key.
         let mut settled = Vec::new();
+        let now = std::time::Instant::now();
         for (key, mut l, r) in results {
             match r {
-                Ok(()) => {
+                Ok(fenced) => {
+                    if fenced {
+                        inner.fenced.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let lag = now.saturating_duration_since(l.oldest_ack).as_micros();
+                    let _ = inner.lag.lock().record((lag as u64).max(1));
                     inner.flushed.fetch_add(1, Ordering::Relaxed);
                     target.settled(&key, l.seq);
                     settled.extend(l.covered);
@@ -444,28 +592,70 @@ struct NsTarget<V> {
     overlay: Arc<Overlay<V>>,
 }
 
+impl<V: Send + Sync + 'static> NsTarget<V> {
+    fn decode(&self, bytes: &[u8]) -> Result<V, String> {
+        self.codec
+            .decode(bytes)
+            .map_err(|e| format!("the journaled value does not decode: {e}"))
+    }
+}
+
 impl<V: Send + Sync + 'static> Target for NsTarget<V> {
-    fn apply<'a>(&'a self, key: &'a str, op: &'a Op) -> BoxFuture<'a, Result<(), String>> {
+    fn apply<'a>(&'a self, (key, op, version): Item<'a>) -> BoxFuture<'a, Result<bool, String>> {
         Box::pin(async move {
-            match op {
-                Op::Upsert(bytes) => {
-                    let v = self
-                        .codec
-                        .decode(bytes)
-                        .map_err(|e| format!("the journaled value does not decode: {e}"))?;
-                    self.sink
-                        .upsert(key, &v)
+            let fenced = match (op, version) {
+                (Op::Upsert(bytes), Some(v)) => {
+                    let value = self.decode(bytes)?;
+                    !self
+                        .sink
+                        .upsert_fenced(key, &value, v)
                         .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| e.to_string())?
                 }
-                Op::Delete => self
-                    .sink
-                    .delete(key)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
+                (Op::Upsert(bytes), None) => {
+                    let value = self.decode(bytes)?;
+                    self.sink
+                        .upsert(key, &value)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    false
+                }
+                (Op::Delete, Some(v)) => {
+                    self.sink
+                        .delete_fenced(key, v)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    false
+                }
+                (Op::Delete, None) => {
+                    self.sink.delete(key).await.map_err(|e| e.to_string())?;
+                    false
+                }
+            };
+            Ok(fenced)
+        })
+    }
+
+    fn apply_batch<'a>(&'a self, items: &'a [Item<'a>]) -> BoxFuture<'a, Result<u64, String>> {
+        Box::pin(async move {
+            let mut values = Vec::with_capacity(items.len());
+            for (_, op, version) in items {
+                match (op, version) {
+                    (Op::Upsert(bytes), Some(_)) => values.push(self.decode(bytes)?),
+                    _ => return Err("only versioned upserts are batched".into()),
+                }
             }
+            let batch: Vec<(&str, &V, u64)> = items
+                .iter()
+                .zip(&values)
+                .map(|((k, _, v), value)| (*k, value, v.unwrap_or_default()))
+                .collect();
+            let written = self
+                .sink
+                .upsert_fenced_many(&batch)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(written.iter().filter(|w| !**w).count() as u64)
         })
     }
 

@@ -3,8 +3,10 @@
 //!
 //! # Format
 //! Each record is `len u32 | crc32 u32 | body`, little-endian, where `crc32` covers `body` and
-//! `body = seq u64 | op u8 | ns_len u16 | ns | key_len u32 | key | value_len u32 | value`. `seq` increases by one
-//! per record across restarts. A file is `journal-<first seq>.log`; a new file starts when the current one passes
+//! `body = seq u64 | op u8 | [version u64] | ns_len u16 | ns | key_len u32 | key | value_len u32 | value`, where
+//! `op` is 1 (upsert) or 2 (delete), or 3 / 4 for the same with the write's version (write-behind's hybrid logical
+//! clock) following it; journals written before versions existed still read. `seq` increases by one per record
+//! across restarts. A file is `journal-<first seq>.log`; a new file starts when the current one passes
 //! [`JournalOptions::segment_bytes`], and files wholly below the checkpoint are deleted.
 //!
 //! # Durability
@@ -84,6 +86,8 @@ pub struct Record {
     pub key: String,
     /// The write.
     pub op: Op,
+    /// The write's version, when it has one (write-behind writes do).
+    pub version: Option<u64>,
 }
 
 impl Record {
@@ -95,7 +99,13 @@ impl Record {
             Op::Upsert(v) => (1, v),
             Op::Delete => (2, &[]),
         };
-        out.push(op);
+        match self.version {
+            None => out.push(op),
+            Some(v) => {
+                out.push(op + 2);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
         out.extend_from_slice(&(self.namespace.len() as u16).to_le_bytes());
         out.extend_from_slice(self.namespace.as_bytes());
         out.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
@@ -122,7 +132,13 @@ impl Record {
         }
         let mut r = Reader(body);
         let seq = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
-        let op = r.take(1)?[0];
+        let mut op = r.take(1)?[0];
+        let version = if matches!(op, 3 | 4) {
+            op -= 2;
+            Some(u64::from_le_bytes(r.take(8)?.try_into().ok()?))
+        } else {
+            None
+        };
         let ns_len = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
         let namespace = String::from_utf8(r.take(ns_len)?.to_vec()).ok()?;
         let key_len = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
@@ -143,6 +159,7 @@ impl Record {
                 namespace,
                 key,
                 op,
+                version,
             },
             HEADER + len,
         ))
@@ -299,6 +316,17 @@ impl Journal {
     /// the record is durable. Lets a caller record the sequence (e.g. as unflushed) before the record can be
     /// acknowledged.
     pub fn submit(&self, namespace: &str, key: &str, op: Op) -> Result<(u64, Durable), Error> {
+        self.submit_versioned(namespace, key, op, None)
+    }
+
+    /// [`submit`](Self::submit) with the write's version.
+    pub fn submit_versioned(
+        &self,
+        namespace: &str,
+        key: &str,
+        op: Op,
+        version: Option<u64>,
+    ) -> Result<(u64, Durable), Error> {
         let (ack, done) = oneshot::channel();
         let seq = {
             // The sequence is taken under the sender lock so records reach the writer in sequence order.
@@ -312,6 +340,7 @@ impl Journal {
                 namespace: namespace.to_owned(),
                 key: key.to_owned(),
                 op,
+                version,
             };
             tx.send(Append { record, ack })
                 .map_err(|_| Error::InvalidState("the journal writer stopped"))?;
@@ -626,8 +655,9 @@ mod tests {
         fn records_round_trip_and_damage_is_always_detected(
             ns in "[a-z]{0,12}", key in ".{0,40}", value in proptest::collection::vec(any::<u8>(), 0..300),
             delete in any::<bool>(), flip in any::<usize>(), cut in any::<usize>(),
+            version in proptest::option::of(any::<u64>()),
         ) {
-            let r = Record { seq: 7, namespace: ns, key, op: if delete { Op::Delete } else { Op::Upsert(value) } };
+            let r = Record { seq: 7, namespace: ns, key, op: if delete { Op::Delete } else { Op::Upsert(value) }, version };
             let mut bytes = Vec::new();
             r.encode(&mut bytes);
             prop_assert_eq!(Record::decode(&bytes), Some((r.clone(), bytes.len())));

@@ -527,7 +527,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
     }
 
     /// Write-behind (see [`crate::behind`]): journal durably, update the caches and the pending overlay, ack;
-    /// the flusher writes the source later. Returns the journal sequence of the write.
+    /// the flusher writes the source later. Returns the write's version (from the hybrid logical clock).
     async fn write_behind(&self, key: &str, value: Option<V>) -> Result<u64, Error> {
         let inner = &*self.inner;
         let b = inner.behind.as_ref().ok_or_else(|| {
@@ -536,8 +536,12 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 inner.name
             ))
         })?;
-        let entry =
-            value.map(|v| Arc::new(inner.make_entry(key, Fetched::value(v), Duration::ZERO)));
+        // The write's version: the source has none to give yet, so the hybrid logical clock issues it; every tier
+        // and the flusher's fenced upsert carry the same number.
+        let version = b.wb.next_version(inner.clock.now());
+        let entry = value.map(|v| {
+            Arc::new(inner.make_entry(key, Fetched::value(v).with_version(version), Duration::ZERO))
+        });
         let op = match entry.as_ref().and_then(|e| e.value.as_ref()) {
             Some(v) => Op::Upsert(b.codec.encode(v).map_err(|e| Error::Write {
                 key: key.to_owned(),
@@ -547,7 +551,9 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             })?),
             None => Op::Delete,
         };
-        let seq = b.wb.journal(&inner.name, key, op.clone()).await?;
+        let seq =
+            b.wb.journal(&inner.name, key, op.clone(), Some(version))
+                .await?;
         {
             let mut overlay = b.overlay.lock();
             if overlay.get(key).is_none_or(|(s, _)| *s < seq) {
@@ -559,10 +565,10 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             Some(e) => {
                 self.insert_entry(key.to_owned(), e, None).await;
             }
-            None => self.invalidate(key).await,
+            None => self.invalidate_version(key, version).await,
         }
-        b.wb.enqueue(&inner.name, key, seq, op);
-        Ok(seq)
+        b.wb.enqueue(&inner.name, key, seq, op, Some(version));
+        Ok(version)
     }
 
     /// A write-behind write of `key` not yet in the source, as readers must see it.
