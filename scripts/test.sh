@@ -154,6 +154,10 @@ awk -v p="$pct" 'BEGIN { exit !(p >= 99.9) }' || { echo "hotkey: reduction_pct=$
 line=$(cargo run --release --quiet -p strata-bench -- write-behind-crash --cycles 50)
 echo "$line"
 echo "$line" | grep -q ' lost_acked_writes=0$' || { echo "write-behind-crash: acknowledged writes were lost" >&2; exit 1; }
+line=$(cargo run --release --quiet -p strata-bench -- writes --seconds 3 --pg "$STRATA_PG_URL")
+echo "$line"
+lag=$(echo "$line" | sed -n 's/.*behind_lag_p99_ms=\([0-9.]*\).*/\1/p')
+awk -v p="$lag" 'BEGIN { exit !(p < 1000) }' || { echo "writes: behind_lag_p99_ms=$lag, expected < 1000" >&2; exit 1; }
 line=$(cargo run --release --quiet -p strata-bench -- cdc --nodes 4 --samples 500 --redis "$REDIS_URL" --pg "$STRATA_PG_URL")
 echo "$line"
 p99=$(echo "$line" | sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p')

@@ -11,4 +11,5 @@ pub mod invalidation;
 pub mod l1;
 pub mod l2;
 pub mod stampede;
+pub mod writes;
 pub mod xfetch;

@@ -71,6 +71,21 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         samples: usize,
     },
+    /// Write throughput to PostgreSQL: write-through (baseline) against write-behind, and write-behind's lag.
+    Writes {
+        /// PostgreSQL URL. Default: STRATA_PG_URL or the local `test`.
+        #[arg(long)]
+        pg: Option<String>,
+        /// Concurrent writers (a busy service: many requests writing at once).
+        #[arg(long, default_value_t = 128)]
+        writers: usize,
+        /// Distinct keys written.
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
     /// Time from a commit in PostgreSQL to eviction on every node, through the CDC consumer.
     Cdc {
         /// Nodes.
@@ -202,6 +217,28 @@ fn main() {
                 Ok(report) => println!("{report}"),
                 Err(e) => {
                     eprintln!("l2: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Scenario::Writes {
+            pg,
+            writers,
+            keys,
+            seconds,
+        } => {
+            let pg = pg.unwrap_or_else(|| {
+                std::env::var("STRATA_PG_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+            });
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            match rt.block_on(strata_bench::writes::run(&pg, writers, keys, seconds)) {
+                Ok(report) => println!("{report}"),
+                Err(e) => {
+                    eprintln!("writes: {e}");
                     std::process::exit(1);
                 }
             }

@@ -315,3 +315,44 @@ async fn a_full_queue_makes_writers_wait_then_fail_with_overloaded() {
     assert!(wb.drain(Duration::from_secs(10)).await);
     ns.write("c", Count { n: 3 }).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_of_one_key_end_the_same_in_every_tier_and_the_table() {
+    let dir = temp("samekey");
+    let (pool, store) = table(&dir).await;
+    let sink = Arc::new(Faulty::new(store.clone()));
+    let wb = WriteBehind::open(dir.join("journal"), options()).unwrap();
+    let ns = namespace(&wb, sink, store);
+    let tasks: Vec<_> = (0..16i64)
+        .map(|w| {
+            let ns = ns.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..50i64 {
+                    let n = w * 1000 + i;
+                    acked.push((ns.write("hot", Count { n }).await.unwrap(), n));
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    // The write with the highest version is the last one, everywhere.
+    let (_, last) = *acked.iter().max().unwrap();
+    let versions: std::collections::BTreeSet<u64> = acked.iter().map(|(v, _)| *v).collect();
+    assert_eq!(versions.len(), acked.len(), "a version was issued twice");
+    assert!(wb.drain(Duration::from_secs(10)).await, "{:?}", wb.stats());
+    assert_eq!(stored(&pool, "hot").await, Some(last));
+    assert_eq!(
+        ns.fetch("hot").await.unwrap().value(),
+        Some(&Count { n: last })
+    );
+    let row_version: i64 = sqlx::query_scalar("SELECT version FROM counter WHERE id = 'hot'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(row_version as u64, *versions.last().unwrap());
+}

@@ -26,7 +26,7 @@
 //! - **Lag**: for every key flushed, the time its oldest covered write waited between ack and commit is recorded
 //!   ([`WriteBehindStats::lag_p99_micros`], metric `strata_write_behind_lag_seconds`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,11 +50,15 @@ pub struct WriteBehindOptions {
     pub max_pending: usize,
     /// How long a writer waits for room before [`Error::Overloaded`]. Default: 1 s.
     pub overload_wait: Duration,
-    /// Keys per flush round. Default: 256.
+    /// Upserts per batch (one statement / transaction). Default: 256.
     pub batch: usize,
-    /// Flushes in flight at once (distinct keys). Default: 16.
+    /// Batches in flight at once; a flush round takes up to `batch × batches_in_flight` keys, oldest first.
+    /// Default: 4.
+    pub batches_in_flight: usize,
+    /// Single writes in flight at once (deletes, lone upserts, a failed batch retried write by write). Default: 16.
     pub concurrency: usize,
-    /// How long a flusher waits to gather a batch. Default: 2 ms.
+    /// How long a flusher waits to gather a batch. Longer means fewer, fuller batches (more coalescing, less load on
+    /// the source) and more lag; see the `writes` benchmark in BENCHMARKS.md. Default: 20 ms.
     pub linger: Duration,
     /// Attempts before a write is parked as poison. Default: 8.
     pub max_attempts: u32,
@@ -71,8 +75,9 @@ impl Default for WriteBehindOptions {
             max_pending: 100_000,
             overload_wait: Duration::from_secs(1),
             batch: 256,
+            batches_in_flight: 4,
             concurrency: 16,
-            linger: Duration::from_millis(2),
+            linger: Duration::from_millis(20),
             max_attempts: 8,
             retry_base: Duration::from_millis(50),
             retry_max: Duration::from_secs(5),
@@ -135,9 +140,50 @@ struct Latest {
     oldest_ack: std::time::Instant,
 }
 
+/// A namespace's pending keys, flushed oldest first: a key joins the back of `order` when it becomes pending and
+/// keeps its place while newer writes of it arrive, so a constantly rewritten key cannot starve the others.
+#[derive(Default)]
+struct Pending {
+    map: HashMap<String, Latest>,
+    order: VecDeque<String>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut Latest> {
+        self.map.get_mut(key)
+    }
+
+    fn insert(&mut self, key: String, latest: Latest) {
+        if self.map.insert(key.clone(), latest).is_none() {
+            self.order.push_back(key);
+        }
+    }
+
+    /// Removes up to `n` keys, oldest first.
+    fn take(&mut self, n: usize) -> Vec<(String, Latest)> {
+        let mut out = Vec::with_capacity(n.min(self.map.len()));
+        while out.len() < n {
+            let Some(k) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(l) = self.map.remove(&k) {
+                out.push((k, l));
+            }
+        }
+        out
+    }
+}
+
+/// Keys flushed together as one batch.
+type Chunk = Vec<(String, Latest)>;
+
 struct Queue {
     namespace: String,
-    keys: Mutex<HashMap<String, Latest>>,
+    keys: Mutex<Pending>,
     wake: Notify,
 }
 
@@ -270,11 +316,6 @@ impl WriteBehind {
         metrics::gauge!("strata_write_behind_lag_p99_seconds").set(s.lag_p99_micros as f64 / 1e6);
     }
 
-    /// The version for a write made now: larger than any issued or recovered before (see [`Hlc`]).
-    pub(crate) fn next_version(&self, now: strata_core::UnixMillis) -> u64 {
-        self.inner.hlc.next(now)
-    }
-
     /// Waits until no write is pending (all in the source or parked), up to `timeout`. Returns whether it is so.
     pub async fn drain(&self, timeout: Duration) -> bool {
         let until = tokio::time::Instant::now() + timeout;
@@ -301,7 +342,7 @@ impl WriteBehind {
         })?;
         let queue = Arc::new(Queue {
             namespace: namespace.to_owned(),
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(Pending::default()),
             wake: Notify::new(),
         });
         {
@@ -327,32 +368,36 @@ impl WriteBehind {
         Ok(recovered)
     }
 
-    /// Journals a write of `namespace` and returns its sequence once it is durable. The caller updates its caches,
-    /// then calls [`enqueue`](Self::enqueue).
+    /// Journals a write of `namespace` made at wall time `now` and returns its sequence and version once it is
+    /// durable. Both are taken in one step, so a key's versions increase with its sequence. The caller updates its
+    /// caches, then calls [`enqueue`](Self::enqueue).
     pub(crate) async fn journal(
         &self,
         namespace: &str,
         key: &str,
         op: Op,
-        version: Option<u64>,
-    ) -> Result<u64, Error> {
+        now: strata_core::UnixMillis,
+    ) -> Result<(u64, u64), Error> {
         let inner = &self.inner;
         self.wait_for_room().await?;
-        let (seq, durable) = {
-            // Submitting under the lock makes "journaled" and "unflushed" one step for the checkpoint.
+        let (seq, version, durable) = {
+            // Submitting under the lock makes "journaled" and "unflushed" one step for the checkpoint, and
+            // makes the version order the sequence order.
             let mut unflushed = inner.unflushed.lock();
-            let (seq, durable) = inner
-                .journal
-                .submit_versioned(namespace, key, op, version)?;
+            let version = inner.hlc.next(now);
+            let (seq, durable) =
+                inner
+                    .journal
+                    .submit_versioned(namespace, key, op, Some(version))?;
             unflushed.0.insert(seq);
-            (seq, durable)
+            (seq, version, durable)
         };
         if let Err(e) = durable.wait().await {
             self.settle(&[seq]);
             return Err(e);
         }
         inner.acked.fetch_add(1, Ordering::Relaxed);
-        Ok(seq)
+        Ok((seq, version))
     }
 
     /// Hands a journaled write to its namespace's flusher.
@@ -457,39 +502,51 @@ async fn flusher(inner: Arc<Inner>, queue: Arc<Queue>, target: Arc<dyn Target>) 
             queue.wake.notified().await;
         }
         tokio::time::sleep(o.linger.max(backoff)).await;
-        let batch: Vec<(String, Latest)> = {
-            let mut keys = queue.keys.lock();
-            let take: Vec<String> = keys.keys().take(o.batch.max(1)).cloned().collect();
-            take.into_iter()
-                .filter_map(|k| keys.remove(&k).map(|l| (k, l)))
-                .collect()
-        };
+        let batch: Vec<(String, Latest)> = queue
+            .keys
+            .lock()
+            .take(o.batch.max(1) * o.batches_in_flight.max(1));
         let target = &target;
         // Upserts with versions go as one batch; if it fails, they are retried singly below (poison isolation).
         let (batchable, mut singles): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .partition(|(_, l)| matches!(l.op, Op::Upsert(_)) && l.version.is_some());
         let mut results: Vec<(String, Latest, Result<bool, String>)> = Vec::new();
-        if batchable.len() >= 2 {
-            let items: Vec<Item<'_>> = batchable
-                .iter()
-                .map(|(k, l)| (k.as_str(), &l.op, l.version))
-                .collect();
-            match target.apply_batch(&items).await {
-                Ok(fenced) => {
-                    drop(items);
-                    inner.fenced.fetch_add(fenced, Ordering::Relaxed);
-                    results.extend(batchable.into_iter().map(|(k, l)| (k, l, Ok(false))));
+        let mut chunks: Vec<Chunk> = Vec::new();
+        let mut batchable = batchable.into_iter().peekable();
+        while batchable.peek().is_some() {
+            chunks.push(batchable.by_ref().take(o.batch.max(1)).collect());
+        }
+        let outcomes: Vec<(Chunk, Result<u64, String>)> = futures::stream::iter(chunks)
+            .map(|chunk| async move {
+                if chunk.len() < 2 {
+                    return (chunk, Err(String::new()));
                 }
+                let items: Vec<Item<'_>> = chunk
+                    .iter()
+                    .map(|(k, l)| (k.as_str(), &l.op, l.version))
+                    .collect();
+                let r = target.apply_batch(&items).await;
+                drop(items);
+                (chunk, r)
+            })
+            .buffer_unordered(o.batches_in_flight.max(1))
+            .collect()
+            .await;
+        for (chunk, r) in outcomes {
+            match r {
+                Ok(fenced) => {
+                    inner.fenced.fetch_add(fenced, Ordering::Relaxed);
+                    results.extend(chunk.into_iter().map(|(k, l)| (k, l, Ok(false))));
+                }
+                // A lone write goes singly without counting as a failure.
+                Err(e) if e.is_empty() => singles.extend(chunk),
                 Err(_) => {
-                    drop(items);
                     inner.failures.fetch_add(1, Ordering::Relaxed);
                     inner.batch_fallbacks.fetch_add(1, Ordering::Relaxed);
-                    singles.extend(batchable);
+                    singles.extend(chunk);
                 }
             }
-        } else {
-            singles.extend(batchable);
         }
         let single_results: Vec<(String, Latest, Result<bool, String>)> =
             futures::stream::iter(singles)
@@ -534,6 +591,7 @@ async fn flusher(inner: Arc<Inner>, queue: Arc<Queue>, target: Arc<dyn Target>) 
                             Some(newer) => {
                                 newer.covered.push(l.seq);
                                 newer.covered.extend(l.covered);
+                                newer.oldest_ack = newer.oldest_ack.min(l.oldest_ack);
                             }
                             None => {
                                 keys.insert(key, l);
@@ -697,5 +755,52 @@ impl<V: Send + Sync + 'static> BehindNs<V> {
             }
         }
         Ok(Self { wb, codec, overlay })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_keys_flush_oldest_first_and_a_hot_key_keeps_its_place() {
+        let q = Queue {
+            namespace: "n".into(),
+            keys: Mutex::new(Pending::default()),
+            wake: Notify::new(),
+        };
+        let t0 = std::time::Instant::now();
+        for (seq, k) in ["a", "b", "c"].iter().enumerate() {
+            enqueue(&q, k, seq as u64 + 1, Op::Delete, Some(seq as u64 + 1), t0);
+        }
+        // "a" is rewritten again and again: it must not move, and "b", "c" must not wait behind its rewrites.
+        for seq in 4..100 {
+            enqueue(&q, "a", seq, Op::Delete, Some(seq), t0);
+        }
+        let mut p = q.keys.lock();
+        let first: Vec<String> = p.take(2).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(first, vec!["a", "b"]);
+        enqueue_locked(&mut p, "a", 200);
+        let rest: Vec<(String, u64, usize)> = p
+            .take(10)
+            .into_iter()
+            .map(|(k, l)| (k, l.seq, l.covered.len()))
+            .collect();
+        assert_eq!(rest, vec![("c".into(), 3, 0), ("a".into(), 200, 0)]);
+        assert!(p.is_empty());
+    }
+
+    fn enqueue_locked(p: &mut Pending, key: &str, seq: u64) {
+        p.insert(
+            key.to_owned(),
+            Latest {
+                seq,
+                op: Op::Delete,
+                version: Some(seq),
+                covered: Vec::new(),
+                attempts: 0,
+                oldest_ack: std::time::Instant::now(),
+            },
+        );
     }
 }

@@ -536,13 +536,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 inner.name
             ))
         })?;
-        // The write's version: the source has none to give yet, so the hybrid logical clock issues it; every tier
-        // and the flusher's fenced upsert carry the same number.
-        let version = b.wb.next_version(inner.clock.now());
-        let entry = value.map(|v| {
-            Arc::new(inner.make_entry(key, Fetched::value(v).with_version(version), Duration::ZERO))
-        });
-        let op = match entry.as_ref().and_then(|e| e.value.as_ref()) {
+        let op = match value.as_ref() {
             Some(v) => Op::Upsert(b.codec.encode(v).map_err(|e| Error::Write {
                 key: key.to_owned(),
                 source: Arc::new(std::io::Error::other(format!(
@@ -551,9 +545,15 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             })?),
             None => Op::Delete,
         };
-        let seq =
-            b.wb.journal(&inner.name, key, op.clone(), Some(version))
+        // The write's version: the source has none to give yet, so the hybrid logical clock issues it — in the
+        // same step as the journal sequence, so that versions order a key's writes as the journal does. Every tier
+        // and the flusher's fenced upsert carry it.
+        let (seq, version) =
+            b.wb.journal(&inner.name, key, op.clone(), inner.clock.now())
                 .await?;
+        let entry = value.map(|v| {
+            Arc::new(inner.make_entry(key, Fetched::value(v).with_version(version), Duration::ZERO))
+        });
         {
             let mut overlay = b.overlay.lock();
             if overlay.get(key).is_none_or(|(s, _)| *s < seq) {
