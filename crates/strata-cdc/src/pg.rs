@@ -613,74 +613,85 @@ impl PgCdc {
     }
 
     fn on_data(&self, data: &[u8], t: &mut Tx, relations: &mut HashMap<u32, Relation>) {
-        let msg = match pgoutput::decode(data) {
-            Ok(m) => m,
-            Err(e) => {
-                bump(&self.counters.undecodable, "strata_cdc_undecodable_total");
-                tracing::error!(error = %e, lsn = t.lsn, "CDC: undecodable change; clearing every mapped namespace");
-                self.clear_all(&mut t.batch);
-                return;
-            }
-        };
-        let (oid, change) = match &msg {
-            Message::Relation(r) => {
-                relations.insert(r.oid, r.clone());
-                return;
-            }
-            Message::Insert { oid, new } => (*oid, Change::Insert { new }),
-            Message::Update { oid, old, new } => (
-                *oid,
-                Change::Update {
-                    old: old.as_ref().map(|(k, v)| (*k, v.as_slice())),
-                    new,
-                },
-            ),
-            Message::Delete { oid, old } => (
-                *oid,
-                Change::Delete {
-                    old: (old.0, old.1.as_slice()),
-                },
-            ),
-            Message::Truncate { oids } => {
-                for oid in oids {
-                    match relations.get(oid) {
-                        Some(r) => {
-                            for ns in self.mapping.namespaces_of(&r.schema, &r.name) {
-                                t.batch.clear(&ns);
-                            }
-                        }
-                        None => self.clear_all(&mut t.batch),
-                    }
-                }
-                return;
-            }
-            Message::Begin { .. }
-            | Message::Commit { .. }
-            | Message::Origin
-            | Message::Type
-            | Message::LogicalMessage => return,
-        };
-        self.counters.changes.fetch_add(1, Ordering::Relaxed);
-        let Some(rel) = relations.get(&oid) else {
-            bump(&self.counters.undecodable, "strata_cdc_undecodable_total");
-            tracing::error!(
-                oid,
-                lsn = t.lsn,
-                "CDC: change of a relation never described; clearing every mapped namespace"
-            );
-            self.clear_all(&mut t.batch);
-            return;
-        };
-        for u in self.mapping.map(rel, change, t.lsn, &mut t.batch) {
-            bump(&self.counters.unmapped, "strata_cdc_unmapped_total");
-            tracing::warn!(table = %format!("{}.{}", rel.schema, rel.name), namespace = %u.namespace, reason = %u.reason, "CDC: change not mappable; clearing the namespace");
-        }
+        absorb(&self.mapping, &self.counters, data, t, relations);
     }
+}
 
-    fn clear_all(&self, batch: &mut Batch) {
-        for ns in self.mapping.namespaces() {
+/// Folds one pgoutput message of the transaction `t` into its batch: relations are remembered, row changes
+/// mapped; anything undecodable or unmappable clears conservatively (and is counted and logged).
+fn absorb(
+    mapping: &Mapping,
+    counters: &Counters,
+    data: &[u8],
+    t: &mut Tx,
+    relations: &mut HashMap<u32, Relation>,
+) {
+    let clear_all = |batch: &mut Batch| {
+        for ns in mapping.namespaces() {
             batch.clear(&ns);
         }
+    };
+    let msg = match pgoutput::decode(data) {
+        Ok(m) => m,
+        Err(e) => {
+            bump(&counters.undecodable, "strata_cdc_undecodable_total");
+            tracing::error!(error = %e, lsn = t.lsn, "CDC: undecodable change; clearing every mapped namespace");
+            clear_all(&mut t.batch);
+            return;
+        }
+    };
+    let (oid, change) = match &msg {
+        Message::Relation(r) => {
+            relations.insert(r.oid, r.clone());
+            return;
+        }
+        Message::Insert { oid, new } => (*oid, Change::Insert { new }),
+        Message::Update { oid, old, new } => (
+            *oid,
+            Change::Update {
+                old: old.as_ref().map(|(k, v)| (*k, v.as_slice())),
+                new,
+            },
+        ),
+        Message::Delete { oid, old } => (
+            *oid,
+            Change::Delete {
+                old: (old.0, old.1.as_slice()),
+            },
+        ),
+        Message::Truncate { oids } => {
+            for oid in oids {
+                match relations.get(oid) {
+                    Some(r) => {
+                        for ns in mapping.namespaces_of(&r.schema, &r.name) {
+                            t.batch.clear(&ns);
+                        }
+                    }
+                    None => clear_all(&mut t.batch),
+                }
+            }
+            return;
+        }
+        Message::Begin { .. }
+        | Message::Commit { .. }
+        | Message::Origin
+        | Message::Type
+        | Message::LogicalMessage => return,
+    };
+    counters.changes.fetch_add(1, Ordering::Relaxed);
+    let Some(rel) = relations.get(&oid) else {
+        bump(&counters.undecodable, "strata_cdc_undecodable_total");
+        tracing::error!(
+            oid,
+            lsn = t.lsn,
+            "CDC: change of a relation never described; clearing every mapped namespace"
+        );
+        clear_all(&mut t.batch);
+        return;
+    };
+    for u in mapping.map(rel, change, t.lsn, &mut t.batch) {
+        bump(&counters.unmapped, "strata_cdc_unmapped_total");
+        tracing::warn!(table = %format!("{}.{}", rel.schema, rel.name), namespace = %u.namespace, reason = %u.reason, "CDC: change not mappable; clearing the namespace");
     }
 }
 
@@ -719,6 +730,110 @@ mod tests {
         assert_eq!(url_password("postgres://u@h/db"), "");
         assert_eq!(url_password("postgres://h/db"), "");
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+    }
+
+    fn relation(oid: u32, name: &str) -> Relation {
+        Relation {
+            oid,
+            schema: "shop".into(),
+            name: name.into(),
+            replica_identity: b'd',
+            columns: vec![
+                pgoutput::Column {
+                    key: true,
+                    name: "id".into(),
+                    type_oid: 25,
+                },
+                pgoutput::Column {
+                    key: false,
+                    name: "v".into(),
+                    type_oid: 20,
+                },
+            ],
+        }
+    }
+
+    fn mapping() -> Mapping {
+        Mapping::new(&[
+            Rule::new("shop.price", "price").version_column("v"),
+            Rule::new("shop.stock", "stock"),
+        ])
+        .unwrap()
+    }
+
+    fn tx() -> Tx {
+        Tx {
+            lsn: 77,
+            batch: Batch::default(),
+        }
+    }
+
+    fn cleared(t: &Tx) -> Vec<&str> {
+        t.batch
+            .namespaces
+            .iter()
+            .filter(|(_, c)| c.clear)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn garbage_and_undescribed_relations_clear_every_namespace_and_are_counted() {
+        let (m, c) = (mapping(), Counters::default());
+        let mut rels = HashMap::new();
+        let mut t = tx();
+        absorb(&m, &c, b"I\x00\x00", &mut t, &mut rels);
+        assert_eq!(cleared(&t), vec!["price", "stock"]);
+        let mut t = tx();
+        let text = |s: &str| pgoutput::Datum::Text(s.into());
+        let insert = pgoutput::encode::insert(5, &[text("a"), text("1")]);
+        absorb(&m, &c, &insert, &mut t, &mut rels);
+        assert_eq!(cleared(&t), vec!["price", "stock"]);
+        assert_eq!(c.snapshot().undecodable, 2);
+    }
+
+    #[test]
+    fn described_changes_map_and_truncates_clear_their_tables_namespaces() {
+        let (m, c) = (mapping(), Counters::default());
+        let mut rels = HashMap::new();
+        let mut t = tx();
+        let text = |s: &str| pgoutput::Datum::Text(s.into());
+        absorb(
+            &m,
+            &c,
+            &pgoutput::encode::relation(&relation(5, "price")),
+            &mut t,
+            &mut rels,
+        );
+        absorb(
+            &m,
+            &c,
+            &pgoutput::encode::relation(&relation(6, "stock")),
+            &mut t,
+            &mut rels,
+        );
+        absorb(
+            &m,
+            &c,
+            &pgoutput::encode::update(5, None, &[text("sku"), text("9")]),
+            &mut t,
+            &mut rels,
+        );
+        absorb(
+            &m,
+            &c,
+            &pgoutput::encode::insert(6, &[text("sku"), text("1")]),
+            &mut t,
+            &mut rels,
+        );
+        assert!(cleared(&t).is_empty());
+        assert_eq!(t.batch.namespaces["price"].keys.get("sku"), Some(&Some(9)));
+        // No version column: the commit LSN is the version.
+        assert_eq!(t.batch.namespaces["stock"].keys.get("sku"), Some(&Some(77)));
+        absorb(&m, &c, &pgoutput::encode::truncate(&[6]), &mut t, &mut rels);
+        assert_eq!(cleared(&t), vec!["stock"]);
+        let s = c.snapshot();
+        assert_eq!((s.changes, s.undecodable, s.unmapped), (2, 0, 0));
     }
 
     #[test]
