@@ -183,6 +183,9 @@ pub struct BusStats {
     pub unknown_namespace: u64,
     /// Tag invalidations applied (as barriers).
     pub tag_barriers: u64,
+    /// Send → receive lag of the last message received (any origin), in ms. Node clocks differ, so this is a
+    /// trend, not an exact figure.
+    pub last_lag_ms: u64,
 }
 
 #[derive(Default)]
@@ -198,6 +201,8 @@ pub(crate) struct BusCounters {
     pub malformed: AtomicU64,
     pub unknown_namespace: AtomicU64,
     pub tag_barriers: AtomicU64,
+    /// Send → receive lag of the last message received, in ms.
+    pub last_lag_ms: AtomicU64,
 }
 
 impl BusCounters {
@@ -215,6 +220,7 @@ impl BusCounters {
             malformed: g(&self.malformed),
             unknown_namespace: g(&self.unknown_namespace),
             tag_barriers: g(&self.tag_barriers),
+            last_lag_ms: g(&self.last_lag_ms),
         }
     }
 }

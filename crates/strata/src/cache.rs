@@ -166,6 +166,7 @@ impl Cache {
             BusEvent::Message(m) => {
                 let lag_ms = self.inner.clock.now().saturating_sub(m.ts);
                 metrics::histogram!("strata_bus_lag_seconds").record(lag_ms as f64 / 1000.0);
+                counters.last_lag_ms.store(lag_ms, Relaxed);
                 if m.origin == self.inner.node_id {
                     counters.echoes.fetch_add(1, Relaxed);
                     return;

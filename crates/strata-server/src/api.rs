@@ -1,0 +1,636 @@
+//! The data API (`/v1/…`), health, metrics, the OpenAPI document and the dashboard, as one axum router.
+//!
+//! Contract:
+//! - Values are JSON documents. For a namespace bound to a table, a value is an object whose fields are the
+//!   table's columns (without the key and version columns).
+//! - Reads answer with `Cache-Status` (RFC 9211: `strata; hit; ttl=…; detail=l1|l2`, `strata; fwd=miss; stored`,
+//!   `…; collapsed` when coalesced, a negative `ttl` when stale was served), `Age` (seconds since the value was
+//!   loaded) and `ETag` from the version.
+//! - Mutating and admin routes (`PUT`, `DELETE`, `_invalidate`, `_warm`) need `Authorization: Bearer <token>`
+//!   when a token is configured: 401 without one, 403 with a wrong one.
+//! - Every 4xx carries `{"error": <code>, "message": <what was wrong>}`; a 5xx says only which dependency failed
+//!   (the cause is logged with the request id).
+//! - Keys are at most `max_key_len` bytes, not empty, and do not start with `_` (reserved for routes such as
+//!   `_bulk`); bodies are at most `max_body` bytes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use strata::{Lookup, Status};
+
+use crate::state::{AppState, NsHandle};
+
+/// An API error: a status and a JSON body naming the problem.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+/// Maps an engine error to a response: client mistakes are 400 with the reason; failures of the source are 502/503
+/// with the dependency named and the cause logged.
+fn engine_error(e: strata::Error) -> ApiError {
+    match &e {
+        strata::Error::Write { key, source } => {
+            if let Some(sql) = source.downcast_ref::<strata_sql::SqlError>() {
+                if matches!(sql, strata_sql::SqlError::BadValue { .. }) {
+                    return ApiError::bad("bad_value", format!("key {key:?}: {sql}"));
+                }
+            }
+            tracing::error!(error = %e, "write failed");
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "source_failed",
+                format!("the source refused or failed the write of {key:?}"),
+            )
+        }
+        strata::Error::Overloaded(m) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", m.clone())
+        }
+        strata::Error::Timeout { tier, .. } => {
+            tracing::warn!(error = %e, "load timed out");
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("the {tier} did not answer in time"),
+            )
+        }
+        _ => {
+            tracing::error!(error = %e, "request failed");
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "source_failed",
+                "the source failed; see the server log",
+            )
+        }
+    }
+}
+
+/// The router over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/_stats", get(all_stats))
+        .route("/v1/{ns}/_stats", get(ns_stats))
+        .route("/v1/{ns}/_bulk", post(bulk))
+        .route("/v1/{ns}/_invalidate", post(invalidate))
+        .route("/v1/{ns}/_warm", post(warm))
+        .route(
+            "/v1/{ns}/{key}",
+            get(get_value).put(put_value).delete(delete_value),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such route; see /openapi.json",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see /openapi.json",
+    )
+}
+
+fn namespace<'a>(state: &'a AppState, ns: &str) -> Result<&'a NsHandle, ApiError> {
+    state.namespaces.get(ns).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_namespace",
+            format!(
+                "no namespace {ns:?}; configured: [{}]",
+                state
+                    .namespaces
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    })
+}
+
+fn check_key(state: &AppState, key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad("bad_key", "the key is empty"));
+    }
+    if key.len() > state.max_key_len {
+        return Err(ApiError::bad(
+            "key_too_long",
+            format!(
+                "the key has {} bytes; at most {} are allowed (server.max_key_len)",
+                key.len(),
+                state.max_key_len
+            ),
+        ));
+    }
+    if key.starts_with('_') {
+        return Err(ApiError::bad(
+            "bad_key",
+            "keys starting with `_` are reserved for routes such as `_bulk`",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the bearer token (constant time in the token's length).
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this route needs `Authorization: Bearer <token>`",
+        ));
+    };
+    let given = given.strip_prefix("Bearer ").unwrap_or("");
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the bearer token is wrong",
+        ))
+    }
+}
+
+/// Reads a JSON body under the size limit.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    body: Body,
+) -> Result<T, ApiError> {
+    let bytes: Bytes = axum::body::to_bytes(body, state.max_body)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the body exceeds {} bytes (server.max_body)",
+                    state.max_body
+                ),
+            )
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad(
+            "bad_json",
+            format!("the body is not the expected JSON: {e}"),
+        )
+    })
+}
+
+/// `Cache-Status` (RFC 9211) and `Age` of a lookup.
+fn cache_headers(state: &AppState, lookup: &Lookup<Value>) -> HeaderMap {
+    let now = state.cache.clock().now();
+    let entry = lookup.entry();
+    let ttl_s = (entry.fresh_until() as i64 - now as i64) / 1000;
+    let status = match lookup.status() {
+        Status::Hit(tier) => format!("strata; hit; ttl={ttl_s}; detail={}", tier.as_str()),
+        Status::Stale(reason) => {
+            format!("strata; hit; ttl={ttl_s}; detail=stale-{}", reason.as_str())
+        }
+        Status::Miss => "strata; fwd=miss; stored".to_owned(),
+        Status::Coalesced => "strata; fwd=miss; collapsed".to_owned(),
+        Status::Negative => format!("strata; hit; ttl={ttl_s}; detail=negative"),
+    };
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&status) {
+        h.insert("cache-status", v);
+    }
+    let age = now.saturating_sub(entry.created_at()) / 1000;
+    h.insert(header::AGE, HeaderValue::from(age));
+    if let Some(v) = lookup.version() {
+        if let Ok(v) = HeaderValue::from_str(&format!("\"v{v}\"")) {
+            h.insert(header::ETAG, v);
+        }
+    }
+    h
+}
+
+/// The value without the key and version columns.
+fn visible(h: &NsHandle, v: &Value) -> Value {
+    match v {
+        Value::Object(m) if h.hidden_columns.iter().any(|c| m.contains_key(c)) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !h.hidden_columns.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        _ => v.clone(),
+    }
+}
+
+async fn read(h: &NsHandle, key: &str) -> Result<Lookup<Value>, ApiError> {
+    if h.has_source {
+        h.ns.fetch(key).await.map_err(engine_error)
+    } else {
+        h.ns.get_or_load(key, || async { None::<Value> })
+            .await
+            .map_err(engine_error)
+    }
+}
+
+async fn get_value(
+    State(state): State<Arc<AppState>>,
+    Path((ns, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let h = namespace(&state, &ns)?;
+    check_key(&state, &key)?;
+    let lookup = read(h, &key).await?;
+    let headers = cache_headers(&state, &lookup);
+    match lookup.value() {
+        Some(v) => Ok((headers, Json(visible(h, v))).into_response()),
+        None => Ok((
+            StatusCode::NOT_FOUND,
+            headers,
+            Json(json!({"error": "not_found", "message": format!("{ns}/{key} does not exist")})),
+        )
+            .into_response()),
+    }
+}
+
+async fn put_value(
+    State(state): State<Arc<AppState>>,
+    Path((ns, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let h = namespace(&state, &ns)?;
+    check_key(&state, &key)?;
+    let value: Value = json_body(&state, body).await?;
+    if h.has_source && !value.is_object() {
+        return Err(ApiError::bad(
+            "bad_value",
+            format!("{ns} is a table: the body must be a JSON object of its columns"),
+        ));
+    }
+    let version = if h.has_source {
+        Some(h.ns.write(&key, value).await.map_err(engine_error)?)
+    } else {
+        h.ns.insert(key.clone(), value).await;
+        None
+    };
+    Ok(Json(json!({
+        "namespace": ns, "key": key, "version": version, "write": format!("{:?}", h.mode).to_lowercase()
+    }))
+    .into_response())
+}
+
+async fn delete_value(
+    State(state): State<Arc<AppState>>,
+    Path((ns, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let h = namespace(&state, &ns)?;
+    check_key(&state, &key)?;
+    if h.has_source {
+        h.ns.delete(&key).await.map_err(engine_error)?;
+    } else {
+        h.ns.invalidate(&key).await;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysBody {
+    keys: Vec<String>,
+}
+
+/// Most keys in one bulk request.
+const MAX_BULK: usize = 1000;
+
+async fn bulk(
+    State(state): State<Arc<AppState>>,
+    Path(ns): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let h = namespace(&state, &ns)?;
+    let body: KeysBody = json_body(&state, body).await?;
+    if body.keys.len() > MAX_BULK {
+        return Err(ApiError::bad(
+            "too_many_keys",
+            format!("{} keys; at most {MAX_BULK} per request", body.keys.len()),
+        ));
+    }
+    for k in &body.keys {
+        check_key(&state, k)?;
+    }
+    let lookups = if h.has_source {
+        h.ns.fetch_many(&body.keys).await.map_err(engine_error)?
+    } else {
+        let mut out = Vec::new();
+        for k in &body.keys {
+            out.push(read(h, k).await?);
+        }
+        out
+    };
+    let mut values = serde_json::Map::new();
+    for (k, l) in body.keys.iter().zip(&lookups) {
+        values.insert(k.clone(), l.value().map_or(Value::Null, |v| visible(h, v)));
+    }
+    Ok(Json(json!({ "values": values })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvalidateBody {
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn invalidate(
+    State(state): State<Arc<AppState>>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let h = namespace(&state, &ns)?;
+    let body: InvalidateBody = json_body(&state, body).await?;
+    let what = match (&body.key, &body.tag, body.all) {
+        (Some(k), None, false) => {
+            check_key(&state, k)?;
+            h.ns.invalidate(k).await;
+            json!({"key": k})
+        }
+        (None, Some(t), false) if !t.is_empty() => {
+            h.ns.invalidate_tag(t).await;
+            json!({"tag": t})
+        }
+        (None, None, true) => {
+            h.ns.invalidate_all().await;
+            json!({"all": true})
+        }
+        _ => {
+            return Err(ApiError::bad(
+                "bad_invalidation",
+                "give exactly one of {\"key\": \"…\"}, {\"tag\": \"…\"} or {\"all\": true}",
+            ))
+        }
+    };
+    Ok(Json(json!({"namespace": ns, "invalidated": what})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmBody {
+    #[serde(default)]
+    keys: Vec<String>,
+    /// Inclusive integer key range `[from, to]`.
+    #[serde(default)]
+    range: Option<(u64, u64)>,
+}
+
+/// Most keys warmed by one request.
+const MAX_WARM: u64 = 100_000;
+
+async fn warm(
+    State(state): State<Arc<AppState>>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let h = namespace(&state, &ns)?;
+    if !h.has_source {
+        return Err(ApiError::bad(
+            "no_source",
+            format!("{ns} has no source to warm from"),
+        ));
+    }
+    let body: WarmBody = json_body(&state, body).await?;
+    let mut keys = body.keys;
+    if let Some((from, to)) = body.range {
+        if to < from || to - from >= MAX_WARM {
+            return Err(ApiError::bad(
+                "bad_range",
+                format!("range [{from}, {to}]: need from <= to and at most {MAX_WARM} keys"),
+            ));
+        }
+        keys.extend((from..=to).map(|k| k.to_string()));
+    }
+    if keys.len() as u64 > MAX_WARM {
+        return Err(ApiError::bad(
+            "too_many_keys",
+            format!("{} keys; at most {MAX_WARM}", keys.len()),
+        ));
+    }
+    for k in &keys {
+        check_key(&state, k)?;
+    }
+    let mut found = 0usize;
+    for chunk in keys.chunks(500) {
+        let lookups = h.ns.fetch_many(chunk).await.map_err(engine_error)?;
+        found += lookups.iter().filter(|l| l.value().is_some()).count();
+    }
+    Ok(Json(json!({"namespace": ns, "requested": keys.len(), "found": found})).into_response())
+}
+
+fn ns_stats_json(h: &NsHandle) -> Value {
+    let s = h.ns.stats();
+    let lookups = s.hits_l1 + s.hits_l2 + s.negative_hits + s.misses + s.coalesced;
+    let stale = s.stale_revalidating + s.stale_fail_safe + s.stale_soft_timeout;
+    json!({
+        "namespace": s.namespace,
+        "description": h.description,
+        "write": format!("{:?}", h.mode).to_lowercase(),
+        "hits_l1": s.hits_l1,
+        "hits_l2": s.hits_l2,
+        "negative_hits": s.negative_hits,
+        "misses": s.misses,
+        "coalesced": s.coalesced,
+        "stale_served": stale,
+        "stale_revalidating": s.stale_revalidating,
+        "stale_fail_safe": s.stale_fail_safe,
+        "stale_soft_timeout": s.stale_soft_timeout,
+        "loads": s.loads,
+        "load_errors": s.load_errors,
+        "load_timeouts": s.load_timeouts,
+        "load_micros": s.load_micros,
+        "refreshes": s.refreshes,
+        "early_refreshes": s.early_refreshes,
+        "fail_safe_activations": s.fail_safe_activations,
+        "fills_refused": s.fills_refused,
+        "inserts": s.inserts,
+        "invalidations": s.invalidations,
+        "lease_waits": s.lease_waits,
+        "pinned": s.pinned,
+        "evictions": s.evictions,
+        "l1_bytes": s.l1_bytes,
+        "l1_entries": s.l1_entries,
+        "lookups": lookups,
+        "hit_ratio": s.hit_ratio(),
+    })
+}
+
+async fn ns_stats(
+    State(state): State<Arc<AppState>>,
+    Path(ns): Path<String>,
+) -> Result<Response, ApiError> {
+    let h = namespace(&state, &ns)?;
+    Ok(Json(ns_stats_json(h)).into_response())
+}
+
+/// Everything the dashboard and `strata stats` show.
+pub fn stats_json(state: &AppState) -> Value {
+    let namespaces: Vec<Value> = state.namespaces.values().map(ns_stats_json).collect();
+    let bus = state
+        .bus
+        .lock()
+        .expect("bus lock")
+        .as_ref()
+        .map(|b| b.stats());
+    let wb = state.write_behind.as_ref().map(|w| w.stats());
+    let cdc = state
+        .cdc
+        .lock()
+        .expect("cdc lock")
+        .as_ref()
+        .map(|c| c.stats());
+    json!({
+        "uptime_s": state.started.elapsed().as_secs_f64(),
+        "l2": state.has_l2,
+        "namespaces": namespaces,
+        "bus": bus.map(|b| json!({
+            "published": b.published, "applied": b.applied, "gaps": b.gaps, "backlog": b.backlog,
+            "last_lag_ms": b.last_lag_ms,
+        })),
+        "write_behind": wb.map(|w| json!({
+            "acked": w.acked, "pending": w.pending, "flushed": w.flushed, "failures": w.failures,
+            "dead_lettered": w.dead_lettered, "lag_p99_ms": w.lag_p99_micros as f64 / 1000.0,
+        })),
+        "cdc": cdc.map(|c| json!({
+            "transactions": c.transactions, "invalidations": c.invalidations, "unmapped": c.unmapped,
+            "undecodable": c.undecodable, "slots_lost": c.slots_lost, "acked_lsn": c.acked_lsn,
+        })),
+    })
+}
+
+async fn all_stats(State(state): State<Arc<AppState>>) -> Response {
+    Json(stats_json(&state)).into_response()
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    if !state.ready.load(Ordering::Relaxed) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        ));
+    }
+    state.sources_ok().await.map_err(|e| {
+        tracing::warn!(error = %e, "not ready");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "source_unavailable",
+            "a source does not answer; see the server log",
+        )
+    })?;
+    Ok((StatusCode::OK, "ready\n").into_response())
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    crate::metrics::publish(&state);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    Json(crate::openapi::document()).into_response()
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("../assets/dashboard.html"))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::WriteModeConfig;
+
+    #[test]
+    fn namespace_write_modes_print_lowercase() {
+        assert_eq!(
+            format!("{:?}", WriteModeConfig::Behind).to_lowercase(),
+            "behind"
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! `strata-server`: Strata for any language — a data API over HTTP with read-through and per-namespace write
+//! policies, Prometheus metrics, a dashboard, and the embedded default (SQLite, L1 only) that needs nothing else.
+//!
+//! The binary (`strata`) is thin: it parses arguments and calls [`run`] with a bound listener, a [`Config`] and a
+//! shutdown future, so tests start real servers on port 0.
+//!
+//! Consistency: as the engine's (see the `strata` crate): a write through any node is in L2 before its response,
+//! and other nodes drop their L1 copies within the bus latency; with `[cdc]`, changes made outside Strata do too.
+//!
+//! Shutdown ([`run`] after `shutdown` resolves): readiness turns false, in-flight requests finish, the
+//! write-behind queue drains (up to 30 s; what remains stays journaled for the next start), the CDC consumer
+//! stops after its current transaction, and the bus listener publishes what it has queued and closes.
+
+pub mod api;
+pub mod bench;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod openapi;
+pub mod state;
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderName, Request};
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use config::{Config, ConfigError};
+pub use state::AppState;
+
+/// How to start.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Create and seed the demo catalog in every source first (the embedded default does).
+    pub seed_demo: bool,
+}
+
+/// Builds the state for `config` (connecting sources, Redis, CDC).
+pub async fn build(config: &Config, options: &RunOptions) -> anyhow::Result<Arc<AppState>> {
+    metrics::install();
+    AppState::build(config, options.seed_demo).await
+}
+
+/// The router with request ids and request logs around it.
+pub fn app(state: Arc<AppState>) -> axum::Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    api::router(state)
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Serves `config` on `listener` until `shutdown` resolves, then shuts down gracefully (see the crate docs).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = build(&config, &options).await?;
+    serve(listener, state, shutdown).await
+}
+
+/// Serves an already built state (see [`run`]).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, namespaces = state.namespaces.len(), "strata serving");
+    let publisher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                metrics::publish(&state);
+            }
+        })
+    };
+    let for_shutdown = state.clone();
+    axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            for_shutdown.ready.store(false, Ordering::Relaxed);
+            tracing::info!("shutting down: finishing in-flight requests");
+        })
+        .await?;
+    publisher.abort();
+    close(&state).await;
+    Ok(())
+}
+
+/// Drains write-behind, stops CDC, closes the bus.
+pub async fn close(state: &AppState) {
+    if let Some(wb) = &state.write_behind {
+        if !wb.drain(Duration::from_secs(30)).await {
+            tracing::warn!(stats = ?wb.stats(), "write-behind did not drain in 30 s; the rest stays journaled for the next start");
+        }
+    }
+    let cdc = state.cdc.lock().expect("cdc lock").take();
+    if let Some(cdc) = cdc {
+        cdc.stop().await;
+    }
+    let bus = state.bus.lock().expect("bus lock").take();
+    if let Some(bus) = bus {
+        bus.close().await;
+    }
+    tracing::info!("strata stopped");
+}

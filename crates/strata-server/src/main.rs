@@ -1,0 +1,284 @@
+//! The `strata` binary: argument parsing over the `strata_server` library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use strata_server::{Config, RunOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Strata: a multi-tier cache over your database"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the data API. Without --config: the embedded default (SQLite demo catalog, L1 only).
+    Serve {
+        /// A TOML config (see examples/strata.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address (overrides the config).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data directory (overrides the config). Default: strata-data.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Embedded default only: use Redis as L2 and bus (run several nodes).
+        #[arg(long)]
+        redis: Option<String>,
+        /// Embedded default only: keep the demo catalog in PostgreSQL instead of SQLite.
+        #[arg(long)]
+        postgres: Option<String>,
+        /// Log as JSON lines.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Validate a config file; errors name the line and the field.
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Load keys into a running server's caches.
+    Warm {
+        /// Namespace.
+        #[arg(long)]
+        ns: String,
+        /// Keys (repeatable).
+        #[arg(long = "key")]
+        keys: Vec<String>,
+        /// Integer key range FROM..=TO, e.g. 1..1000.
+        #[arg(long)]
+        range: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Invalidate a key, a tag or a whole namespace on a running server (every node hears it).
+    Invalidate {
+        /// Namespace.
+        #[arg(long)]
+        ns: String,
+        /// One key.
+        #[arg(long, group = "what")]
+        key: Option<String>,
+        /// Every entry with this tag.
+        #[arg(long, group = "what")]
+        tag: Option<String>,
+        /// The whole namespace.
+        #[arg(long, group = "what")]
+        all: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a running server's counters.
+    Stats {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Run a scenario benchmark.
+    Bench {
+        #[command(subcommand)]
+        scenario: strata_server::bench::Scenario,
+    },
+}
+
+#[derive(clap::Args)]
+struct Remote {
+    /// The server.
+    #[arg(long, default_value = "http://127.0.0.1:8700")]
+    server: String,
+    /// Bearer token (default: $STRATA_TOKEN).
+    #[arg(long, env = "STRATA_TOKEN")]
+    token: Option<String>,
+}
+
+impl Remote {
+    fn post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.server.trim_end_matches('/'));
+        let mut req = ureq::post(&url).header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let mut resp = req
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(body.to_string())
+            .with_context(|| format!("POST {url}"))?;
+        let status = resp.status();
+        let text = resp.body_mut().read_to_string()?;
+        anyhow::ensure!(status.is_success(), "{url}: {status}: {text}");
+        Ok(text)
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.server.trim_end_matches('/'));
+        let mut resp = ureq::get(&url)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .with_context(|| format!("GET {url}"))?;
+        let status = resp.status();
+        let text = resp.body_mut().read_to_string()?;
+        anyhow::ensure!(status.is_success(), "{url}: {status}: {text}");
+        Ok(text)
+    }
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            redis,
+            postgres,
+            json_logs,
+        } => {
+            init_logs(json_logs);
+            let (mut config, seed_demo) = match config {
+                Some(path) => {
+                    anyhow::ensure!(
+                        redis.is_none() && postgres.is_none(),
+                        "--redis and --postgres apply to the embedded default; put them in the config file"
+                    );
+                    (Config::load(&path)?, false)
+                }
+                None => {
+                    let dir = data_dir
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("strata-data"));
+                    (
+                        Config::embedded_with(&dir, redis.as_deref(), postgres.as_deref()),
+                        true,
+                    )
+                }
+            };
+            if let Some(l) = listen {
+                config.server.listen = l;
+            }
+            if let Some(d) = data_dir {
+                config.server.data_dir = d;
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(config.server.listen)
+                    .await
+                    .with_context(|| format!("binding {}", config.server.listen))?;
+                eprintln!(
+                    "strata listening on http://{} ({})",
+                    listener.local_addr()?,
+                    if seed_demo {
+                        "embedded default: SQLite demo catalog, L1 only"
+                    } else {
+                        "config"
+                    }
+                );
+                strata_server::run(
+                    listener,
+                    config,
+                    RunOptions { seed_demo },
+                    shutdown_signal(),
+                )
+                .await
+            })
+        }
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} namespaces, {} sources{}{})",
+                    file.display(),
+                    c.namespaces.len(),
+                    c.sources.len(),
+                    if c.redis.is_some() { ", Redis" } else { "" },
+                    if c.cdc.is_some() { ", CDC" } else { "" }
+                );
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+        },
+        Command::Warm {
+            ns,
+            keys,
+            range,
+            remote,
+        } => {
+            let range = match range {
+                Some(r) => {
+                    let (a, b) = r
+                        .split_once("..")
+                        .with_context(|| format!("--range {r:?}: write FROM..TO"))?;
+                    let b = b.trim_start_matches('=');
+                    Some((a.parse::<u64>()?, b.parse::<u64>()?))
+                }
+                None => None,
+            };
+            let body = serde_json::json!({"keys": keys, "range": range});
+            println!("{}", remote.post(&format!("/v1/{ns}/_warm"), body)?);
+            Ok(())
+        }
+        Command::Invalidate {
+            ns,
+            key,
+            tag,
+            all,
+            remote,
+        } => {
+            let body = match (key, tag, all) {
+                (Some(k), None, false) => serde_json::json!({"key": k}),
+                (None, Some(t), false) => serde_json::json!({"tag": t}),
+                (None, None, true) => serde_json::json!({"all": true}),
+                _ => anyhow::bail!("give exactly one of --key, --tag, --all"),
+            };
+            println!("{}", remote.post(&format!("/v1/{ns}/_invalidate"), body)?);
+            Ok(())
+        }
+        Command::Stats { remote } => {
+            let text = remote.get("/v1/_stats")?;
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::Bench { scenario } => strata_server::bench::run(scenario),
+    }
+}

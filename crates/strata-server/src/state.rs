@@ -1,0 +1,305 @@
+//! What a running server holds: the cache with its namespaces (values are JSON documents), the sources they read
+//! and write, and the background parts (bus listener, write-behind queue, CDC consumer) that shutdown closes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use strata::behind::{WriteBehind, WriteBehindOptions};
+use strata::bus::{BusListener, InProcessBus};
+use strata::codec::Json;
+use strata::{Cache, Namespace};
+use strata_core::{Bus, SharedTier, Sink, Source};
+use strata_sql::{PgTable, SqliteTable, TableSpec};
+
+use crate::config::{parse_fsync, Config, WriteModeConfig};
+
+/// A connected source.
+#[derive(Clone)]
+pub enum Pool {
+    /// SQLite.
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Postgres(PgPool),
+}
+
+/// One namespace as the API serves it.
+pub struct NsHandle {
+    /// The engine's handle.
+    pub ns: Namespace<Value>,
+    /// Its write mode.
+    pub mode: WriteModeConfig,
+    /// Whether it reads and writes a table (else: a plain cache written by PUT).
+    pub has_source: bool,
+    /// What it is for.
+    pub description: String,
+    /// Columns a loaded row carries that are not part of the value (the key and the version: they are in the
+    /// URL and the `ETag`), so reads and writes show the same shape.
+    pub hidden_columns: Vec<String>,
+}
+
+/// The server's shared state.
+pub struct AppState {
+    /// The cache.
+    pub cache: Cache,
+    /// Namespaces by name.
+    pub namespaces: BTreeMap<String, NsHandle>,
+    /// Bearer token for mutating and admin routes.
+    pub token: Option<String>,
+    /// Longest key accepted.
+    pub max_key_len: usize,
+    /// Largest body accepted.
+    pub max_body: usize,
+    /// When the server started.
+    pub started: Instant,
+    /// The write-behind queue, when a namespace writes behind.
+    pub write_behind: Option<WriteBehind>,
+    /// The bus listener (taken at shutdown to close it).
+    pub bus: Mutex<Option<BusListener>>,
+    /// The sources, for readiness checks.
+    pub pools: BTreeMap<String, Pool>,
+    /// The CDC consumer (taken at shutdown to stop it).
+    pub cdc: Mutex<Option<strata_cdc::CdcHandle>>,
+    /// False once shutdown began.
+    pub ready: AtomicBool,
+    /// Whether L2 (Redis) is configured.
+    pub has_l2: bool,
+}
+
+/// Opens (creating if missing) a SQLite file with WAL and `synchronous=FULL` (write-behind's checkpoint relies on
+/// the source's durability).
+async fn open_sqlite(path: &PathBuf, max: u32) -> anyhow::Result<SqlitePool> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(5));
+    SqlitePoolOptions::new()
+        .max_connections(max.max(1))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("opening SQLite at {}", path.display()))
+}
+
+impl AppState {
+    /// Connects everything the config names and builds the namespaces. With `seed_demo`, the demo catalog is
+    /// created and seeded in every source first.
+    pub async fn build(config: &Config, seed_demo: bool) -> anyhow::Result<Arc<Self>> {
+        let data_dir = &config.server.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+
+        // Sources.
+        let mut pools = BTreeMap::new();
+        for (name, s) in &config.sources {
+            let s = s.get_ref();
+            let pool = match (&s.sqlite, &s.postgres) {
+                (Some(path), _) => {
+                    let path = if path.is_absolute() {
+                        path.clone()
+                    } else {
+                        data_dir.join(path)
+                    };
+                    let pool = open_sqlite(&path, s.max_connections).await?;
+                    if seed_demo {
+                        crate::demo::seed_sqlite(&pool)
+                            .await
+                            .context("seeding the demo catalog")?;
+                    }
+                    Pool::Sqlite(pool)
+                }
+                (None, Some(url)) => {
+                    let pool = PgPoolOptions::new()
+                        .max_connections(s.max_connections.max(1))
+                        .acquire_timeout(Duration::from_secs(5))
+                        .connect(url)
+                        .await
+                        .with_context(|| format!("connecting to source {name:?} (PostgreSQL)"))?;
+                    if seed_demo {
+                        crate::demo::seed_postgres(&pool)
+                            .await
+                            .context("seeding the demo catalog")?;
+                    }
+                    Pool::Postgres(pool)
+                }
+                (None, None) => unreachable!("validated: one of sqlite and postgres"),
+            };
+            pools.insert(name.clone(), pool);
+        }
+
+        // L2 and the bus.
+        let (shared, bus): (Option<Arc<dyn SharedTier>>, Arc<dyn Bus>) = match &config.redis {
+            Some(r) => {
+                let l2 = strata_redis::RedisL2::connect(
+                    &r.url,
+                    strata_redis::L2Options {
+                        prefix: r.prefix.clone(),
+                        timeout: r.timeout.0,
+                    },
+                )
+                .await
+                .with_context(|| format!("connecting to Redis at {}", r.url))?;
+                let bus = strata_redis::RedisBus::connect(
+                    &r.url,
+                    strata_redis::RedisBusOptions {
+                        stream: format!("{}:bus", r.prefix),
+                        timeout: r.timeout.0,
+                        ..strata_redis::RedisBusOptions::default()
+                    },
+                )
+                .await
+                .with_context(|| format!("connecting the bus to Redis at {}", r.url))?;
+                (Some(Arc::new(l2)), Arc::new(bus))
+            }
+            None => (None, Arc::new(InProcessBus::new())),
+        };
+        let mut builder = Cache::builder();
+        if let Some(l2) = &shared {
+            builder = builder.with_shared_tier(l2.clone());
+        }
+        let cache = builder.build();
+        let listener = cache.attach_bus(bus.clone())?;
+
+        // Write-behind, when needed.
+        let needs_behind = config
+            .namespaces
+            .values()
+            .any(|n| *n.get_ref().write.get_ref() == WriteModeConfig::Behind);
+        let write_behind = if needs_behind {
+            let mut o = WriteBehindOptions::default();
+            if let Some(f) = &config.write_behind.fsync {
+                o.journal.fsync = parse_fsync(f.get_ref()).expect("validated");
+            }
+            if let Some(m) = config.write_behind.max_pending {
+                o.max_pending = m;
+            }
+            if let Some(l) = config.write_behind.linger {
+                o.linger = l.0;
+            }
+            Some(WriteBehind::open(data_dir.join("journal"), o)?)
+        } else {
+            None
+        };
+
+        // Namespaces.
+        let mut namespaces = BTreeMap::new();
+        for (name, n) in &config.namespaces {
+            let n = n.get_ref();
+            let policy = config
+                .policy(name, n)
+                .map_err(|e| anyhow::anyhow!("namespace {name}: {e}"))?;
+            let mut b = cache
+                .namespace::<Value>(name)
+                .with_policy(policy)
+                .with_codec(Json)
+                .with_weigher(|v: &Value| v.to_string().len());
+            if let Some(src) = &n.source {
+                let table = n.table.clone().unwrap_or_else(|| name.clone());
+                let spec = TableSpec::new(&table, &n.key_column, &n.version_column);
+                let (source, sink): (Arc<dyn Source<Value>>, Arc<dyn Sink<Value>>) =
+                    match &pools[src.get_ref()] {
+                        Pool::Sqlite(p) => {
+                            let t = Arc::new(
+                                SqliteTable::<Value>::bind(p.clone(), spec)
+                                    .await
+                                    .with_context(|| format!("namespace {name}: table {table}"))?,
+                            );
+                            (t.clone(), t)
+                        }
+                        Pool::Postgres(p) => {
+                            let t = Arc::new(
+                                PgTable::<Value>::bind(p.clone(), spec)
+                                    .await
+                                    .with_context(|| format!("namespace {name}: table {table}"))?,
+                            );
+                            (t.clone(), t)
+                        }
+                    };
+                b = b.with_source(source).with_sink(sink);
+                if let Some(wb) = &write_behind {
+                    if *n.write.get_ref() == WriteModeConfig::Behind {
+                        b = b.with_write_behind(wb.clone());
+                    }
+                }
+            }
+            let ns = b.build()?;
+            namespaces.insert(
+                name.clone(),
+                NsHandle {
+                    ns,
+                    mode: *n.write.get_ref(),
+                    has_source: n.source.is_some(),
+                    description: n.description.clone().unwrap_or_default(),
+                    hidden_columns: if n.source.is_some() {
+                        vec![n.key_column.clone(), n.version_column.clone()]
+                    } else {
+                        Vec::new()
+                    },
+                },
+            );
+        }
+
+        // Change data capture.
+        let cdc = match &config.cdc {
+            Some(c) => {
+                let url = config.sources[c.source.get_ref()]
+                    .get_ref()
+                    .postgres
+                    .clone()
+                    .expect("validated: a PostgreSQL source");
+                let mut options = strata_cdc::PgCdcOptions::new(url, &c.slot, &c.publication);
+                options.rules = c.rules.clone();
+                let applier = strata_cdc::Applier::new(
+                    shared.clone(),
+                    bus.clone(),
+                    "cdc",
+                    strata_cdc::ApplyOptions::default(),
+                );
+                Some(
+                    strata_cdc::PgCdc::start(options, Arc::new(applier))
+                        .await
+                        .context("starting change data capture")?,
+                )
+            }
+            None => None,
+        };
+
+        Ok(Arc::new(Self {
+            cache,
+            namespaces,
+            token: config.token(),
+            max_key_len: config.server.max_key_len,
+            max_body: config.server.max_body.0 as usize,
+            started: Instant::now(),
+            write_behind,
+            bus: Mutex::new(Some(listener)),
+            pools,
+            cdc: Mutex::new(cdc),
+            ready: AtomicBool::new(true),
+            has_l2: shared.is_some(),
+        }))
+    }
+
+    /// Whether every source answers.
+    pub async fn sources_ok(&self) -> Result<(), String> {
+        for (name, p) in &self.pools {
+            let r = match p {
+                Pool::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+                Pool::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+            };
+            r.map_err(|e| format!("source {name}: {e}"))?;
+        }
+        Ok(())
+    }
+}
