@@ -346,10 +346,12 @@ impl PgCdc {
                 quote(publication),
                 tables.join(", ")
             );
-            sqlx::query(&sql)
-                .execute(&self.pool)
-                .await
-                .map_err(pg(format!("creating publication {publication}")))?;
+            match sqlx::query(&sql).execute(&self.pool).await {
+                Ok(_) => {}
+                // Another node created it a moment ago.
+                Err(e) if already_exists(&e) => {}
+                Err(e) => return Err(pg(format!("creating publication {publication}"))(e)),
+            }
         } else {
             let have: Vec<(String, String)> = sqlx::query_as(
                 "select schemaname::text, tablename::text from pg_publication_tables where pubname = $1",
@@ -456,11 +458,32 @@ impl PgCdc {
                 false
             }
         };
-        sqlx::query("select pg_create_logical_replication_slot($1, 'pgoutput')")
-            .bind(&slot)
-            .execute(&self.pool)
-            .await
-            .map_err(pg(format!("creating replication slot {slot}")))?;
+        // Creating a slot waits for every transaction running at that moment to end; bound the wait so that a
+        // long transaction elsewhere makes start-up fail with a message instead of hanging.
+        let created = async {
+            let mut conn = self.pool.acquire().await?;
+            sqlx::query("set statement_timeout = '30s'")
+                .execute(&mut *conn)
+                .await?;
+            let r = sqlx::query("select pg_create_logical_replication_slot($1, 'pgoutput')")
+                .bind(&slot)
+                .execute(&mut *conn)
+                .await;
+            sqlx::query("reset statement_timeout")
+                .execute(&mut *conn)
+                .await?;
+            r
+        }
+        .await;
+        match created {
+            Ok(_) => {}
+            // Another consumer (a second node) created it a moment ago, and clears the namespaces itself.
+            Err(e) if already_exists(&e) => {
+                self.seen_slot = true;
+                return Ok(());
+            }
+            Err(e) => return Err(pg(format!("creating replication slot {slot}"))(e)),
+        }
         bump(
             &self.counters.slots_created,
             "strata_cdc_slots_created_total",
@@ -698,6 +721,13 @@ fn absorb(
 struct Tx {
     lsn: u64,
     batch: Batch,
+}
+
+/// `duplicate_object`: a publication or slot that another process created first.
+fn already_exists(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "42710")
 }
 
 /// Quotes an identifier.

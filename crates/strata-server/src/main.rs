@@ -202,22 +202,18 @@ fn main() -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
                     .with_context(|| format!("binding {}", config.server.listen))?;
+                let state = strata_server::build(&config, &RunOptions { seed_demo }).await?;
+                // Printed once the server can answer: scripts and tests wait for this line.
                 eprintln!(
                     "strata listening on http://{} ({})",
                     listener.local_addr()?,
                     if seed_demo {
-                        "embedded default: SQLite demo catalog, L1 only"
+                        "embedded default: demo catalog, L1 only unless --redis"
                     } else {
                         "config"
                     }
                 );
-                strata_server::run(
-                    listener,
-                    config,
-                    RunOptions { seed_demo },
-                    shutdown_signal(),
-                )
-                .await
+                strata_server::serve(listener, state, shutdown_signal()).await
             })
         }
         Command::CheckConfig { file } => match Config::load(&file) {

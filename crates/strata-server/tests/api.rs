@@ -85,6 +85,7 @@ async fn http_raw(method: &str, url: String, body: &str) -> Resp {
 fn raw(method: &str, url: &str, body: Option<&str>, token: Option<&str>) -> Resp {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
         .build()
         .into();
     let mut req = ureq::http::Request::builder().method(method).uri(url);
