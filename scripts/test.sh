@@ -115,11 +115,46 @@ need_logical_replication() {
           where slot_name like 'strata\_t\_%' and not active" >/dev/null
 }
 
+# Headless Chromium for the dashboard test.
+need_chromium() {
+  for c in chromium chromium-browser google-chrome; do command -v "$c" >/dev/null 2>&1 && return; done
+  say "chromium not found: installing Debian's chromium (for the dashboard browser test)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}
+
+# Runs the README's curl tour (between the tour markers) against a fresh embedded-default server on :8700 and
+# checks that each step answered as the README says.
+readme_tour() {
+  local dir out pid
+  dir=$(mktemp -d /tmp/strata-tour.XXXXXX)
+  if timeout 1 bash -c 'exec 3<>/dev/tcp/127.0.0.1/8700' 2>/dev/null; then
+    echo "port 8700 is taken: the README tour needs it" >&2; exit 1
+  fi
+  # The debug binary `cargo test` built: the tour checks behaviour, not speed, and needs no extra build.
+  target/debug/strata serve --data-dir "$dir/data" >/dev/null 2>"$dir/server.log" &
+  pid=$!
+  trap 'kill '"$pid"' 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do grep -q "strata listening" "$dir/server.log" && break; sleep 0.1; done
+  grep -q "strata listening" "$dir/server.log" || { cat "$dir/server.log" >&2; exit 1; }
+  sed -n '/<!-- tour:start -->/,/<!-- tour:end -->/p' README.md | sed '1,2d;$d' | sed '$d' >"$dir/tour.sh"
+  out=$(bash -e "$dir/tour.sh" 2>&1) || { echo "$out" >&2; exit 1; }
+  for want in 'cache-status: strata; fwd=miss; stored' 'cache-status: strata; hit' '"write":"through"' \
+              'etag: "v2"' '"name":"Product 42"' '"name":"OLED TV"' '"write":"behind"' '"9999":null' \
+              '"found":1000' 'unknown_namespace' 'colour' 'strata_hits_total' 'ready' '"openapi":"3.1.0"'; do
+    grep -qiF -- "$want" <<<"$out" || { echo "$out" >&2; echo "README tour: expected output containing: $want" >&2; exit 1; }
+  done
+  kill -TERM "$pid" && wait "$pid" || { cat "$dir/server.log" >&2; echo "strata did not shut down cleanly" >&2; exit 1; }
+  trap - EXIT
+  rm -rf "$dir"
+  echo "README tour: every step answered as written"
+}
+
 need_cargo
 say "toolchain: $(cargo --version)"
 need_redis
 need_postgres
 need_logical_replication
+need_chromium
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
@@ -137,6 +172,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 say "scenario smoke runs (release)"
 cargo build --release --quiet -p strata-bench --bins --examples
+
+say "the README's curl tour"
+readme_tour
+
 REDIS_URL="${STRATA_REDIS_URL:-redis://127.0.0.1:6379}"
 line=$(cargo run --release --quiet -p strata-bench -- stampede)
 echo "$line"
