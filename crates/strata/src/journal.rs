@@ -280,7 +280,11 @@ impl Journal {
             .open(&path)
             .map_err(|e| io_err("creating", &path, e))?;
         sync_dir(&dir)?;
-        segments.push((next_seq, path.clone()));
+        // The file may exist already: an earlier process opened it and died before appending. It is listed
+        // once: a second entry would let a checkpoint delete the file this process appends to.
+        if !segments.iter().any(|(first, _)| *first == next_seq) {
+            segments.push((next_seq, path.clone()));
+        }
         let segments = Arc::new(Mutex::new(segments));
         let (tx, rx) = mpsc::channel::<Append>();
         let writer = Writer {
@@ -648,6 +652,38 @@ mod tests {
         let (_, rec) = Journal::open(&d, options).unwrap();
         assert!(rec.pending.is_empty());
         assert_eq!(rec.checkpoint, last);
+    }
+
+    /// The race: a process opens the journal (creating an empty `journal-N.log`) and is killed before it
+    /// appends; the next process opens the same `N`. It listed the file twice, so a checkpoint at `N` deleted the
+    /// file it was appending to, and its later acknowledged writes were gone at the next restart. Found by the
+    /// write-behind crash benchmark (a contiguous block of ~1,000 acknowledged writes lost).
+    #[tokio::test]
+    async fn an_empty_segment_left_by_a_killed_process_is_not_deleted_under_the_next_one() {
+        let d = dir("empty-segment");
+        let (j, _) = Journal::open(&d, JournalOptions::default()).unwrap();
+        let s1 = j.append("n", "a", Op::Upsert(b"1".to_vec())).await.unwrap();
+        j.close();
+        drop(j);
+        // Killed right after opening: its segment stays empty.
+        let (j, _) = Journal::open(&d, JournalOptions::default()).unwrap();
+        j.close();
+        drop(j);
+        let (j, rec) = Journal::open(&d, JournalOptions::default()).unwrap();
+        assert_eq!(rec.pending.len(), 1);
+        j.checkpoint(s1).unwrap();
+        let s2 = j.append("n", "b", Op::Upsert(b"2".to_vec())).await.unwrap();
+        let s3 = j.append("n", "c", Op::Upsert(b"3".to_vec())).await.unwrap();
+        j.checkpoint(s2).unwrap();
+        j.close();
+        drop(j);
+        let (_, rec) = Journal::open(&d, JournalOptions::default()).unwrap();
+        let pending: Vec<u64> = rec.pending.iter().map(|r| r.seq).collect();
+        assert_eq!(
+            pending,
+            vec![s3],
+            "an acknowledged write above the checkpoint was lost"
+        );
     }
 
     proptest! {
