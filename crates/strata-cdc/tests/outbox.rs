@@ -2,42 +2,18 @@
 //! the bus, L2 by tombstone) and deletes the row only afterwards; a relay that dies before applying leaves the
 //! rows for the next one; a rolled-back write leaves nothing; malformed rows clear their namespace.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::future::BoxFuture;
-use futures::stream::BoxStream;
 use sqlx::SqlitePool;
 use strata::codec::Json;
 use strata::{Namespace, Policy};
 use strata_cdc::{Applier, ApplyOptions, Outbox, OutboxRelay, RelayOptions};
-use strata_core::{Bus, BusEvent, BusMessage, Error, SharedTier, Tier};
+use strata_core::SharedTier;
 use strata_redis::{L2Options, RedisBus, RedisBusOptions, RedisL2};
+use strata_testkit::bus::JammableBus;
 use strata_testkit::cluster::{redis_url, Cluster, ClusterOptions};
-
-struct JammableBus {
-    inner: RedisBus,
-    jammed: AtomicBool,
-}
-
-impl Bus for JammableBus {
-    fn publish(&self, msg: BusMessage) -> BoxFuture<'_, Result<(), Error>> {
-        if self.jammed.load(Ordering::SeqCst) {
-            return Box::pin(async {
-                Err(Error::Unavailable {
-                    tier: Tier::L2,
-                    message: "jammed by the test".into(),
-                })
-            });
-        }
-        self.inner.publish(msg)
-    }
-
-    fn subscribe(&self) -> BoxStream<'static, BusEvent> {
-        self.inner.subscribe()
-    }
-}
 
 async fn sqlite() -> SqlitePool {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -166,10 +142,8 @@ async fn outbox_rows_invalidate_every_node_and_survive_a_relay_crash() {
     assert_eq!(outbox.pending(&pool).await.unwrap(), 0);
 
     // A relay that cannot publish keeps the row; it dies; the next relay delivers it.
-    let jam = Arc::new(JammableBus {
-        inner: bus().await,
-        jammed: AtomicBool::new(true),
-    });
+    let jam = Arc::new(JammableBus::new(bus().await));
+    jam.jam();
     let applier = Arc::new(Applier::new(
         Some(l2.clone()),
         jam,

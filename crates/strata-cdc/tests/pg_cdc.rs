@@ -3,82 +3,26 @@
 //! killed mid-transaction and restarted misses nothing; a lost slot clears the namespaces and raises the alarm;
 //! a change no rule can map clears its namespace and the consumer goes on.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
-use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use strata::codec::Json;
 use strata::{Namespace, Policy};
 use strata_cdc::{Applier, ApplyOptions, CdcHandle, PgCdc, PgCdcOptions, Rule};
-use strata_core::{Bus, BusEvent, BusMessage, EnvelopeKind, Error, SharedTier, Tier};
+use strata_core::{Bus, EnvelopeKind, SharedTier};
 use strata_redis::{L2Options, RedisBus, RedisBusOptions, RedisL2};
 use strata_sql::{PgTable, TableSpec};
+use strata_testkit::bus::JammableBus;
 use strata_testkit::cluster::{redis_url, Cluster, ClusterOptions};
+use strata_testkit::pg::{psql, unique_name as unique, url as pg_url};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Price {
     price: i64,
     name: Option<String>,
     category: Option<String>,
-}
-
-fn pg_url() -> String {
-    std::env::var("STRATA_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn unique(name: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "strata_t_{name}_{}_{nanos}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Runs SQL with the `psql` binary: a change made entirely outside Strata.
-fn psql(sql: &str) {
-    let out = std::process::Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &pg_url(), "-c", sql])
-        .output()
-        .expect("psql must be installed (scripts/test.sh installs postgresql-client)");
-    assert!(
-        out.status.success(),
-        "psql failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A bus that refuses to publish while jammed (the consumer cannot finish a transaction).
-struct JammableBus {
-    inner: RedisBus,
-    jammed: AtomicBool,
-}
-
-impl Bus for JammableBus {
-    fn publish(&self, msg: BusMessage) -> BoxFuture<'_, Result<(), Error>> {
-        if self.jammed.load(Ordering::SeqCst) {
-            return Box::pin(async {
-                Err(Error::Unavailable {
-                    tier: Tier::L2,
-                    message: "jammed by the test".into(),
-                })
-            });
-        }
-        self.inner.publish(msg)
-    }
-
-    fn subscribe(&self) -> BoxStream<'static, BusEvent> {
-        self.inner.subscribe()
-    }
 }
 
 struct World {
@@ -320,17 +264,14 @@ async fn an_update_made_with_psql_invalidates_every_nodes_l1_and_l2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_killed_mid_transaction_and_restarted_misses_nothing() {
     let w = World::new("restart").await;
-    let jam = Arc::new(JammableBus {
-        inner: w.bus().await,
-        jammed: AtomicBool::new(false),
-    });
+    let jam = Arc::new(JammableBus::new(w.bus().await));
     let first = w.consumer(w.options(), jam.clone()).await;
     assert_eq!(w.read_all("tv").await, vec![99, 99, 99]);
     assert_eq!(w.read_all("radio").await, vec![20, 20, 20]);
     assert_eq!(w.read_all("cam").await, vec![300, 300, 300]);
 
     // The consumer receives this change but cannot publish it, and dies before acknowledging it.
-    jam.jammed.store(true, Ordering::SeqCst);
+    jam.jam();
     psql(&format!(
         "UPDATE {}.price SET price = 100, version = version + 1 WHERE sku = 'tv'",
         w.schema

@@ -501,3 +501,75 @@ fn check_config_names_the_file_line_and_field() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("7 namespaces"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_warms_invalidates_and_reads_stats_of_a_running_server() {
+    let s = Server::embedded("cli").await;
+    let base = format!("http://{}", s.addr);
+    let strata = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+                .args(&args)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = strata(vec![
+        "warm".into(),
+        "--ns".into(),
+        "inventory".into(),
+        "--range".into(),
+        "1..50".into(),
+        "--server".into(),
+        base.clone(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"found\":50"));
+    assert!(s.get("/v1/inventory/7").await.headers["cache-status"].contains("hit"));
+    let out = strata(vec![
+        "invalidate".into(),
+        "--ns".into(),
+        "inventory".into(),
+        "--all".into(),
+        "--server".into(),
+        base.clone(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        s.get("/v1/inventory/7").await.headers["cache-status"],
+        "strata; fwd=miss; stored"
+    );
+    let out = strata(vec!["stats".into(), "--server".into(), base.clone()])
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["namespaces"].as_array().unwrap().len(), 6);
+    // A bad request is an error exit naming the problem.
+    let out = strata(vec![
+        "invalidate".into(),
+        "--ns".into(),
+        "nope".into(),
+        "--key".into(),
+        "1".into(),
+        "--server".into(),
+        base,
+    ])
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_namespace"));
+    s.stop().await;
+}

@@ -2,9 +2,8 @@
 //! cuts every connection) is retried until it is back, and nothing acknowledged is lost; a poison write inside a
 //! batch makes the batch fall back to single writes, is parked, and the rest flush.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
@@ -13,29 +12,12 @@ use strata::behind::{WriteBehind, WriteBehindOptions};
 use strata::codec::Json;
 use strata::{Cache, Namespace, Policy, WriteMode};
 use strata_sql::{PgTable, TableSpec};
+use strata_testkit::pg::{unique_name as unique, url as pg_url};
 use strata_testkit::proxy::{FaultProxy, LinkMode};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Count {
     n: i64,
-}
-
-fn pg_url() -> String {
-    std::env::var("STRATA_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn unique(name: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "strata_{name}_{}_{nanos}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// `host:port` of the PostgreSQL URL.

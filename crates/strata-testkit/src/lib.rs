@@ -1,11 +1,14 @@
 //! Test tools for Strata: a loader that fails, delays, hangs or blocks on command, and counts its calls; and a TCP
-//! [`proxy::FaultProxy`] that delays, black-holes or cuts a link to a service.
+//! [`proxy::FaultProxy`] that delays, black-holes or cuts a link to a service; a [`bus::JammableBus`]; PostgreSQL
+//! helpers ([`pg`]).
 //!
 //! [`FaultyLoader`] reads its answer when a call *starts* and applies the fault afterwards, so a test can let a
 //! load read an old value, change the source, and only then let the load finish: exactly the interleaving of the
 //! stale-set races the engine must survive.
 
+pub mod bus;
 pub mod cluster;
+pub mod pg;
 pub mod proxy;
 
 use std::collections::HashMap;
