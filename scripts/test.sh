@@ -176,6 +176,11 @@ cargo build --release --quiet -p strata-bench --bins --examples
 say "the README's curl tour"
 readme_tour
 
+say "strata bench api (smoke, debug binary: the figures are not meaningful here)"
+line=$(target/debug/strata bench api --seconds 1 --budget-mib 16 --connections 4)
+echo "$line"
+echo "$line" | grep -q ' non_hits=0 ' || { echo "bench api: some reads were not L1 hits" >&2; exit 1; }
+
 REDIS_URL="${STRATA_REDIS_URL:-redis://127.0.0.1:6379}"
 line=$(cargo run --release --quiet -p strata-bench -- stampede)
 echo "$line"
