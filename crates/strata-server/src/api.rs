@@ -160,6 +160,18 @@ fn namespace<'a>(state: &'a AppState, ns: &str) -> Result<&'a NsHandle, ApiError
     })
 }
 
+fn writable(h: &NsHandle, ns: &str) -> Result<(), ApiError> {
+    if h.writable {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "read_only",
+            format!("{ns} is bound to a query: write the tables it reads; invalidate it here"),
+        ))
+    }
+}
+
 fn check_key(state: &AppState, key: &str) -> Result<(), ApiError> {
     if key.is_empty() {
         return Err(ApiError::bad("bad_key", "the key is empty"));
@@ -319,6 +331,7 @@ async fn put_value(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let h = namespace(&state, &ns)?;
+    writable(h, &ns)?;
     check_key(&state, &key)?;
     let value: Value = json_body(&state, body).await?;
     if h.has_source && !value.is_object() {
@@ -346,6 +359,7 @@ async fn delete_value(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let h = namespace(&state, &ns)?;
+    writable(h, &ns)?;
     check_key(&state, &key)?;
     if h.has_source {
         h.ns.delete(&key).await.map_err(engine_error)?;

@@ -251,6 +251,9 @@ pub struct NamespaceConfig {
     /// The table (default: the namespace name).
     #[serde(default)]
     pub table: Option<String>,
+    /// Instead of a table: a `SELECT` with one row per key (a join, a view). Read-only: PUT and DELETE are refused.
+    #[serde(default)]
+    pub query: Option<Spanned<String>>,
     /// The key column. Default: `id`.
     #[serde(default = "default_key_column")]
     pub key_column: String,
@@ -481,6 +484,22 @@ impl Config {
                 }
             }
             let mode = *n.write.get_ref();
+            if let Some(q) = &n.query {
+                let problem = if n.source.is_none() {
+                    Some("a `query` needs a `source`")
+                } else if n.table.is_some() {
+                    Some("set `table` or `query`, not both")
+                } else if n.write.span().end > 0 {
+                    Some("a query-bound namespace is read-only: leave `write` out")
+                } else if q.get_ref().trim().is_empty() {
+                    Some("the query is empty")
+                } else {
+                    None
+                };
+                if let Some(p) = problem {
+                    return Err((Some(q.span()), field("query"), p.into()));
+                }
+            }
             if n.source.is_none() && mode != WriteModeConfig::Aside {
                 return Err((
                     Some(n.write.span()).filter(|s| s.end > 0).or(Some(ns.span())),

@@ -60,6 +60,7 @@ pub fn document() -> Value {
                         "400": error_response("Bad key, JSON or value"),
                         "401": error_response("No token"),
                         "403": error_response("Wrong token"),
+                        "405": error_response("The namespace is bound to a query (read-only)"),
                         "413": error_response("Body too large"),
                         "503": error_response("Write-behind queue full"),
                     }
@@ -71,6 +72,7 @@ pub fn document() -> Value {
                         "204": {"description": "Deleted"},
                         "401": error_response("No token"),
                         "403": error_response("Wrong token"),
+                        "405": error_response("The namespace is bound to a query (read-only)"),
                     }
                 }
             },

@@ -36,8 +36,10 @@ pub struct NsHandle {
     pub ns: Namespace<Value>,
     /// Its write mode.
     pub mode: WriteModeConfig,
-    /// Whether it reads and writes a table (else: a plain cache written by PUT).
+    /// Whether it reads a table or query (else: a plain cache written by PUT).
     pub has_source: bool,
+    /// Whether PUT and DELETE reach the source (false for a query).
+    pub writable: bool,
     /// What it is for.
     pub description: String,
     /// Columns a loaded row carries that are not part of the value (the key and the version: they are in the
@@ -204,7 +206,32 @@ impl AppState {
                 .with_policy(policy)
                 .with_codec(Json)
                 .with_weigher(|v: &Value| v.to_string().len());
-            if let Some(src) = &n.source {
+            if let (Some(src), Some(query)) = (&n.source, &n.query) {
+                let query = query.get_ref();
+                let source: Arc<dyn Source<Value>> = match &pools[src.get_ref()] {
+                    Pool::Sqlite(p) => Arc::new(
+                        strata_sql::SqliteQuery::<Value>::bind(
+                            p.clone(),
+                            query,
+                            &n.key_column,
+                            &n.version_column,
+                        )
+                        .await
+                        .with_context(|| format!("namespace {name}: its query"))?,
+                    ),
+                    Pool::Postgres(p) => Arc::new(
+                        strata_sql::PgQuery::<Value>::bind(
+                            p.clone(),
+                            query,
+                            &n.key_column,
+                            &n.version_column,
+                        )
+                        .await
+                        .with_context(|| format!("namespace {name}: its query"))?,
+                    ),
+                };
+                b = b.with_source(source);
+            } else if let Some(src) = &n.source {
                 let table = n.table.clone().unwrap_or_else(|| name.clone());
                 let spec = TableSpec::new(&table, &n.key_column, &n.version_column);
                 let (source, sink): (Arc<dyn Source<Value>>, Arc<dyn Sink<Value>>) =
@@ -240,6 +267,7 @@ impl AppState {
                     ns,
                     mode: *n.write.get_ref(),
                     has_source: n.source.is_some(),
+                    writable: n.source.is_none() || n.query.is_none(),
                     description: n.description.clone().unwrap_or_default(),
                     hidden_columns: if n.source.is_some() {
                         vec![n.key_column.clone(), n.version_column.clone()]

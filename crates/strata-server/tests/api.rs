@@ -499,7 +499,7 @@ fn check_config_names_the_file_line_and_field() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("7 namespaces"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("8 namespaces"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,4 +572,74 @@ async fn the_cli_warms_invalidates_and_reads_stats_of_a_running_server() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_namespace"));
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_bound_to_a_query_reads_a_join_and_refuses_writes() {
+    let dir = temp_dir("query");
+    let src = format!(
+        "{}\n[namespaces.listing]\ndescription = \"Product with its price (a join)\"\nsource = \"catalog\"\n\
+         query = \"SELECT p.id, p.name, p.category, pr.cents, pr.currency FROM product p JOIN price pr ON pr.id = p.id\"\n\
+         ttl = \"30s\"\n",
+        strata_server::demo::EMBEDDED_CONFIG
+    );
+    let mut config = Config::parse(&src, "test.toml").unwrap();
+    config.server.data_dir = dir;
+    let s = Server::start(config).await;
+    let r = s.get("/v1/listing/7").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["name"], "Product 7");
+    assert!(r.body["cents"].as_i64().is_some(), "{r:?}");
+    assert!(r.body.get("id").is_none());
+    assert!(s.get("/v1/listing/7").await.headers["cache-status"].contains("hit"));
+    let r = s
+        .send(
+            "POST",
+            "/v1/listing/_bulk",
+            json!({"keys": ["1", "2", "5000"]}),
+        )
+        .await;
+    assert_eq!(r.body["values"]["5000"], Value::Null);
+    assert_eq!(r.body["values"]["2"]["name"], "Product 2");
+    // Writes go to the tables; the join learns by invalidation.
+    let r = s.send("PUT", "/v1/listing/7", json!({"name": "x"})).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (405, Some("read_only")),
+        "{r:?}"
+    );
+    assert_eq!(
+        http("DELETE", s.url("/v1/listing/7"), None, None)
+            .await
+            .status,
+        405
+    );
+    s.send(
+        "PUT",
+        "/v1/price/7",
+        json!({"cents": 4242, "currency": "EUR"}),
+    )
+    .await;
+    s.send("POST", "/v1/listing/_invalidate", json!({"key": "7"}))
+        .await;
+    assert_eq!(s.get("/v1/listing/7").await.body["cents"], 4242);
+    s.stop().await;
+
+    // Config mistakes about queries are located.
+    for (extra, want) in [
+        ("[namespaces.q]\nquery = \"SELECT 1\"\n", "needs a `source`"),
+        (
+            "[namespaces.q]\nsource = \"catalog\"\ntable = \"product\"\nquery = \"SELECT 1\"\n",
+            "not both",
+        ),
+        (
+            "[namespaces.q]\nsource = \"catalog\"\nwrite = \"through\"\nquery = \"SELECT 1\"\n",
+            "read-only",
+        ),
+    ] {
+        let src = format!("{}\n{extra}", strata_server::demo::EMBEDDED_CONFIG);
+        let e = Config::parse(&src, "test.toml").unwrap_err();
+        assert_eq!(e.field, "namespaces.q.query", "{e}");
+        assert!(e.message.contains(want), "{e}");
+    }
 }

@@ -183,6 +183,44 @@ impl Bound {
         })
     }
 
+    /// A bound for a read-only query: no table name to quote; the version column only if the query has it.
+    fn for_query(
+        label: &str,
+        key_column: &str,
+        version_column: &str,
+        all_columns: Vec<String>,
+    ) -> Result<Self, SqlError> {
+        if !all_columns.iter().any(|c| c == key_column) {
+            return Err(SqlError::NoSuchColumn {
+                table: label.to_owned(),
+                column: key_column.to_owned(),
+            });
+        }
+        let version = all_columns
+            .iter()
+            .any(|c| c == version_column)
+            .then(|| version_column.to_owned());
+        let spec = TableSpec {
+            table: label.to_owned(),
+            key_column: key_column.to_owned(),
+            version_column: version,
+        };
+        Ok(Self {
+            table: label.to_owned(),
+            key: quote_ident("key column", key_column)?,
+            version: spec
+                .version_column
+                .as_deref()
+                .map(|v| quote_ident("version column", v))
+                .transpose()?,
+            columns: all_columns
+                .into_iter()
+                .filter(|c| *c != spec.key_column && Some(c) != spec.version_column.as_ref())
+                .collect(),
+            spec,
+        })
+    }
+
     fn version_or_err(&self) -> Result<&str, SqlError> {
         self.version
             .as_deref()
@@ -811,6 +849,10 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for SqliteTable<V> {
         .boxed()
     }
 }
+
+pub mod query;
+
+pub use query::{PgQuery, SqliteQuery};
 
 #[cfg(test)]
 mod tests {

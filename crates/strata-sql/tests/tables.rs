@@ -367,3 +367,77 @@ async fn sqlite_fenced_upserts_never_go_backwards() {
         .unwrap();
     fencing(Arc::new(store)).await;
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Listing {
+    name: Option<String>,
+    price: i64,
+    category: String,
+}
+
+#[tokio::test]
+async fn a_query_is_a_read_only_source_on_postgres_and_sqlite() {
+    use strata_sql::{PgQuery, SqliteQuery};
+    let (pool, table) = pg("query").await;
+    sqlx::query(&format!(
+        "INSERT INTO {table} (sku, price, name) VALUES ('tv', 99, 'TV'), ('radio', 20, NULL)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let sql = format!("SELECT sku, price, name, 'electronics' AS category, version FROM {table}");
+    let q = PgQuery::<Listing>::bind(pool.clone(), &sql, "sku", "version")
+        .await
+        .unwrap();
+    let got = q.load("tv").await.unwrap();
+    assert_eq!(got.value.as_ref().map(|l| l.price), Some(99));
+    assert_eq!(got.version, Some(1));
+    let many = q
+        .load_many(&["tv".into(), "radio".into(), "none".into()])
+        .await
+        .unwrap();
+    assert_eq!(many.len(), 2);
+    assert!(q.load("none").await.unwrap().value.is_none());
+    let e = PgQuery::<Listing>::bind(pool.clone(), &sql, "id", "version")
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("no column \"id\""), "{e}");
+    let e = PgQuery::<Listing>::bind(
+        pool.clone(),
+        "SELECT nonsense FROM nowhere",
+        "sku",
+        "version",
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("query `SELECT nonsense"), "{e}");
+    assert!(
+        PgQuery::<Listing>::bind(pool, "SELECT 1; DROP TABLE x", "sku", "version")
+            .await
+            .is_err()
+    );
+
+    let (pool, table) = sqlite("query").await;
+    sqlx::query(&format!(
+        "INSERT INTO {table} (sku, price, name) VALUES ('tv', 99, 'TV'), ('radio', 20, NULL)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let sql = format!("SELECT sku, price, name, 'electronics' AS category FROM {table}");
+    let q = SqliteQuery::<Listing>::bind(pool, &sql, "sku", "version")
+        .await
+        .unwrap();
+    let got = q.load("radio").await.unwrap();
+    assert_eq!(
+        got.value,
+        Some(Listing {
+            name: None,
+            price: 20,
+            category: "electronics".into()
+        })
+    );
+    assert_eq!(got.version, None, "the query has no version column");
+}
