@@ -56,6 +56,20 @@ fn check(query: &str) -> Result<&str, SqlError> {
     Ok(q)
 }
 
+/// The column names of `query`'s rows, from the database's own description of the statement (nothing runs).
+async fn columns_of<'e, E: Executor<'e>>(
+    executor: E,
+    query: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let sql = format!("SELECT * FROM ({query}) q");
+    let described = executor.describe(&sql).await?;
+    Ok(described
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect())
+}
+
 impl<V> PgQuery<V> {
     /// Binds `query` (its rows have `key_column`; `version_column` is used when present).
     pub async fn bind(
@@ -70,15 +84,7 @@ impl<V> PgQuery<V> {
             table: label.clone(),
             source,
         };
-        let described = (&pool)
-            .describe(&format!("SELECT * FROM ({q}) q"))
-            .await
-            .map_err(db)?;
-        let columns: Vec<String> = described
-            .columns()
-            .iter()
-            .map(|c| c.name().to_owned())
-            .collect();
+        let columns = columns_of(&pool, q).await.map_err(db)?;
         let bound = Bound::for_query(&label, key_column, version_column, columns)?;
         let sql = format!(
             "SELECT q.{key}::text, to_jsonb(q) FROM ({q}) q WHERE q.{key}::text = ANY($1::text[])",
@@ -107,15 +113,7 @@ impl<V> SqliteQuery<V> {
             table: label.clone(),
             source,
         };
-        let described = (&pool)
-            .describe(&format!("SELECT * FROM ({q}) q"))
-            .await
-            .map_err(db)?;
-        let columns: Vec<String> = described
-            .columns()
-            .iter()
-            .map(|c| c.name().to_owned())
-            .collect();
+        let columns = columns_of(&pool, q).await.map_err(db)?;
         let mut pairs = Vec::with_capacity(columns.len());
         for c in &columns {
             pairs.push(format!("'{c}', q.{}", quote_ident("column", c)?));
