@@ -70,6 +70,13 @@ async fn columns_of<'e, E: Executor<'e>>(
         .collect())
 }
 
+/// One key through the source's batch query (the statement is the same either way).
+async fn load_one<V, S: Source<V>>(source: &S, key: &str) -> Result<Fetched<V>, SharedError> {
+    let keys = [key.to_owned()];
+    let mut all = source.load_many(&keys).await?;
+    Ok(all.remove(key).unwrap_or_else(Fetched::absent))
+}
+
 impl<V> PgQuery<V> {
     /// Binds `query` (its rows have `key_column`; `version_column` is used when present).
     pub async fn bind(
@@ -136,12 +143,7 @@ impl<V> SqliteQuery<V> {
 
 impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for PgQuery<V> {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<V>, SharedError>> {
-        async move {
-            let keys = [key.to_owned()];
-            let mut all = self.load_many(&keys).await?;
-            Ok(all.remove(key).unwrap_or_else(Fetched::absent))
-        }
-        .boxed()
+        load_one(self, key).boxed()
     }
 
     fn load_many<'a>(
@@ -166,12 +168,7 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for PgQuery<V> {
 
 impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for SqliteQuery<V> {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<V>, SharedError>> {
-        async move {
-            let keys = [key.to_owned()];
-            let mut all = self.load_many(&keys).await?;
-            Ok(all.remove(key).unwrap_or_else(Fetched::absent))
-        }
-        .boxed()
+        load_one(self, key).boxed()
     }
 
     fn load_many<'a>(
