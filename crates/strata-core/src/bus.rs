@@ -137,6 +137,13 @@ pub enum BusEvent {
     },
     /// Bytes that are not a valid message (from transports that carry bytes).
     Malformed(BusError),
+    /// Contact confirmed: every message published more than `behind` before this event was yielded has been
+    /// yielded before it. Transports that report a [`Bus::liveness_bound`] yield one at least that often while
+    /// the link is healthy; the node trusts its L1 only while the last one is younger than the bound.
+    Live {
+        /// How far the confirmation lags the moment the event is yielded.
+        behind: std::time::Duration,
+    },
 }
 
 /// A transport for invalidation messages. Implementations MUST deliver each node's messages in publish order
@@ -146,6 +153,12 @@ pub trait Bus: Send + Sync + 'static {
     fn publish(&self, msg: BusMessage) -> BoxFuture<'_, Result<(), Error>>;
     /// Messages published from now on.
     fn subscribe(&self) -> BoxStream<'static, BusEvent>;
+    /// The longest a healthy subscription goes between two [`BusEvent::Live`] events (its heartbeat plus the
+    /// transport's timeout): the staleness bound of a node's L1. `None` (the default): the transport does not
+    /// confirm contact, and nodes trust their L1 without it.
+    fn liveness_bound(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -54,8 +54,10 @@ pub enum Error {
         /// The loader's error, shared by every coalesced waiter.
         source: SharedError,
     },
-    /// A load did not finish within the namespace's hard timeout.
-    #[error("loading from the {tier} timed out after {after:?}")]
+    /// A call to a tier did not finish within its bound: a load from the source (the namespace's hard timeout),
+    /// or an L2 read, write or bus publish (the Redis timeout). The message names the tier, not the operation:
+    /// callers that log it say what they were doing.
+    #[error("the {tier} call timed out after {after:?}")]
     Timeout {
         /// Which tier timed out.
         tier: Tier,
@@ -92,6 +94,21 @@ pub enum Error {
         /// The sink's error.
         source: SharedError,
     },
+    /// The write committed in the source, but its invalidation did not reach the shared tier and the bus within
+    /// the propagation timeout (Redis unreachable): other nodes may still serve the value it replaced. The write
+    /// is *not* acknowledged; the caches are told once the shared tier is back (the invalidation waits for replay).
+    #[error(
+        "{key:?} was written to the source (version {version}), but the other nodes could not be told within \
+         {after:?}: the shared tier or the bus is unreachable"
+    )]
+    NotPropagated {
+        /// The key.
+        key: String,
+        /// The version the source now holds.
+        version: u64,
+        /// How long the write waited.
+        after: Duration,
+    },
     /// A bounded queue is full and stayed full for the allowed wait: back off and retry.
     #[error("overloaded: {0}")]
     Overloaded(String),
@@ -125,6 +142,7 @@ impl Error {
                 | Error::Unavailable { .. }
                 | Error::Write { .. }
                 | Error::Overloaded(_)
+                | Error::NotPropagated { .. }
         )
     }
 
@@ -135,6 +153,7 @@ impl Error {
             | Error::Timeout { tier, .. }
             | Error::Corrupt { tier, .. } => Some(*tier),
             Error::LoaderPanicked { .. } | Error::Write { .. } => Some(Tier::Source),
+            Error::NotPropagated { .. } => Some(Tier::L2),
             _ => None,
         }
     }

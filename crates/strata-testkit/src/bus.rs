@@ -1,24 +1,30 @@
-//! A bus that refuses to publish while jammed: the consumer of a change cannot finish it, as when the transport
-//! is down.
+//! A bus that refuses to publish while jammed (the consumer of a change cannot finish it, as when the transport is
+//! down), and whose subscriptions can be cut (a node stops hearing anything, as when its link is black-holed).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use futures::StreamExt;
 use strata_core::{Bus, BusEvent, BusMessage, Error, Tier};
+use tokio::sync::watch;
 
-/// Wraps a bus; [`jam`](Self::jam) makes every publish fail until [`unjam`](Self::unjam).
+/// Wraps a bus; [`jam`](Self::jam) makes every publish fail until [`unjam`](Self::unjam); [`cut`](Self::cut)
+/// withholds every subscription event (messages and contact confirmations) until [`restore`](Self::restore),
+/// when the withheld ones are delivered.
 pub struct JammableBus<B> {
     inner: B,
     jammed: AtomicBool,
+    cut: watch::Sender<bool>,
 }
 
 impl<B: Bus> JammableBus<B> {
-    /// Wraps `inner`, not jammed.
+    /// Wraps `inner`, not jammed, not cut.
     pub fn new(inner: B) -> Self {
         Self {
             inner,
             jammed: AtomicBool::new(false),
+            cut: watch::channel(false).0,
         }
     }
 
@@ -30,6 +36,16 @@ impl<B: Bus> JammableBus<B> {
     /// Publishes go through again.
     pub fn unjam(&self) {
         self.jammed.store(false, Ordering::SeqCst);
+    }
+
+    /// Subscribers hear nothing from now on.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Subscribers hear again, starting with what was withheld.
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
     }
 }
 
@@ -47,6 +63,20 @@ impl<B: Bus> Bus for JammableBus<B> {
     }
 
     fn subscribe(&self) -> BoxStream<'static, BusEvent> {
-        self.inner.subscribe()
+        let events = self.inner.subscribe();
+        let cut = self.cut.subscribe();
+        futures::stream::unfold((events, cut), |(mut events, mut cut)| async move {
+            // While cut, nothing is handed over: the inner stream's events wait (a broadcast channel keeps them),
+            // and one that arrives as the cut begins waits for the restore.
+            let _ = cut.wait_for(|c| !c).await;
+            let ev = events.next().await?;
+            let _ = cut.wait_for(|c| !c).await;
+            Some((ev, (events, cut)))
+        })
+        .boxed()
+    }
+
+    fn liveness_bound(&self) -> Option<std::time::Duration> {
+        self.inner.liveness_bound()
     }
 }

@@ -42,6 +42,7 @@ use tokio::sync::{broadcast, mpsc};
 #[derive(Clone)]
 pub struct InProcessBus {
     tx: broadcast::Sender<BusMessage>,
+    heartbeat: Option<Duration>,
 }
 
 impl InProcessBus {
@@ -54,7 +55,17 @@ impl InProcessBus {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             tx: broadcast::channel(capacity.max(1)).0,
+            heartbeat: None,
         }
+    }
+
+    /// Makes subscriptions confirm contact ([`BusEvent::Live`]) after each burst of messages and at least every
+    /// `heartbeat`, and reports `2 × heartbeat` as the [`Bus::liveness_bound`] — the in-process stand-in for a
+    /// networked bus, so that the trust rule can be tested without one. Without it (the embedded default) the
+    /// bus confirms nothing and nodes trust their L1 as a single process may.
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = Some(heartbeat.max(Duration::from_millis(1)));
+        self
     }
 }
 
@@ -73,19 +84,46 @@ impl Bus for InProcessBus {
 
     fn subscribe(&self) -> BoxStream<'static, BusEvent> {
         let rx = self.tx.subscribe();
-        futures::stream::unfold(rx, |mut rx| async move {
-            match rx.recv().await {
-                Ok(m) => Some((BusEvent::Message(m), rx)),
-                Err(broadcast::error::RecvError::Lagged(n)) => Some((
-                    BusEvent::Gap {
-                        reason: format!("subscriber lagged: {n} messages dropped"),
-                    },
-                    rx,
-                )),
-                Err(broadcast::error::RecvError::Closed) => None,
-            }
-        })
+        let heartbeat = self.heartbeat;
+        // `owe_live`: confirm contact as soon as the channel is drained (a send is synchronous, so an empty
+        // channel means everything published so far was yielded).
+        futures::stream::unfold(
+            (rx, heartbeat.is_some()),
+            move |(mut rx, mut owe_live)| async move {
+                loop {
+                    if owe_live && rx.is_empty() {
+                        let live = BusEvent::Live {
+                            behind: Duration::ZERO,
+                        };
+                        return Some((live, (rx, false)));
+                    }
+                    let tick = async {
+                        match heartbeat {
+                            Some(h) => tokio::time::sleep(h).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        r = rx.recv() => {
+                            let ev = match r {
+                                Ok(m) => BusEvent::Message(m),
+                                Err(broadcast::error::RecvError::Lagged(n)) => BusEvent::Gap {
+                                    reason: format!("subscriber lagged: {n} messages dropped"),
+                                },
+                                Err(broadcast::error::RecvError::Closed) => return None,
+                            };
+                            return Some((ev, (rx, heartbeat.is_some())));
+                        }
+                        _ = tick => owe_live = true,
+                    }
+                }
+            },
+        )
         .boxed()
+    }
+
+    fn liveness_bound(&self) -> Option<Duration> {
+        self.heartbeat.map(|h| h * 2)
     }
 }
 
@@ -186,6 +224,13 @@ pub struct BusStats {
     /// Send → receive lag of the last message received (any origin), in ms. Node clocks differ, so this is a
     /// trend, not an exact figure.
     pub last_lag_ms: u64,
+    /// How old the node's last confirmed contact with the bus is, in ms (`None`: the transport does not confirm
+    /// contact, see [`Bus::liveness_bound`]).
+    pub contact_age_ms: Option<u64>,
+    /// The staleness bound: L1 is trusted while `contact_age_ms` is below it (`None`: always trusted).
+    pub bound_ms: Option<u64>,
+    /// Reads that found an L1 entry but skipped it because contact was older than the bound.
+    pub untrusted_reads: u64,
 }
 
 #[derive(Default)]
@@ -206,7 +251,7 @@ pub(crate) struct BusCounters {
 }
 
 impl BusCounters {
-    pub(crate) fn snapshot(&self) -> BusStats {
+    pub(crate) fn snapshot(&self, liveness: Option<&Liveness>, now: u64) -> BusStats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         BusStats {
             published: g(&self.published),
@@ -221,6 +266,9 @@ impl BusCounters {
             unknown_namespace: g(&self.unknown_namespace),
             tag_barriers: g(&self.tag_barriers),
             last_lag_ms: g(&self.last_lag_ms),
+            contact_age_ms: liveness.map(|l| now.saturating_sub(l.confirmed())),
+            bound_ms: liveness.map(Liveness::bound_ms),
+            untrusted_reads: liveness.map_or(0, |l| g(&l.untrusted_reads)),
         }
     }
 }
@@ -228,32 +276,115 @@ impl BusCounters {
 /// The sending side of a node: assigns sequence numbers and hands messages to one publishing task, in order.
 pub(crate) struct Publisher {
     pub origin: String,
-    seq: AtomicU64,
+    /// The last sequence number taken. A number is taken and its message queued under this one lock, so the
+    /// queue is in sequence order: two writers racing could otherwise queue 8 before 7, and every receiver would
+    /// count a gap at 8 (flushing its L1) and then drop 7 as a duplicate.
+    next: parking_lot::Mutex<u64>,
     tx: mpsc::UnboundedSender<BusMessage>,
+    /// The highest sequence number `s` such that every message up to `s` has been accepted by the transport (or
+    /// superseded by a newer message for its target that has been). Set by the publishing task only.
+    pub(crate) published: tokio::sync::watch::Sender<u64>,
+    /// How fresh this node's view of the bus is, when the transport confirms contact.
+    pub(crate) liveness: Option<Arc<Liveness>>,
 }
 
 impl Publisher {
-    pub(crate) fn new(origin: String, tx: mpsc::UnboundedSender<BusMessage>) -> Self {
+    pub(crate) fn new(
+        origin: String,
+        tx: mpsc::UnboundedSender<BusMessage>,
+        liveness: Option<Arc<Liveness>>,
+    ) -> Self {
         Self {
             origin,
-            seq: AtomicU64::new(0),
+            next: parking_lot::Mutex::new(0),
             tx,
+            published: tokio::sync::watch::channel(0).0,
+            liveness,
         }
     }
 
-    /// Queues an invalidation. The sequence number is taken under the caller's key lock order, so messages about
-    /// one key leave in the order the writes happened.
-    pub(crate) fn send(&self, namespace: &str, what: Invalidation, version: Option<u64>, ts: u64) {
+    /// Queues an invalidation and returns its sequence number. Called under the caller's key lock, so messages
+    /// about one key leave in the order the writes happened.
+    pub(crate) fn send(
+        &self,
+        namespace: &str,
+        what: Invalidation,
+        version: Option<u64>,
+        ts: u64,
+    ) -> u64 {
+        let mut next = self.next.lock();
+        *next += 1;
         let msg = BusMessage {
             namespace: namespace.to_owned(),
             what,
             version,
             origin: self.origin.clone(),
-            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            seq: *next,
             ts,
         };
         // The receiver lives as long as the listener handle; after `close` nothing is published.
         let _ = self.tx.send(msg);
+        *next
+    }
+
+    /// Waits until message `seq` has been accepted by the transport (or superseded by a newer one that has), at
+    /// most until `deadline`. Returns whether it was.
+    pub(crate) async fn published(&self, seq: u64, deadline: tokio::time::Instant) -> bool {
+        let mut rx = self.published.subscribe();
+        let out = async move { rx.wait_for(|&p| p >= seq).await.is_ok() };
+        tokio::time::timeout_at(deadline, out)
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// A node's confirmed contact with the bus (DESIGN §6, "the guarantee, stated as a bound").
+///
+/// The transport yields [`BusEvent::Live`] whenever it knows that every message published up to some instant
+/// has been delivered; the listener applies the messages before it, then records that instant here. The node
+/// trusts its L1 only while `now < confirmed + bound`. Any message published before `confirmed` has been applied,
+/// and a write is acknowledged only after its message is published, so a value served from L1 was superseded by
+/// an acknowledged write at most `bound` ago. Past the bound — Redis down, a cut link, a process that was stopped
+/// and just woke up — reads skip L1 (going to L2 or the source, coalesced), and what is filled meanwhile lives in
+/// L1 for at most `bound`.
+#[derive(Debug)]
+pub(crate) struct Liveness {
+    /// Cache-clock millis up to which the node has applied every message. Release on store, acquire on load: a
+    /// reader that sees the new value also sees the invalidations applied before it.
+    confirmed: AtomicU64,
+    bound_ms: u64,
+    /// Reads that found an L1 entry but did not trust it.
+    pub(crate) untrusted_reads: AtomicU64,
+}
+
+impl Liveness {
+    pub(crate) fn new(bound: Duration) -> Self {
+        Self {
+            confirmed: AtomicU64::new(0),
+            bound_ms: (bound.as_millis() as u64).max(1),
+            untrusted_reads: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether L1 may answer at `now`.
+    #[inline]
+    pub(crate) fn trusted(&self, now: u64) -> bool {
+        now < self
+            .confirmed
+            .load(Ordering::Acquire)
+            .saturating_add(self.bound_ms)
+    }
+
+    pub(crate) fn confirm(&self, at: u64) {
+        self.confirmed.fetch_max(at, Ordering::AcqRel);
+    }
+
+    pub(crate) fn confirmed(&self) -> u64 {
+        self.confirmed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn bound_ms(&self) -> u64 {
+        self.bound_ms
     }
 }
 
@@ -263,10 +394,12 @@ pub const BACKLOG_CAP: usize = 10_000;
 /// How often a publisher retries its backlog.
 pub const RETRY_EVERY: Duration = Duration::from_millis(100);
 
-/// Messages the transport refused, waiting for retry: one per target, newest wins, in sequence order.
+/// Messages the transport refused, waiting for retry: one per target, newest wins, in sequence order. Each
+/// waiting message also answers for the messages it superseded: `covers` is the lowest sequence number among
+/// them, so the publisher knows how far everything is out.
 #[derive(Debug, Default)]
 pub struct Backlog {
-    msgs: Vec<BusMessage>,
+    msgs: Vec<(BusMessage, u64)>,
     index: HashMap<(String, String), usize>,
 }
 
@@ -292,14 +425,24 @@ impl Backlog {
         self.msgs.is_empty()
     }
 
+    /// The lowest sequence number not yet out: of a waiting message, or of one a waiting message superseded.
+    pub fn lowest_waiting(&self) -> Option<u64> {
+        self.msgs.iter().map(|(_, covers)| *covers).min()
+    }
+
     /// Adds a message; returns how many waiting messages it superseded.
     pub fn push(&mut self, m: BusMessage) -> usize {
+        let covers = m.seq;
+        self.push_covering(m, covers)
+    }
+
+    fn push_covering(&mut self, m: BusMessage, covers: u64) -> usize {
         let t = target(&m);
         if let Some(&i) = self.index.get(&t) {
             // The newer message goes to the end, so the backlog stays in sequence order (receivers drop a
             // message whose sequence number is below one they have seen).
-            self.msgs.remove(i);
-            self.msgs.push(m);
+            let (_, old) = self.msgs.remove(i);
+            self.msgs.push((m, covers.min(old)));
             self.reindex();
             return 1;
         }
@@ -307,34 +450,40 @@ impl Backlog {
         if clear || self.msgs.len() >= BACKLOG_CAP {
             // A clear covers every message of its namespace; so does the clear that replaces them when full.
             let before = self.msgs.len();
-            self.msgs.retain(|old| old.namespace != m.namespace);
+            let mut covers = covers;
+            self.msgs.retain(|(old, c)| {
+                let keep = old.namespace != m.namespace;
+                if !keep {
+                    covers = covers.min(*c);
+                }
+                keep
+            });
             let dropped = before - self.msgs.len();
             let m = BusMessage {
                 what: Invalidation::Clear,
                 ..m
             };
-            self.msgs.push(m);
+            self.msgs.push((m, covers));
             self.reindex();
             return dropped;
         }
         self.index.insert(t, self.msgs.len());
-        self.msgs.push(m);
+        self.msgs.push((m, covers));
         0
     }
 
-    /// Removes and returns the messages in order.
-    pub fn take(&mut self) -> Vec<BusMessage> {
+    /// Removes and returns the messages in order, each with the lowest sequence number it answers for.
+    pub fn take(&mut self) -> Vec<(BusMessage, u64)> {
         self.index.clear();
         std::mem::take(&mut self.msgs)
     }
 
     /// Puts back messages that could not be published (ahead of anything pushed since `take`).
-    pub fn put_back(&mut self, mut msgs: Vec<BusMessage>) {
-        let newer = std::mem::take(&mut self.msgs);
-        self.msgs = std::mem::take(&mut msgs);
+    pub fn put_back(&mut self, msgs: Vec<(BusMessage, u64)>) {
+        let newer = std::mem::replace(&mut self.msgs, msgs);
         self.reindex();
-        for m in newer {
-            self.push(m);
+        for (m, covers) in newer {
+            self.push_covering(m, covers);
         }
     }
 
@@ -343,7 +492,7 @@ impl Backlog {
             .msgs
             .iter()
             .enumerate()
-            .map(|(i, m)| (target(m), i))
+            .map(|(i, (m, _))| (target(m), i))
             .collect();
     }
 }
@@ -353,12 +502,15 @@ pub struct BusListener {
     pub(crate) stop: tokio::sync::watch::Sender<bool>,
     pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
     pub(crate) counters: Arc<BusCounters>,
+    pub(crate) liveness: Option<Arc<Liveness>>,
+    pub(crate) clock: Arc<dyn strata_core::Clock>,
 }
 
 impl BusListener {
     /// The node's bus counters.
     pub fn stats(&self) -> BusStats {
-        self.counters.snapshot()
+        self.counters
+            .snapshot(self.liveness.as_deref(), self.clock.now())
     }
 
     /// Stops listening after publishing every queued message.
@@ -406,14 +558,18 @@ mod tests {
         assert_eq!(b.push(msg("a", del("2"), 2)), 0);
         assert_eq!(b.push(msg("a", del("1"), 3)), 1);
         assert_eq!(b.push(msg("b", del("1"), 4)), 0);
-        let seqs: Vec<u64> = b.take().iter().map(|m| m.seq).collect();
+        let seqs: Vec<u64> = b.take().iter().map(|(m, _)| m.seq).collect();
         assert_eq!(seqs, vec![2, 3, 4]);
         for (i, k) in ["1", "2", "3"].iter().enumerate() {
             b.push(msg("a", del(k), i as u64));
         }
         b.push(msg("b", del("9"), 10));
         assert_eq!(b.push(msg("a", Invalidation::Clear, 11)), 3);
-        let left: Vec<(String, u64)> = b.take().into_iter().map(|m| (m.namespace, m.seq)).collect();
+        let left: Vec<(String, u64)> = b
+            .take()
+            .into_iter()
+            .map(|(m, _)| (m.namespace, m.seq))
+            .collect();
         assert_eq!(left, vec![("b".into(), 10), ("a".into(), 11)]);
     }
 
@@ -426,7 +582,11 @@ mod tests {
         b.push(msg("a", Invalidation::Delete { key: "new".into() }, 99_999));
         let all = b.take();
         assert_eq!(all.len(), 1);
-        assert_eq!(all[0].what, Invalidation::Clear);
+        assert_eq!(all[0].0.what, Invalidation::Clear);
+        assert_eq!(
+            all[0].1, 0,
+            "the clear answers for every message it replaced"
+        );
     }
 
     #[test]
@@ -440,7 +600,7 @@ mod tests {
         b.push(msg("a", del("3"), 3));
         b.push(msg("a", del("2"), 4));
         b.put_back(taken);
-        let seqs: Vec<u64> = b.take().iter().map(|m| m.seq).collect();
+        let seqs: Vec<u64> = b.take().iter().map(|(m, _)| m.seq).collect();
         assert_eq!(seqs, vec![3, 4]);
     }
 

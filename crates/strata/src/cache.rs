@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::behind::{BehindNs, WriteBehind};
 use crate::bus::{
-    Backlog, Bus, BusCounters, BusEvent, BusListener, Publisher, Seen, SeqTracker, RETRY_EVERY,
+    Backlog, Bus, BusCounters, BusEvent, BusListener, Liveness, Publisher, Seen, SeqTracker,
+    RETRY_EVERY,
 };
 use crate::codec::Codec;
 use crate::namespace::{ErasedNamespace, Namespace, NsL2, Parts, Weigher};
@@ -50,6 +51,9 @@ struct CacheInner {
     node_id: String,
     publisher: Arc<OnceLock<Arc<Publisher>>>,
     bus_counters: OnceLock<Arc<BusCounters>>,
+    /// How long a source write waits for its invalidation to reach L2 and the bus before it reports
+    /// [`Error::NotPropagated`].
+    propagation_timeout: std::time::Duration,
     shared: Option<Arc<SharedLink>>,
 }
 
@@ -76,6 +80,7 @@ impl Cache {
             clock: None,
             shared: None,
             breaker: BreakerOptions::default(),
+            propagation_timeout: DEFAULT_PROPAGATION_TIMEOUT,
         }
     }
 
@@ -94,9 +99,15 @@ impl Cache {
     /// delivery semantics. Must be called inside a Tokio runtime; fails if a bus is already attached.
     pub fn attach_bus(&self, bus: Arc<dyn Bus>) -> Result<BusListener, Error> {
         let (tx, mut queue) = mpsc::unbounded_channel();
+        let liveness = bus.liveness_bound().map(|b| Arc::new(Liveness::new(b)));
+        let publisher = Arc::new(Publisher::new(
+            self.inner.node_id.clone(),
+            tx,
+            liveness.clone(),
+        ));
         self.inner
             .publisher
-            .set(Arc::new(Publisher::new(self.inner.node_id.clone(), tx)))
+            .set(publisher.clone())
             .map_err(|_| Error::InvalidState("a bus is already attached to this cache"))?;
         let counters = Arc::new(BusCounters::default());
         let _ = self.inner.bus_counters.set(counters.clone());
@@ -106,7 +117,11 @@ impl Cache {
         let publishing = {
             let (bus, counters, mut stop) = (bus.clone(), counters.clone(), stop_rx.clone());
             tokio::spawn(async move {
-                let mut backlog = Backlog::default();
+                let mut out = Outbound {
+                    backlog: Backlog::default(),
+                    last_seq: 0,
+                    publisher,
+                };
                 // After a refusal, only the retry timer tries again: new messages just join the backlog.
                 let mut failing = false;
                 loop {
@@ -114,25 +129,25 @@ impl Cache {
                         biased;
                         _ = stopped(&mut stop) => {
                             while let Ok(m) = queue.try_recv() {
-                                enqueue(&mut backlog, &counters, m);
+                                out.enqueue(&counters, m);
                             }
-                            drain(bus.as_ref(), &counters, &mut backlog).await;
+                            out.drain(bus.as_ref(), &counters).await;
                             break;
                         }
                         m = queue.recv() => match m {
                             Some(m) => {
-                                enqueue(&mut backlog, &counters, m);
+                                out.enqueue(&counters, m);
                                 while let Ok(m) = queue.try_recv() {
-                                    enqueue(&mut backlog, &counters, m);
+                                    out.enqueue(&counters, m);
                                 }
                                 if !failing {
-                                    failing = !drain(bus.as_ref(), &counters, &mut backlog).await;
+                                    failing = !out.drain(bus.as_ref(), &counters).await;
                                 }
                             }
                             None => break,
                         },
-                        _ = tokio::time::sleep(RETRY_EVERY), if !backlog.is_empty() => {
-                            failing = !drain(bus.as_ref(), &counters, &mut backlog).await;
+                        _ = tokio::time::sleep(RETRY_EVERY), if !out.backlog.is_empty() => {
+                            failing = !out.drain(bus.as_ref(), &counters).await;
                         }
                     }
                 }
@@ -157,6 +172,8 @@ impl Cache {
             stop,
             tasks: vec![publishing, listening],
             counters,
+            liveness,
+            clock: self.inner.clock.clone(),
         })
     }
 
@@ -200,6 +217,13 @@ impl Cache {
             }
             BusEvent::Malformed(_) => {
                 counters.malformed.fetch_add(1, Relaxed);
+            }
+            BusEvent::Live { behind } => {
+                // Everything before this event has been applied above; trust L1 up to that instant.
+                if let Some(l) = self.inner.publisher.get().and_then(|p| p.liveness.as_ref()) {
+                    let behind_ms = behind.as_millis().min(u64::MAX as u128) as u64 + 1;
+                    l.confirm(self.inner.clock.now().saturating_sub(behind_ms));
+                }
             }
         }
     }
@@ -311,7 +335,8 @@ impl Cache {
             metrics::gauge!("strata_l2_breaker_open").set(if open { 1.0 } else { 0.0 });
         }
         if let Some(c) = self.inner.bus_counters.get() {
-            let s = c.snapshot();
+            let liveness = self.inner.publisher.get().and_then(|p| p.liveness.clone());
+            let s = c.snapshot(liveness.as_deref(), self.inner.clock.now());
             for (event, v) in [
                 ("published", s.published),
                 ("publish_error", s.publish_errors),
@@ -327,6 +352,10 @@ impl Cache {
                 metrics::counter!("strata_bus_messages_total", "event" => event).absolute(v);
             }
             metrics::gauge!("strata_bus_backlog").set(s.backlog as f64);
+            if let Some(age) = s.contact_age_ms {
+                metrics::gauge!("strata_bus_contact_age_seconds").set(age as f64 / 1000.0);
+                metrics::counter!("strata_bus_untrusted_reads_total").absolute(s.untrusted_reads);
+            }
         }
     }
 
@@ -345,30 +374,55 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn enqueue(backlog: &mut Backlog, counters: &BusCounters, m: strata_core::BusMessage) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let superseded = backlog.push(m);
-    counters.superseded.fetch_add(superseded as u64, Relaxed);
-    counters.backlog.store(backlog.len() as u64, Relaxed);
+/// The publishing task's state: the backlog, the last sequence number queued, and the publisher whose
+/// `published` mark it advances.
+struct Outbound {
+    backlog: Backlog,
+    last_seq: u64,
+    publisher: Arc<Publisher>,
 }
 
-/// Publishes the backlog in order, stopping at the first refusal (the rest waits for the next retry). Returns
-/// whether everything was published.
-async fn drain(bus: &dyn Bus, counters: &BusCounters, backlog: &mut Backlog) -> bool {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut msgs = backlog.take().into_iter();
-    while let Some(m) = msgs.next() {
-        if bus.publish(m.clone()).await.is_ok() {
-            counters.published.fetch_add(1, Relaxed);
-        } else {
-            counters.publish_errors.fetch_add(1, Relaxed);
-            backlog.put_back(std::iter::once(m).chain(msgs).collect());
-            counters.backlog.store(backlog.len() as u64, Relaxed);
-            return false;
-        }
+impl Outbound {
+    fn enqueue(&mut self, counters: &BusCounters, m: strata_core::BusMessage) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.last_seq = self.last_seq.max(m.seq);
+        let superseded = self.backlog.push(m);
+        counters.superseded.fetch_add(superseded as u64, Relaxed);
+        counters.backlog.store(self.backlog.len() as u64, Relaxed);
     }
-    counters.backlog.store(backlog.len() as u64, Relaxed);
-    true
+
+    /// Publishes the backlog in order, stopping at the first refusal (the rest waits for the next retry), then
+    /// advances the `published` mark to just below the lowest message still out. Returns whether everything was
+    /// published.
+    async fn drain(&mut self, bus: &dyn Bus, counters: &BusCounters) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut msgs = self.backlog.take().into_iter();
+        let mut all = true;
+        while let Some((m, covers)) = msgs.next() {
+            if bus.publish(m.clone()).await.is_ok() {
+                counters.published.fetch_add(1, Relaxed);
+            } else {
+                counters.publish_errors.fetch_add(1, Relaxed);
+                self.backlog
+                    .put_back(std::iter::once((m, covers)).chain(msgs).collect());
+                all = false;
+                break;
+            }
+        }
+        counters.backlog.store(self.backlog.len() as u64, Relaxed);
+        let out_to = match self.backlog.lowest_waiting() {
+            Some(lowest) => lowest - 1,
+            None => self.last_seq,
+        };
+        self.publisher.published.send_if_modified(|p| {
+            let advance = out_to > *p;
+            if advance {
+                *p = out_to;
+            }
+            advance
+        });
+        all
+    }
 }
 
 /// Builds a [`Cache`].
@@ -377,7 +431,11 @@ pub struct CacheBuilder {
     clock: Option<Arc<dyn Clock>>,
     shared: Option<Arc<dyn SharedTier>>,
     breaker: BreakerOptions,
+    propagation_timeout: std::time::Duration,
 }
+
+/// How long a source write waits, by default, for its invalidation to reach L2 and the bus.
+pub const DEFAULT_PROPAGATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl CacheBuilder {
     /// The time source. Default: [`SystemClock`]. Tests under `tokio::time::pause` use [`strata_core::TokioClock`].
@@ -396,6 +454,15 @@ impl CacheBuilder {
     /// The circuit breaker around the shared tier. Default: [`BreakerOptions::default`].
     pub fn with_breaker(mut self, breaker: BreakerOptions) -> Self {
         self.breaker = breaker;
+        self
+    }
+
+    /// How long [`Namespace::write`] and [`Namespace::delete`] wait, after the source committed, for the
+    /// write's invalidation to be in L2 and accepted by the bus. Past it the call fails with
+    /// [`Error::NotPropagated`]: the write is not acknowledged, because other nodes could still serve the value it
+    /// replaced (the invalidation stays queued and is replayed once the shared tier is back). Default: 2 s.
+    pub fn with_propagation_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.propagation_timeout = timeout;
         self
     }
 
@@ -418,6 +485,7 @@ impl CacheBuilder {
                 node_id: format!("node-{:016x}", rand::random::<u64>()),
                 publisher,
                 bus_counters: OnceLock::new(),
+                propagation_timeout: self.propagation_timeout,
                 shared,
             }),
         }
@@ -553,6 +621,7 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
             clock: self.cache.inner.clock.clone(),
             weigher: self.weigher,
             publisher: self.cache.inner.publisher.clone(),
+            propagation_timeout: self.cache.inner.propagation_timeout,
             l2,
             source: self.source,
             sink: self.sink,

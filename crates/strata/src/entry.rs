@@ -76,6 +76,27 @@ impl<V> Entry<V> {
         }
     }
 
+    /// A copy that expires — fresh and stale — by `until` at the latest (pinned hot keys; fills made while the
+    /// bus is not confirmed live).
+    pub(crate) fn expiring_by(&self, until: UnixMillis) -> Self {
+        let fresh_until = self.fresh_until.min(until);
+        Self {
+            value: self.value.clone(),
+            kind: self.kind,
+            created_at: self.created_at,
+            fresh_until,
+            stale_until: self.stale_until.min(until).max(fresh_until),
+            version: self.version,
+            tags: self.tags.clone(),
+            delta_ms: self.delta_ms,
+            weight: self.weight,
+            stamp: self.stamp,
+            retry_after: AtomicU64::new(
+                self.retry_after.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        }
+    }
+
     /// A tombstone that blocks older fills until `hold_until`.
     pub fn tombstone(
         key: &str,

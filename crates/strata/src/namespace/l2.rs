@@ -573,6 +573,14 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
     }
 
+    /// Whether an invalidation of `key` (or of its namespace) still waits for replay: L2 may hold the value it
+    /// replaced.
+    pub(crate) fn invalidation_pending(&self, key: &str) -> bool {
+        self.l2
+            .as_ref()
+            .is_some_and(|l2| l2.link.blocks(&self.name, key, &[]))
+    }
+
     /// Tombstones `key` in L2 (voiding its lease), or queues the tombstone for replay.
     pub(crate) async fn invalidate_l2(&self, key: &str, version: Option<u64>) {
         let l2 = self.ns_l2();

@@ -38,7 +38,7 @@ use strata_core::{
 
 use crate::barriers::TagBarriers;
 use crate::behind::BehindNs;
-use crate::bus::Publisher;
+use crate::bus::{Liveness, Publisher};
 use crate::entry::{Entry, EntryKind};
 use crate::flight::{
     poison_locked, register_locked, remove_locked, Flight, Flights, Origin, Outcome, Role,
@@ -93,6 +93,8 @@ pub(crate) struct Inner<V> {
     load_seconds: metrics::Histogram,
     /// Set once the cache is attached to a bus: this node's writes are published through it.
     publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
+    /// How long a source write waits for its invalidation to reach L2 and the bus.
+    propagation_timeout: Duration,
     /// The shared tier, when the cache has one and the policy enables it.
     l2: Option<NsL2<V>>,
     /// Hot-key detection, when the policy enables it.
@@ -143,6 +145,7 @@ pub(crate) struct Parts<V> {
     pub clock: Arc<dyn Clock>,
     pub weigher: Weigher<V>,
     pub publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
+    pub propagation_timeout: Duration,
     pub l2: Option<NsL2<V>>,
     pub source: Option<Arc<dyn Source<V>>>,
     pub sink: Option<Arc<dyn Sink<V>>>,
@@ -157,6 +160,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             clock,
             weigher,
             publisher,
+            propagation_timeout,
             l2,
             source,
             sink,
@@ -191,6 +195,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 weigher,
                 load_seconds,
                 publisher,
+                propagation_timeout,
                 l2,
                 hot,
                 pins_only,
@@ -227,9 +232,11 @@ impl<V: Send + Sync + 'static> Namespace<V> {
     pub fn get(&self, key: &str) -> Option<Lookup<V>> {
         let inner = &*self.inner;
         let hit = inner.l1.as_ref().and_then(|l1| l1.get(key)).and_then(|e| {
+            let now = inner.clock.now();
             let valid = e.kind != EntryKind::Tombstone
-                && inner.clock.now() < e.fresh_until
-                && !inner.barriers.blocks(&e.tags, e.created_at);
+                && now < e.fresh_until
+                && !inner.barriers.blocks(&e.tags, e.created_at)
+                && inner.l1_trusted(now);
             valid.then(|| {
                 let status = inner.hit_status(&e);
                 Lookup::new(e, status)
@@ -258,15 +265,24 @@ impl<V: Send + Sync + 'static> Namespace<V> {
     /// version is cached, L1 is off and L2 absent, or L2 failed (then the key's invalidation is queued for
     /// replay, so the old L2 value cannot outlive this write).
     pub async fn insert_fetched(&self, key: impl Into<String>, fetched: Fetched<V>) -> bool {
+        self.insert_told(key.into(), fetched).await.0
+    }
+
+    /// [`insert_fetched`](Self::insert_fetched), also returning the bus message's sequence number.
+    async fn insert_told(&self, key: String, fetched: Fetched<V>) -> (bool, Option<u64>) {
         let inner = &*self.inner;
-        let key = key.into();
         inner.counters.inserts.inc();
         let version = fetched.version;
         let entry = Arc::new(inner.make_entry(&key, fetched, Duration::ZERO));
         self.insert_entry(key, entry, version).await
     }
 
-    async fn insert_entry(&self, key: String, entry: Arc<Entry<V>>, version: Option<u64>) -> bool {
+    async fn insert_entry(
+        &self,
+        key: String,
+        entry: Arc<Entry<V>>,
+        version: Option<u64>,
+    ) -> (bool, Option<u64>) {
         let inner = &*self.inner;
         let in_l1 = {
             let mut shard = inner.flights.lock(&key);
@@ -277,8 +293,8 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             Some(_) => inner.write_l2(&key, &entry).await,
             None => false,
         };
-        inner.publish(Invalidation::Set { key }, version);
-        in_l1 || in_l2
+        let seq = inner.publish(Invalidation::Set { key }, version);
+        (in_l1 || in_l2, seq)
     }
 
     /// Invalidates a key: later reads load anew, and a load that began before this call cannot put its (older)
@@ -496,14 +512,16 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 key: key.to_owned(),
                 source,
             })?;
-        match mode {
-            WriteMode::Aside => self.invalidate_version(key, version).await,
+        let seq = match mode {
+            WriteMode::Aside => self.inner.invalidate(key, Some(version)).await,
             WriteMode::Through => {
-                self.insert_fetched(key, Fetched::value(value).with_version(version))
-                    .await;
+                self.insert_told(key.to_owned(), Fetched::value(value).with_version(version))
+                    .await
+                    .1
             }
-            WriteMode::Around | WriteMode::Behind => {}
-        }
+            WriteMode::Around | WriteMode::Behind => return Ok(version),
+        };
+        self.inner.await_propagation(key, seq, version).await?;
         Ok(version)
     }
 
@@ -518,12 +536,13 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             key: key.to_owned(),
             source,
         })?;
-        match (self.inner.policy.write, version) {
-            (WriteMode::Around, _) => {}
-            (_, Some(v)) => self.invalidate_version(key, v).await,
-            (_, None) => self.invalidate(key).await,
+        if self.inner.policy.write == WriteMode::Around {
+            return Ok(());
         }
-        Ok(())
+        let seq = self.inner.invalidate(key, version).await;
+        self.inner
+            .await_propagation(key, seq, version.unwrap_or(0))
+            .await
     }
 
     /// Write-behind (see [`crate::behind`]): journal durably, update the caches and the pending overlay, ack;
@@ -565,7 +584,9 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             Some(e) => {
                 self.insert_entry(key.to_owned(), e, None).await;
             }
-            None => self.invalidate_version(key, version).await,
+            None => {
+                self.inner.invalidate(key, Some(version)).await;
+            }
         }
         b.wb.enqueue(&inner.name, key, seq, op, Some(version));
         Ok(version)
@@ -676,10 +697,33 @@ fn single<V: Send + 'static>(
 }
 
 impl<V: Send + Sync + 'static> Inner<V> {
+    /// The node's contact with the bus, when the transport confirms it (see [`crate::bus`]'s `Liveness`).
+    #[inline]
+    fn liveness(&self) -> Option<&Liveness> {
+        self.publisher.get().and_then(|p| p.liveness.as_deref())
+    }
+
+    /// Whether L1 may answer at `now`: always, unless the bus confirms contact and the last confirmation is
+    /// older than its bound (then an entry may have missed an invalidation; it is not served).
+    #[inline]
+    fn l1_trusted(&self, now: UnixMillis) -> bool {
+        match self.liveness() {
+            Some(l) if !l.trusted(now) => {
+                l.untrusted_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+            _ => true,
+        }
+    }
+
     fn find(&self, key: &str, now: UnixMillis) -> Found<V> {
         let Some(e) = self.l1.as_ref().and_then(|l1| l1.get(key)) else {
             return Found::Absent;
         };
+        if !self.l1_trusted(now) {
+            return Found::Absent;
+        }
         if e.kind == EntryKind::Tombstone
             || now >= e.stale_until
             || self.barriers.blocks(&e.tags, e.created_at)
@@ -945,6 +989,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
             l1.remove(key);
             return false;
         }
+        let now = self.clock.now();
+        if let Some(l) = self.liveness().filter(|l| !l.trusted(now)) {
+            // Filled while the bus is not confirmed live: a write elsewhere may not have reached this node, so the
+            // copy lives no longer than the bound.
+            entry = Arc::new(entry.expiring_by(now + l.bound_ms()));
+        }
         if let (Some(existing), Some(new)) = (l1.peek(key), entry.version) {
             if !existing.is_expired(self.clock.now())
                 && existing.version.is_some_and(|old| new < old)
@@ -964,24 +1014,11 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }
         self.counters.pinned.inc();
         let until = self.clock.now() + millis(self.policy.hot_keys.pin_ttl);
-        let mut pinned = Entry::new(
-            key,
-            entry.value.clone(),
-            entry.created_at,
-            entry.fresh_until.min(until),
-            entry.stale_until.min(until),
-            entry.version,
-            entry.tags.clone(),
-            entry.delta_ms,
-            entry
-                .weight
-                .saturating_sub(key.len() as u64 + crate::entry::ENTRY_OVERHEAD),
-        );
-        pinned.stamp = entry.stamp;
-        Some(Arc::new(pinned))
+        Some(Arc::new(entry.expiring_by(until)))
     }
 
-    async fn invalidate(&self, key: &str, version: Option<u64>) {
+    /// Tombstones `key` in every tier and tells the other nodes; returns the bus message's sequence number.
+    async fn invalidate(&self, key: &str, version: Option<u64>) -> Option<u64> {
         self.invalidate_key(key, version);
         if self.l2.is_some() {
             self.invalidate_l2(key, version).await;
@@ -991,7 +1028,37 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 key: key.to_owned(),
             },
             version,
-        );
+        )
+    }
+
+    /// Waits until a source write's invalidation is in L2 (not waiting for replay) and bus message `seq` has
+    /// been accepted by the transport, at most the propagation timeout. Only then may the write be acknowledged:
+    /// every other node then either has dropped its copy or stops trusting its L1 within the bus's bound.
+    async fn await_propagation(
+        &self,
+        key: &str,
+        seq: Option<u64>,
+        version: u64,
+    ) -> Result<(), Error> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.propagation_timeout;
+        let not_propagated = || Error::NotPropagated {
+            key: key.to_owned(),
+            version,
+            after: started.elapsed(),
+        };
+        while self.invalidation_pending(key) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(not_propagated());
+            }
+            tokio::time::sleep(PROPAGATION_POLL).await;
+        }
+        if let (Some(seq), Some(p)) = (seq, self.publisher.get()) {
+            if !p.published(seq, deadline).await {
+                return Err(not_propagated());
+            }
+        }
+        Ok(())
     }
 
     /// Tombstones `key` in L1 and poisons its load in flight. Publishing is the caller's business: a local write
@@ -1029,10 +1096,11 @@ impl<V: Send + Sync + 'static> Inner<V> {
         });
     }
 
-    fn publish(&self, what: Invalidation, version: Option<u64>) {
-        if let Some(p) = self.publisher.get() {
-            p.send(&self.name, what, version, self.clock.now());
-        }
+    /// Queues a bus message (when a bus is attached) and returns its sequence number.
+    fn publish(&self, what: Invalidation, version: Option<u64>) -> Option<u64> {
+        self.publisher
+            .get()
+            .map(|p| p.send(&self.name, what, version, self.clock.now()))
     }
 
     /// Waits for a flight and turns its outcome into the caller's answer, applying the soft timeout and fail-safe.
@@ -1139,6 +1207,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
 
 /// The L1 budget of a namespace whose L1 holds only pinned hot keys.
 const PIN_BUDGET_BYTES: u64 = 8 << 20;
+
+/// How often a write waiting for its invalidation's replay looks again.
+const PROPAGATION_POLL: Duration = Duration::from_millis(10);
 
 /// The hot-key detector's counting window.
 const HOT_WINDOW: Duration = Duration::from_millis(200);

@@ -1,0 +1,262 @@
+//! The consistency bound across nodes (DESIGN §6): a node trusts its L1 only while its last confirmed contact with
+//! the bus is younger than the bus's bound; fills made while it is not are kept no longer than the bound; a write
+//! is acknowledged only once the bus has its invalidation; and messages leave in sequence order, so concurrent
+//! writers cause no spurious gaps.
+//!
+//! Every test runs on paused Tokio time (the in-process bus's heartbeat and the caches' clocks follow it), so the
+//! interleavings are exact.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use strata::bus::{Bus, BusListener, InProcessBus};
+use strata::{Cache, Error, Namespace, Status, Tier};
+use strata_core::{Clock, Fetched, ManualClock, SharedError, Sink, Source, TokioClock};
+use strata_testkit::bus::JammableBus;
+
+const HEARTBEAT: Duration = Duration::from_millis(50);
+/// `InProcessBus::with_heartbeat` reports twice its heartbeat.
+const BOUND: Duration = Duration::from_millis(100);
+
+/// A versioned in-memory table: the source of truth of every node.
+#[derive(Default)]
+struct Table {
+    rows: Mutex<HashMap<String, (u32, u64)>>,
+}
+
+impl Table {
+    fn with(key: &str, value: u32) -> Arc<Self> {
+        let t = Self::default();
+        t.rows.lock().insert(key.to_owned(), (value, 1));
+        Arc::new(t)
+    }
+}
+
+impl Source<u32> for Table {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<u32>, SharedError>> {
+        let row = self.rows.lock().get(key).copied();
+        Box::pin(async move {
+            Ok(match row {
+                Some((v, version)) => Fetched::value(v).with_version(version),
+                None => Fetched::absent(),
+            })
+        })
+    }
+
+    fn load_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, Fetched<u32>>, SharedError>> {
+        let rows = self.rows.lock();
+        let found = keys
+            .iter()
+            .filter_map(|k| {
+                rows.get(k)
+                    .map(|(v, ver)| (k.clone(), Fetched::value(*v).with_version(*ver)))
+            })
+            .collect();
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+impl Sink<u32> for Table {
+    fn upsert<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a u32,
+    ) -> BoxFuture<'a, Result<u64, SharedError>> {
+        let mut rows = self.rows.lock();
+        let row = rows.entry(key.to_owned()).or_insert((0, 0));
+        *row = (*value, row.1 + 1);
+        let version = row.1;
+        Box::pin(async move { Ok(version) })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, SharedError>> {
+        let old = self.rows.lock().remove(key);
+        Box::pin(async move { Ok(old.map(|(_, v)| v + 1)) })
+    }
+}
+
+struct Node {
+    ns: Namespace<u32>,
+    bus: Arc<JammableBus<InProcessBus>>,
+    listener: BusListener,
+}
+
+fn node(shared: &InProcessBus, table: &Arc<Table>, clock: Arc<dyn Clock>) -> Node {
+    let cache = Cache::builder()
+        .with_clock(clock)
+        .with_propagation_timeout(Duration::from_millis(300))
+        .build();
+    let ns = cache
+        .namespace::<u32>("price")
+        .with_policy(
+            strata::Policy::builder()
+                .with_ttl(Duration::from_secs(600))
+                .with_write_mode(strata::WriteMode::Through)
+                .build()
+                .unwrap(),
+        )
+        .with_store(table.clone())
+        .build()
+        .unwrap();
+    let bus = Arc::new(JammableBus::new(shared.clone()));
+    let listener = cache.attach_bus(bus.clone() as Arc<dyn Bus>).unwrap();
+    Node { ns, bus, listener }
+}
+
+fn tokio_clock() -> Arc<dyn Clock> {
+    Arc::new(TokioClock::new())
+}
+
+async fn read(n: &Node) -> (u32, Status) {
+    let l = n.ns.fetch("sku").await.unwrap();
+    (*l.value().unwrap(), l.status())
+}
+
+/// Lets the listeners run until contact is confirmed (a heartbeat and a bit).
+async fn settle() {
+    tokio::time::sleep(HEARTBEAT + Duration::from_millis(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_hears_nothing_stops_serving_its_l1_once_the_bound_has_passed() {
+    let shared = InProcessBus::new().with_heartbeat(HEARTBEAT);
+    let table = Table::with("sku", 1);
+    let a = node(&shared, &table, tokio_clock());
+    let b = node(&shared, &table, tokio_clock());
+    settle().await;
+    read(&b).await;
+    assert_eq!(read(&b).await, (1, Status::Hit(Tier::L1)));
+
+    // B's link goes silent; A writes. Within the bound B may still answer from L1 …
+    b.bus.cut();
+    a.ns.write("sku", 2).await.unwrap();
+    assert_eq!(read(&b).await, (1, Status::Hit(Tier::L1)));
+    // … but not once the bound has passed since its last confirmed contact: it reads the source.
+    tokio::time::sleep(BOUND).await;
+    assert_eq!(read(&b).await, (2, Status::Miss));
+    assert_eq!(
+        read(&b).await.1,
+        Status::Miss,
+        "still silent: no L1 answers"
+    );
+    assert!(b.listener.stats().untrusted_reads >= 2);
+    assert!(b.listener.stats().contact_age_ms.unwrap() >= BOUND.as_millis() as u64);
+
+    // The link comes back: the withheld invalidation is applied, contact is confirmed, L1 answers again.
+    b.bus.restore();
+    settle().await;
+    read(&b).await;
+    assert_eq!(read(&b).await, (2, Status::Hit(Tier::L1)));
+    a.listener.close().await;
+    b.listener.close().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fill_made_while_the_bus_is_silent_lives_no_longer_than_the_bound() {
+    let shared = InProcessBus::new().with_heartbeat(HEARTBEAT);
+    let table = Table::with("sku", 1);
+    let a = node(&shared, &table, tokio_clock());
+    let b = node(&shared, &table, tokio_clock());
+    b.bus.cut();
+    tokio::time::sleep(BOUND * 2).await;
+    // Filled while B cannot know what it missed (a 10-minute TTL otherwise) …
+    assert_eq!(read(&b).await, (1, Status::Miss));
+    // … and a write elsewhere that B will never hear of (say the message was lost with a Redis restart).
+    table.rows.lock().insert("sku".into(), (2, 2));
+    b.bus.restore();
+    settle().await;
+    // Contact is back and L1 is trusted again, but the copy filled in the dark expires within the bound.
+    let entry = b.ns.l1().unwrap().peek("sku").unwrap();
+    assert!(entry.stale_until() <= entry.created_at() + BOUND.as_millis() as u64);
+    tokio::time::sleep(BOUND).await;
+    assert_eq!(read(&b).await, (2, Status::Miss));
+    a.listener.close().await;
+    b.listener.close().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_wakes_from_a_stall_does_not_answer_from_l1_before_it_caught_up() {
+    let shared = InProcessBus::new().with_heartbeat(HEARTBEAT);
+    let table = Table::with("sku", 1);
+    let a = node(&shared, &table, tokio_clock());
+    // B's clock is its own: a stopped process sees time jump when it resumes.
+    let b_clock = ManualClock::new(TokioClock::new().now());
+    let b = node(&shared, &table, Arc::new(b_clock.clone()));
+    settle().await;
+    read(&b).await;
+    assert_eq!(read(&b).await, (1, Status::Hit(Tier::L1)));
+    // B stops: its listener does not run while A writes …
+    b.bus.cut();
+    a.ns.write("sku", 2).await.unwrap();
+    // … and it wakes 5 s later, its queued requests arriving before its listener has caught up.
+    b_clock.advance(Duration::from_secs(5));
+    assert_eq!(read(&b).await, (2, Status::Miss));
+    b.bus.restore();
+    a.listener.close().await;
+    b.listener.close().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_is_acknowledged_only_once_the_bus_has_its_invalidation() {
+    let shared = InProcessBus::new().with_heartbeat(HEARTBEAT);
+    let table = Table::with("sku", 1);
+    let a = node(&shared, &table, tokio_clock());
+    a.bus.jam();
+    let started = tokio::time::Instant::now();
+    match a.ns.write("sku", 2).await {
+        Err(Error::NotPropagated { key, version, .. }) => {
+            assert_eq!((key.as_str(), version), ("sku", 2));
+        }
+        other => panic!("expected NotPropagated, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // The write did commit, and the node itself reads it.
+    assert_eq!(table.rows.lock()["sku"], (2, 2));
+    assert_eq!(read(&a).await.0, 2);
+    // Once the bus takes messages again, writes are acknowledged at once.
+    a.bus.unjam();
+    a.ns.write("sku", 3).await.unwrap();
+    a.ns.delete("sku").await.unwrap();
+    assert_eq!(a.listener.stats().backlog, 0);
+    a.listener.close().await;
+}
+
+/// Writers racing on many threads used to queue their messages out of sequence order (the number was taken
+/// before, not with, the enqueue): receivers then saw a gap, flushed their L1, and dropped the late message as a
+/// duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_cause_no_gaps_and_no_duplicates() {
+    let shared = InProcessBus::with_capacity(1 << 17);
+    let table = Arc::new(Table::default());
+    let a = node(&shared, &table, tokio_clock());
+    let b = node(&shared, &table, tokio_clock());
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let ns = a.ns.clone();
+            tokio::spawn(async move {
+                for i in 0..1_000 {
+                    ns.invalidate(&format!("k{w}-{i}")).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    for _ in 0..400 {
+        if b.listener.stats().applied >= 8_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = b.listener.stats();
+    assert_eq!((s.applied, s.gaps, s.duplicates), (8_000, 0, 0), "{s:?}");
+    a.listener.close().await;
+    b.listener.close().await;
+}
