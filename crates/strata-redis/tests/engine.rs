@@ -305,6 +305,113 @@ async fn a_redis_cut_slows_nothing_down_and_leaves_no_stale_value_behind() {
     c.shutdown().await;
 }
 
+/// Redis goes away (connections reset) and comes back empty. While it is gone no node can hear of writes made
+/// elsewhere, so none may answer from its L1 once the bus's bound has passed — not even from copies it refilled
+/// from the source during the outage — and after it is back, no copy filled in the dark outlives the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_that_loses_everything_leaves_no_superseded_value_past_the_bound() {
+    let c = cluster("restart", 2, |o| o.proxied = true).await;
+    let nss = c.namespace::<u64>("price", policy().build().unwrap(), Json);
+    let source = FaultyLoader::new();
+    source.set("k", 1u64);
+    let read = |i: usize| {
+        let (ns, source) = (nss[i].clone(), source.clone());
+        async move {
+            let got = ns.try_get_or_load("k", || source.load("k")).await.unwrap();
+            (*got.value().unwrap(), got.status())
+        }
+    };
+    for i in 0..2 {
+        read(i).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || nss[1].get("k").is_some()).await,
+        "node 1 never trusted its L1"
+    );
+    for node in &c.nodes {
+        node.set_link(LinkMode::Cut);
+    }
+    let bound = Duration::from_millis(300 + 250); // the cluster's heartbeat + the bus timeout
+    tokio::time::sleep(bound + Duration::from_millis(100)).await;
+    // Writes on node 0 during the outage (their invalidations can only wait for replay); node 1 reads each one.
+    for v in 2..5u64 {
+        source.set("k", v);
+        nss[0].invalidate("k").await;
+        assert_eq!(
+            read(1).await,
+            (v, Status::Miss),
+            "node 1 answered from a copy it cannot trust"
+        );
+    }
+    // Redis comes back with nothing: no entries, no stream.
+    let client = redis::Client::open(strata_testkit::cluster::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = conn.keys(format!("{}*", c.prefix)).await.unwrap();
+    for k in keys {
+        let _: () = conn.del(k).await.unwrap();
+    }
+    source.set("k", 5u64);
+    for node in &c.nodes {
+        node.set_link(LinkMode::Pass);
+    }
+    // Whatever node 1 filled before it heard again, it serves nothing older than the last write once the bound
+    // has passed.
+    tokio::time::sleep(bound + Duration::from_millis(100)).await;
+    assert_eq!(read(1).await.0, 5);
+    c.shutdown().await;
+}
+
+/// A write-through write while its node cannot reach Redis commits in the source but is not acknowledged: its
+/// invalidation only waits for replay, so another node could still read the old value from L2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_cannot_reach_l2_is_not_acknowledged() {
+    let c = cluster("not-propagated", 2, |o| o.proxied = true).await;
+    let table = std::sync::Arc::new(strata_testkit::table::VersionedTable::<u64>::new());
+    table.set("k", 1);
+    let p = policy()
+        .with_write_mode(strata::WriteMode::Through)
+        .build()
+        .unwrap();
+    let nss: Vec<_> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            n.cache
+                .namespace::<u64>("price")
+                .with_policy(p.clone())
+                .with_codec(Json)
+                .with_store(table.clone())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(nss[0].write("k", 2).await.unwrap(), 2);
+    c.nodes[0].set_link(LinkMode::Blackhole);
+    let started = Instant::now();
+    match nss[0].write("k", 3).await {
+        Err(strata::Error::NotPropagated { version: 3, .. }) => {}
+        other => panic!("expected NotPropagated, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the wait is bounded"
+    );
+    assert_eq!(table.get("k"), Some((3, 3)), "the source has the write");
+    // Once Redis is reachable, the queued invalidation lands and writes are acknowledged again.
+    c.nodes[0].set_link(LinkMode::Pass);
+    let mut acked = false;
+    for _ in 0..50 {
+        if nss[0].write("k", 4).await.is_ok() {
+            acked = true;
+            break;
+        }
+    }
+    assert!(acked, "writes stayed unacknowledged after Redis came back");
+    let got = nss[1].fetch("k").await.unwrap();
+    assert_eq!(got.value(), Some(&4));
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_refresh_reaches_the_source_and_l2_instead_of_copying_l2_back() {
     let c = cluster("early-refresh", 2, |_| {}).await;

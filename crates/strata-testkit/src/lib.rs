@@ -10,6 +10,7 @@ pub mod bus;
 pub mod cluster;
 pub mod pg;
 pub mod proxy;
+pub mod table;
 
 use std::collections::HashMap;
 use std::future::Future;

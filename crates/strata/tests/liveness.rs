@@ -6,80 +6,20 @@
 //! Every test runs on paused Tokio time (the in-process bus's heartbeat and the caches' clocks follow it), so the
 //! interleavings are exact.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use parking_lot::Mutex;
 use strata::bus::{Bus, BusListener, InProcessBus};
 use strata::{Cache, Error, Namespace, Status, Tier};
-use strata_core::{Clock, Fetched, ManualClock, SharedError, Sink, Source, TokioClock};
+use strata_core::{Clock, ManualClock, TokioClock};
 use strata_testkit::bus::JammableBus;
+use strata_testkit::table::VersionedTable;
 
 const HEARTBEAT: Duration = Duration::from_millis(50);
 /// `InProcessBus::with_heartbeat` reports twice its heartbeat.
 const BOUND: Duration = Duration::from_millis(100);
 
-/// A versioned in-memory table: the source of truth of every node.
-#[derive(Default)]
-struct Table {
-    rows: Mutex<HashMap<String, (u32, u64)>>,
-}
-
-impl Table {
-    fn with(key: &str, value: u32) -> Arc<Self> {
-        let t = Self::default();
-        t.rows.lock().insert(key.to_owned(), (value, 1));
-        Arc::new(t)
-    }
-}
-
-impl Source<u32> for Table {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<u32>, SharedError>> {
-        let row = self.rows.lock().get(key).copied();
-        Box::pin(async move {
-            Ok(match row {
-                Some((v, version)) => Fetched::value(v).with_version(version),
-                None => Fetched::absent(),
-            })
-        })
-    }
-
-    fn load_many<'a>(
-        &'a self,
-        keys: &'a [String],
-    ) -> BoxFuture<'a, Result<HashMap<String, Fetched<u32>>, SharedError>> {
-        let rows = self.rows.lock();
-        let found = keys
-            .iter()
-            .filter_map(|k| {
-                rows.get(k)
-                    .map(|(v, ver)| (k.clone(), Fetched::value(*v).with_version(*ver)))
-            })
-            .collect();
-        Box::pin(async move { Ok(found) })
-    }
-}
-
-impl Sink<u32> for Table {
-    fn upsert<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a u32,
-    ) -> BoxFuture<'a, Result<u64, SharedError>> {
-        let mut rows = self.rows.lock();
-        let row = rows.entry(key.to_owned()).or_insert((0, 0));
-        *row = (*value, row.1 + 1);
-        let version = row.1;
-        Box::pin(async move { Ok(version) })
-    }
-
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, SharedError>> {
-        let old = self.rows.lock().remove(key);
-        Box::pin(async move { Ok(old.map(|(_, v)| v + 1)) })
-    }
-}
+type Table = VersionedTable<u32>;
 
 struct Node {
     ns: Namespace<u32>,
@@ -109,6 +49,12 @@ fn node(shared: &InProcessBus, table: &Arc<Table>, clock: Arc<dyn Clock>) -> Nod
     Node { ns, bus, listener }
 }
 
+fn table_with(v: u32) -> Arc<Table> {
+    let t = Table::new();
+    t.set("sku", v);
+    Arc::new(t)
+}
+
 fn tokio_clock() -> Arc<dyn Clock> {
     Arc::new(TokioClock::new())
 }
@@ -126,7 +72,7 @@ async fn settle() {
 #[tokio::test(start_paused = true)]
 async fn a_node_that_hears_nothing_stops_serving_its_l1_once_the_bound_has_passed() {
     let shared = InProcessBus::new().with_heartbeat(HEARTBEAT);
-    let table = Table::with("sku", 1);
+    let table = table_with(1);
     let a = node(&shared, &table, tokio_clock());
     let b = node(&shared, &table, tokio_clock());
     settle().await;
@@ -160,7 +106,7 @@ async fn a_node_that_hears_nothing_stops_serving_its_l1_once_the_bound_has_passe
 #[tokio::test(start_paused = true)]
 async fn a_fill_made_while_the_bus_is_silent_lives_no_longer_than_the_bound() {
     let shared = InProcessBus::new().with_heartbeat(HEARTBEAT);
-    let table = Table::with("sku", 1);
+    let table = table_with(1);
     let a = node(&shared, &table, tokio_clock());
     let b = node(&shared, &table, tokio_clock());
     b.bus.cut();
@@ -168,7 +114,7 @@ async fn a_fill_made_while_the_bus_is_silent_lives_no_longer_than_the_bound() {
     // Filled while B cannot know what it missed (a 10-minute TTL otherwise) …
     assert_eq!(read(&b).await, (1, Status::Miss));
     // … and a write elsewhere that B will never hear of (say the message was lost with a Redis restart).
-    table.rows.lock().insert("sku".into(), (2, 2));
+    table.set("sku", 2);
     b.bus.restore();
     settle().await;
     // Contact is back and L1 is trusted again, but the copy filled in the dark expires within the bound.
@@ -183,7 +129,7 @@ async fn a_fill_made_while_the_bus_is_silent_lives_no_longer_than_the_bound() {
 #[tokio::test(start_paused = true)]
 async fn a_node_that_wakes_from_a_stall_does_not_answer_from_l1_before_it_caught_up() {
     let shared = InProcessBus::new().with_heartbeat(HEARTBEAT);
-    let table = Table::with("sku", 1);
+    let table = table_with(1);
     let a = node(&shared, &table, tokio_clock());
     // B's clock is its own: a stopped process sees time jump when it resumes.
     let b_clock = ManualClock::new(TokioClock::new().now());
@@ -205,7 +151,7 @@ async fn a_node_that_wakes_from_a_stall_does_not_answer_from_l1_before_it_caught
 #[tokio::test(start_paused = true)]
 async fn a_write_is_acknowledged_only_once_the_bus_has_its_invalidation() {
     let shared = InProcessBus::new().with_heartbeat(HEARTBEAT);
-    let table = Table::with("sku", 1);
+    let table = table_with(1);
     let a = node(&shared, &table, tokio_clock());
     a.bus.jam();
     let started = tokio::time::Instant::now();
@@ -217,7 +163,7 @@ async fn a_write_is_acknowledged_only_once_the_bus_has_its_invalidation() {
     }
     assert!(started.elapsed() >= Duration::from_millis(300));
     // The write did commit, and the node itself reads it.
-    assert_eq!(table.rows.lock()["sku"], (2, 2));
+    assert_eq!(table.get("sku"), Some((2, 2)));
     assert_eq!(read(&a).await.0, 2);
     // Once the bus takes messages again, writes are acknowledged at once.
     a.bus.unjam();
@@ -233,7 +179,7 @@ async fn a_write_is_acknowledged_only_once_the_bus_has_its_invalidation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_cause_no_gaps_and_no_duplicates() {
     let shared = InProcessBus::with_capacity(1 << 17);
-    let table = Arc::new(Table::default());
+    let table = Arc::new(Table::new());
     let a = node(&shared, &table, tokio_clock());
     let b = node(&shared, &table, tokio_clock());
     let writers: Vec<_> = (0..8)
