@@ -1,7 +1,9 @@
 //! Mapping rules: which cache entries a row change invalidates.
 //!
 //! A [`Rule`] binds a table to a namespace. The row's key comes from a [`Template`] over its columns (default: the
-//! replica-identity columns joined by `:`), its tags from more templates (`"category:{category_id}"`), and its
+//! table's `PRIMARY KEY` columns in key order joined by `:` — the key the cache uses — read from the catalog by
+//! the consumer and handed over with [`Mapping::set_primary_keys`]; never the replica-identity columns, which under
+//! `REPLICA IDENTITY FULL` are every column), its tags from more templates (`"category:{category_id}"`), and its
 //! version from a version column, or else the transaction's commit LSN. A table may have several rules (the
 //! `product` table feeds the `product` namespace by key and the `listing` namespace by tag).
 //!
@@ -123,7 +125,8 @@ pub struct Rule {
     pub table: String,
     /// The namespace whose entries the table feeds.
     pub namespace: String,
-    /// The key template. Default: the replica-identity (primary-key) columns joined by `:`.
+    /// The key template. Default: the table's `PRIMARY KEY` columns (in key order) joined by `:`; a table without
+    /// a primary key needs one.
     #[serde(default)]
     pub key: Option<String>,
     /// Tag templates; each change invalidates the tags of the old and the new row.
@@ -171,6 +174,8 @@ impl Rule {
 
 #[derive(Debug, Clone)]
 struct Compiled {
+    /// The rule's `table`, as written (for errors).
+    table: String,
     namespace: String,
     key: Option<Template>,
     tags: Vec<Template>,
@@ -183,6 +188,8 @@ struct Compiled {
 pub struct Mapping {
     rules: Vec<Compiled>,
     by_table: HashMap<(String, String), Vec<usize>>,
+    /// The primary-key columns per table, in key order (empty: the table has none).
+    primary_keys: HashMap<(String, String), Vec<String>>,
 }
 
 /// A row change, as the mapping sees it.
@@ -386,6 +393,7 @@ impl Mapping {
                 .or_default()
                 .push(m.rules.len());
             m.rules.push(Compiled {
+                table: r.table.clone(),
                 namespace: r.namespace.clone(),
                 key,
                 tags,
@@ -394,6 +402,60 @@ impl Mapping {
             });
         }
         Ok(m)
+    }
+
+    /// Sets the tables' `PRIMARY KEY` columns (in key order; empty for a table without one), as read from the
+    /// catalog. Default keys are built from them; a table not listed has no known key, and a rule without a key
+    /// template then clears its namespace on every change of the table. See [`Mapping::check_keys`].
+    pub fn set_primary_keys(&mut self, keys: HashMap<(String, String), Vec<String>>) {
+        self.primary_keys = keys;
+    }
+
+    /// The primary-key columns of a table, when known.
+    pub fn primary_key(&self, schema: &str, table: &str) -> Option<&[String]> {
+        self.primary_keys
+            .get(&(schema.to_owned(), table.to_owned()))
+            .map(Vec::as_slice)
+    }
+
+    /// Every rule without a key template has a table with a primary key; the error names the first that has not.
+    pub fn check_keys(&self) -> Result<(), ConfigError> {
+        for (i, rule) in self.rules.iter().enumerate() {
+            let (schema, table) = split_table(&rule.table);
+            if rule.key.is_some()
+                || self
+                    .primary_key(&schema, &table)
+                    .is_some_and(|k| !k.is_empty())
+            {
+                continue;
+            }
+            return Err(self.rule_error(
+                i,
+                format!(
+                    "table {schema}.{table} has no PRIMARY KEY, so there is no default key: give the rule a \
+                     `key` template (the key the namespace's entries are cached under)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An error about the first rule of a table (`None` when the table is not mapped).
+    pub fn table_error(&self, schema: &str, table: &str, problem: String) -> Option<ConfigError> {
+        let &i = self
+            .by_table
+            .get(&(schema.to_owned(), table.to_owned()))?
+            .iter()
+            .min()?;
+        Some(self.rule_error(i, problem))
+    }
+
+    fn rule_error(&self, i: usize, problem: String) -> ConfigError {
+        ConfigError {
+            rule: i,
+            table: self.rules[i].table.clone(),
+            problem,
+        }
     }
 
     /// Every namespace a rule feeds.
@@ -465,6 +527,7 @@ impl Mapping {
             match map_rule(
                 rule,
                 rel,
+                self.primary_key(&rel.schema, &rel.name),
                 old_img.as_ref(),
                 new_img.as_ref(),
                 lsn,
@@ -485,19 +548,24 @@ impl Mapping {
     }
 }
 
-fn default_key(rel: &Relation, img: &Image<'_>) -> Result<String, String> {
-    let keys: Vec<&str> = rel
-        .columns
-        .iter()
-        .filter(|c| c.key)
-        .map(|c| c.name.as_str())
-        .collect();
-    if keys.is_empty() {
-        return Err(format!(
-            "{}.{} has no replica-identity columns: give the rule a `key` template",
-            rel.schema, rel.name
-        ));
-    }
+/// The primary-key values joined by `:`. Not the replica-identity columns of the message: under `REPLICA IDENTITY
+/// FULL` PostgreSQL marks every column as one.
+fn default_key(rel: &Relation, pk: Option<&[String]>, img: &Image<'_>) -> Result<String, String> {
+    let keys = match pk {
+        Some(k) if !k.is_empty() => k,
+        Some(_) => {
+            return Err(format!(
+                "{}.{} has no PRIMARY KEY: give the rule a `key` template",
+                rel.schema, rel.name
+            ))
+        }
+        None => {
+            return Err(format!(
+                "the primary key of {}.{} is not known (it is read from the catalog when the consumer starts)",
+                rel.schema, rel.name
+            ))
+        }
+    };
     let mut parts = Vec::with_capacity(keys.len());
     for k in keys {
         match img.get(k) {
@@ -509,9 +577,14 @@ fn default_key(rel: &Relation, img: &Image<'_>) -> Result<String, String> {
     Ok(parts.join(":"))
 }
 
-fn key_of(rule: &Compiled, rel: &Relation, img: &Image<'_>) -> Result<String, String> {
+fn key_of(
+    rule: &Compiled,
+    rel: &Relation,
+    pk: Option<&[String]>,
+    img: &Image<'_>,
+) -> Result<String, String> {
     match &rule.key {
-        None => default_key(rel, img),
+        None => default_key(rel, pk, img),
         Some(t) => match t.render(img) {
             Rendered::Text(k) if !k.is_empty() => Ok(k),
             Rendered::Text(_) => Err(format!("key template {:?} rendered empty", t.source)),
@@ -521,9 +594,11 @@ fn key_of(rule: &Compiled, rel: &Relation, img: &Image<'_>) -> Result<String, St
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn map_rule(
     rule: &Compiled,
     rel: &Relation,
+    pk: Option<&[String]>,
     old: Option<&Image<'_>>,
     new: Option<&Image<'_>>,
     lsn: u64,
@@ -546,11 +621,11 @@ fn map_rule(
     };
     let mut keys = Vec::with_capacity(2);
     if let Some(img) = new {
-        keys.push(key_of(rule, rel, img)?);
+        keys.push(key_of(rule, rel, pk, img)?);
     }
     if let Some(img) = old {
         // An update's old image is sent when the key changed (or with FULL identity): both keys go.
-        let k = key_of(rule, rel, img)?;
+        let k = key_of(rule, rel, pk, img)?;
         if !keys.contains(&k) {
             keys.push(k);
         }
@@ -611,14 +686,26 @@ mod tests {
         Datum::Text(s.into())
     }
 
+    /// `shop.product`'s primary key is `id`.
+    fn keyed(mut m: Mapping) -> Mapping {
+        m.set_primary_keys(HashMap::from([(
+            ("shop".to_owned(), "product".to_owned()),
+            vec!["id".to_owned()],
+        )]));
+        m.check_keys().unwrap();
+        m
+    }
+
     fn mapping() -> Mapping {
-        Mapping::new(&[
-            Rule::new("shop.product", "product").version_column("version"),
-            Rule::new("shop.product", "listing")
-                .key("p{{{id}}}")
-                .tag("category:{category}"),
-        ])
-        .unwrap()
+        keyed(
+            Mapping::new(&[
+                Rule::new("shop.product", "product").version_column("version"),
+                Rule::new("shop.product", "listing")
+                    .key("p{{{id}}}")
+                    .tag("category:{category}"),
+            ])
+            .unwrap(),
+        )
     }
 
     fn ns<'b>(b: &'b Batch, ns: &str) -> &'b NsChanges {
@@ -711,18 +798,103 @@ mod tests {
 
     #[test]
     fn versions_fall_back_to_the_commit_lsn_and_bad_versions_clear() {
-        let m = Mapping::new(&[Rule::new("shop.product", "product")]).unwrap();
+        let m = keyed(Mapping::new(&[Rule::new("shop.product", "product")]).unwrap());
         let new = [t("7"), t("tv"), t("x")];
         let mut b = Batch::default();
         m.map(&rel(), Change::Insert { new: &new }, 900, &mut b);
         assert_eq!(ns(&b, "product").keys.get("7"), Some(&Some(900)));
 
-        let m = Mapping::new(&[Rule::new("shop.product", "product").version_column("version")])
-            .unwrap();
+        let m = keyed(
+            Mapping::new(&[Rule::new("shop.product", "product").version_column("version")])
+                .unwrap(),
+        );
         let mut b = Batch::default();
         let un = m.map(&rel(), Change::Insert { new: &new }, 900, &mut b);
         assert!(un[0].reason.contains("not a non-negative integer"));
         assert!(ns(&b, "product").clear);
+    }
+
+    #[test]
+    fn default_keys_are_the_primary_key_even_when_every_column_is_identity() {
+        // REPLICA IDENTITY FULL: pgoutput flags every column as part of the identity.
+        let mut full = rel();
+        full.replica_identity = b'f';
+        for c in &mut full.columns {
+            c.key = true;
+        }
+        let m = mapping();
+        let old = [t("7"), t("tv"), t("3")];
+        let new = [t("7"), t("audio"), t("4")];
+        let mut b = Batch::default();
+        let un = m.map(
+            &full,
+            Change::Update {
+                old: Some((OldKind::Full, &old)),
+                new: &new,
+            },
+            900,
+            &mut b,
+        );
+        assert!(un.is_empty(), "{un:?}");
+        let keys: Vec<&String> = ns(&b, "product").keys.keys().collect();
+        assert_eq!(keys, vec!["7"], "the key the cache uses, not every column");
+        let mut b = Batch::default();
+        m.map(
+            &full,
+            Change::Delete {
+                old: (OldKind::Full, &old),
+            },
+            901,
+            &mut b,
+        );
+        assert_eq!(ns(&b, "product").keys.keys().collect::<Vec<_>>(), vec!["7"]);
+
+        // A composite primary key, in key order (not column order).
+        let mut m = Mapping::new(&[Rule::new("shop.product", "product")]).unwrap();
+        m.set_primary_keys(HashMap::from([(
+            ("shop".to_owned(), "product".to_owned()),
+            vec!["category".to_owned(), "id".to_owned()],
+        )]));
+        let mut b = Batch::default();
+        m.map(&full, Change::Insert { new: &new }, 1, &mut b);
+        assert_eq!(
+            ns(&b, "product").keys.keys().collect::<Vec<_>>(),
+            vec!["audio:7"]
+        );
+    }
+
+    #[test]
+    fn a_table_without_a_primary_key_needs_a_key_template() {
+        let mut m = Mapping::new(&[
+            Rule::new("shop.product", "listing").key("p{id}"),
+            Rule::new("shop.product", "product"),
+        ])
+        .unwrap();
+        m.set_primary_keys(HashMap::from([(
+            ("shop".to_owned(), "product".to_owned()),
+            Vec::new(),
+        )]));
+        let e = m.check_keys().unwrap_err();
+        assert_eq!((e.rule, e.table.as_str()), (1, "shop.product"));
+        assert!(e.to_string().contains("no PRIMARY KEY"), "{e}");
+        assert!(e.to_string().contains("`key` template"), "{e}");
+        // Had it started anyway, the rule would clear its namespace rather than guess a key.
+        let mut b = Batch::default();
+        let un = m.map(
+            &rel(),
+            Change::Insert {
+                new: &[t("7"), t("tv"), t("3")],
+            },
+            1,
+            &mut b,
+        );
+        assert_eq!(un.len(), 1);
+        assert!(ns(&b, "product").clear);
+        assert!(ns(&b, "listing").keys.contains_key("p7"));
+        // With a template for every rule, no key is needed.
+        let mut m = Mapping::new(&[Rule::new("shop.product", "listing").key("p{id}")]).unwrap();
+        m.set_primary_keys(HashMap::new());
+        m.check_keys().unwrap();
     }
 
     #[test]

@@ -9,7 +9,36 @@
 //! - A transaction whose end LSN is not beyond what was already applied is skipped (deduplicated by LSN).
 //! - Application failures (Redis down, the bus refusing) are retried with backoff for the same transaction; the
 //!   stream waits, the slot keeps the WAL. Nothing later is acknowledged before it.
-//! - The replication connection is re-established with backoff after any error.
+//! - The replication connection is re-established with backoff after any error; the backoff starts over once a
+//!   session streams again.
+//!
+//! # Keys
+//! A rule without a key template keys rows by the table's `PRIMARY KEY` (in key order, joined by `:`), read from
+//! the catalog at start and again at every (re)connection — the key the cache uses. Not the replica-identity
+//! columns of the stream: under `REPLICA IDENTITY FULL`, which the set-up turns on for tag templates over non-key
+//! columns, PostgreSQL marks every column as identity. A mapped table without a primary key and a rule without a
+//! key template for it fail the start, naming both.
+//!
+//! # Several nodes, one slot: failover
+//! Every node may run a consumer on the same slot; one streams, the others are standbys. The rule:
+//! - The streaming consumer holds a session-level advisory lock (key derived from the slot name) on a connection
+//!   of its own for as long as it is the holder, and checks that connection every `status_interval`; losing it
+//!   ends its session (it steps down and queues for the lock again).
+//! - A standby blocks in `pg_advisory_lock` on its own connection, silently (one info log when it becomes a
+//!   standby). PostgreSQL grants the lock the moment the holder's session ends — a `stop`, a crash, a `kill -9`
+//!   (the kernel closes the sockets) — or, for a holder host that vanished, within about 8 s (TCP keepalives set
+//!   on the lock session).
+//! - The new holder starts streaming at once from the slot's confirmed LSN (so nothing unacknowledged is lost),
+//!   and logs the takeover once. While the old walsender is still exiting the slot is reported active: that is
+//!   retried every 50 ms; a slot still held 2 s after the lock was taken belongs to no live holder and its
+//!   session is terminated; after 10 s the consumer falls back to its normal backoff.
+//! - Bound: for a holder process that dies or stops, a standby streams again within the lock hand-over plus one
+//!   connection set-up plus at most a few 50 ms retries — well under a second on a local network (the test
+//!   measures it).
+//!
+//! [`CdcStats::active`] says whether this consumer holds the slot, [`CdcHandle::holder`] who does
+//! (`pg_replication_slots.active_pid`, or the lock's holder between sessions, with its `application_name`,
+//! `strata-cdc:<node>`).
 //!
 //! # When the slot is gone
 //! A missing slot (dropped, or never created) or a lost one (`wal_status = 'lost'`: the server removed WAL it
@@ -23,13 +52,13 @@
 //! unknown). The consumer never stops for bad data.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{Connection, PgPool, Row};
 use tokio::sync::watch;
 
 use crate::apply::Applier;
@@ -85,6 +114,9 @@ pub struct PgCdcOptions {
     pub status_interval: Duration,
     /// The longest wait between retries (applying, reconnecting). Default: 5 s.
     pub max_backoff: Duration,
+    /// This node's name in PostgreSQL (`application_name` = `strata-cdc:<node>`), so that every node can tell who
+    /// holds the slot. Default: `<hostname>:<pid>`.
+    pub node: String,
 }
 
 impl PgCdcOptions {
@@ -102,6 +134,7 @@ impl PgCdcOptions {
             manage_publication: true,
             status_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
+            node: default_node(),
         }
     }
 
@@ -112,9 +145,66 @@ impl PgCdcOptions {
     }
 }
 
+fn default_node() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// `strata-cdc:<node>`, cut to PostgreSQL's 63 bytes.
+fn application_name(node: &str) -> String {
+    let mut name = format!("strata-cdc:{node}");
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
+}
+
+/// The advisory-lock key of a slot: the same on every node, non-negative (so its halves fit `pg_locks`' oids).
+fn lock_key(slot: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in "strata-cdc slot ".bytes().chain(slot.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h & 0x7fff_ffff_ffff_ffff) as i64
+}
+
+/// First wait between retries; the backoff doubles up to `max_backoff` and starts over after a success.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+/// How often a slot that is still active after this consumer took its lock (the old walsender exiting) is retried.
+const BUSY_RETRY: Duration = Duration::from_millis(50);
+/// A slot still active this long after the lock was taken has no live holder: its session is terminated.
+const BUSY_TERMINATE_AFTER: Duration = Duration::from_secs(2);
+/// After this long of a busy slot, retries fall back to the normal backoff.
+const BUSY_FAST_FOR: Duration = Duration::from_secs(10);
+/// How often a standby refreshes who holds the slot.
+const HOLDER_REFRESH: Duration = Duration::from_secs(2);
+
+/// The session that holds the slot (or, between its replication sessions, the slot's advisory lock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Its backend pid.
+    pub pid: i32,
+    /// Its `application_name` (`strata-cdc:<node>` for a Strata consumer).
+    pub application_name: Option<String>,
+    /// Its client address (TCP connections only).
+    pub client_addr: Option<String>,
+}
+
 /// What the consumer has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CdcStats {
+    /// This consumer holds the slot (its advisory lock) and streams from it; `false` on a standby.
+    pub active: bool,
+    /// The backend pid of the slot's holder, when known (see [`CdcHandle::holder`]).
+    pub holder_pid: Option<i32>,
+    /// Times this consumer took the slot over after waiting as a standby.
+    pub takeovers: u64,
     /// Transactions applied.
     pub transactions: u64,
     /// Row changes seen.
@@ -141,6 +231,9 @@ pub struct CdcStats {
 
 #[derive(Default)]
 struct Counters {
+    active: AtomicBool,
+    holder: Mutex<Option<Holder>>,
+    takeovers: AtomicU64,
     transactions: AtomicU64,
     changes: AtomicU64,
     invalidations: AtomicU64,
@@ -158,6 +251,9 @@ impl Counters {
     fn snapshot(&self) -> CdcStats {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         CdcStats {
+            active: self.active.load(Ordering::Relaxed),
+            holder_pid: self.holder().map(|h| h.pid),
+            takeovers: g(&self.takeovers),
             transactions: g(&self.transactions),
             changes: g(&self.changes),
             invalidations: g(&self.invalidations),
@@ -170,6 +266,17 @@ impl Counters {
             slots_lost: g(&self.slots_lost),
             acked_lsn: g(&self.acked_lsn),
         }
+    }
+
+    fn holder(&self) -> Option<Holder> {
+        self.holder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_holder(&self, holder: Option<Holder>) {
+        *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = holder;
     }
 }
 
@@ -188,6 +295,27 @@ pub struct PgCdc {
     counters: Arc<Counters>,
     /// This process has seen the slot (so its disappearance is a loss, not a first start).
     seen_slot: bool,
+    /// For the lock sessions.
+    connect: PgConnectOptions,
+    lock_key: i64,
+    /// The session holding the slot's advisory lock: `Some` while this consumer is the holder.
+    lock: Option<PgConnection>,
+    /// A lock session that found the lock taken at start, handed to the standby loop.
+    waiting: Option<PgConnection>,
+    /// Since when the slot has been busy while this consumer held its lock.
+    busy_since: Option<Instant>,
+    /// A takeover to log once the session streams: when the standby's wait began, and the holder it waited for.
+    takeover: Option<(Instant, Instant, Option<Holder>)>,
+}
+
+/// How a replication session ended.
+enum SessionError {
+    /// The slot is active in another session (the previous holder's walsender, still exiting).
+    Busy(String),
+    /// The advisory lock's session is gone: this consumer is no longer the holder.
+    LockLost(String),
+    /// Anything else.
+    Other(String),
 }
 
 /// A running consumer.
@@ -201,6 +329,17 @@ impl CdcHandle {
     /// What the consumer has done so far.
     pub fn stats(&self) -> CdcStats {
         self.counters.snapshot()
+    }
+
+    /// Whether this consumer holds the slot (`false`: a standby).
+    pub fn is_active(&self) -> bool {
+        self.counters.active.load(Ordering::Relaxed)
+    }
+
+    /// Who holds the slot, as last seen: this consumer's own walsender when active; on a standby, the other
+    /// node's session (refreshed every few seconds).
+    pub fn holder(&self) -> Option<Holder> {
+        self.counters.holder()
     }
 
     /// Stops after the transaction being applied; what was applied is acknowledged.
@@ -253,8 +392,10 @@ fn url_password(url: &str) -> String {
 }
 
 impl PgCdc {
-    /// Validates the options, connects, sets up the publication (and replica identities), ensures the slot, and
-    /// spawns the consumer. Errors name what is wrong; after this returns, the consumer retries on its own.
+    /// Validates the options, connects, reads the mapped tables' primary keys, sets up the publication (and
+    /// replica identities), and spawns the consumer: as the slot's holder when its advisory lock is free (the slot
+    /// is then ensured before this returns), else as a standby that takes over when the holder's session ends.
+    /// Errors name what is wrong; after this returns, the consumer retries on its own.
     pub async fn start(
         options: PgCdcOptions,
         applier: Arc<Applier>,
@@ -276,7 +417,8 @@ impl PgCdc {
                 problem: "no mapping rules: the consumer would invalidate nothing".into(),
             });
         }
-        let mapping = Arc::new(Mapping::new(&options.rules)?);
+        let mut mapping = Mapping::new(&options.rules)?;
+        let app_name = application_name(&options.node);
         let connect: PgConnectOptions = options.url.parse().map_err(|e| CdcError::Option {
             field: "url",
             problem: format!("{e}"),
@@ -296,26 +438,57 @@ impl PgCdc {
         .with_port(connect.get_port())
         .with_status_interval(options.status_interval)
         .with_wakeup_interval(options.status_interval)
-        .with_application_name(format!("strata-cdc-{}", options.slot));
+        .with_application_name(app_name.clone());
+        let connect = connect.application_name(&app_name);
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
             .map_err(pg(format!("connecting to {}", redact(&options.url))))?;
+        mapping.set_primary_keys(primary_keys(&pool, &mapping).await?);
+        mapping.check_keys()?;
+        let lock_key = lock_key(&options.slot);
         let mut cdc = PgCdc {
             options,
-            mapping,
+            mapping: Arc::new(mapping),
             applier,
             pool,
             repl,
             counters: Arc::default(),
             seen_slot: false,
+            connect,
+            lock_key,
+            lock: None,
+            waiting: None,
+            busy_since: None,
+            takeover: None,
         };
         if cdc.options.manage_publication {
             cdc.setup_publication().await?;
         }
-        cdc.ensure_slot().await?;
+        // The first consumer takes the slot at once (and makes sure it exists before returning); later ones
+        // return as standbys and wait for it in the background.
+        let (conn, got) = cdc
+            .try_lock()
+            .await
+            .map_err(pg("taking the slot's advisory lock"))?;
+        if got {
+            cdc.lock = Some(conn);
+            cdc.counters.active.store(true, Ordering::Relaxed);
+            cdc.ensure_slot().await?;
+        } else {
+            // A slot that exists now and vanishes before this node takes over is a loss, not a first start.
+            let exists: bool = sqlx::query_scalar(
+                "select exists(select 1 from pg_replication_slots where slot_name = $1)",
+            )
+            .bind(&cdc.options.slot)
+            .fetch_one(&cdc.pool)
+            .await
+            .map_err(pg("looking up the replication slot"))?;
+            cdc.seen_slot = exists;
+            cdc.waiting = Some(conn);
+        }
         let counters = cdc.counters.clone();
         let (stop, stop_rx) = watch::channel(false);
         let join = tokio::spawn(async move { cdc.run(stop_rx).await });
@@ -528,46 +701,273 @@ impl PgCdc {
         }
     }
 
+    /// Opens a lock session and tries the slot's lock: the connection and whether it is held now.
+    async fn try_lock(&self) -> Result<(PgConnection, bool), sqlx::Error> {
+        let mut conn = PgConnection::connect_with(&self.connect).await?;
+        // The server notices a holder host that vanished (not only a closed socket) within seconds, and a standby
+        // that went away in its wait leaves the queue; server-wide timeouts must not end an idle holder. Older
+        // servers lack some of these settings.
+        for sql in [
+            "set tcp_keepalives_idle = 5",
+            "set tcp_keepalives_interval = 1",
+            "set tcp_keepalives_count = 3",
+            "set client_connection_check_interval = '1s'",
+            "set statement_timeout = 0",
+            "set lock_timeout = 0",
+            "set idle_session_timeout = 0",
+        ] {
+            let _ = sqlx::query(sql).execute(&mut conn).await;
+        }
+        let got: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+            .bind(self.lock_key)
+            .fetch_one(&mut conn)
+            .await?;
+        Ok((conn, got))
+    }
+
+    /// Becomes the holder: at once when the lock is free, else as a standby blocked on it until its holder's
+    /// session ends. `Ok(false)` when stopped meanwhile.
+    async fn wait_for_lock(&mut self, stop: &mut watch::Receiver<bool>) -> Result<bool, String> {
+        let mut conn = match self.waiting.take() {
+            Some(conn) => conn,
+            None => {
+                let (conn, got) = self
+                    .try_lock()
+                    .await
+                    .map_err(|e| format!("taking the slot's advisory lock: {e}"))?;
+                if got {
+                    self.lock = Some(conn);
+                    self.counters.active.store(true, Ordering::Relaxed);
+                    return Ok(true);
+                }
+                conn
+            }
+        };
+        self.counters.active.store(false, Ordering::Relaxed);
+        self.refresh_holder().await;
+        let held_by = self.counters.holder();
+        tracing::info!(
+            slot = %self.options.slot,
+            holder_pid = held_by.as_ref().map(|h| h.pid),
+            holder = held_by.as_ref().and_then(|h| h.application_name.as_deref()),
+            "CDC standby: slot {} held by another node; taking over when its session ends",
+            self.options.slot
+        );
+        let since = Instant::now();
+        let got = {
+            let wait = sqlx::query("select pg_advisory_lock($1)")
+                .bind(self.lock_key)
+                .execute(&mut conn);
+            tokio::pin!(wait);
+            let mut refresh = tokio::time::interval(HOLDER_REFRESH);
+            refresh.reset();
+            loop {
+                tokio::select! {
+                    r = &mut wait => break r,
+                    _ = stop.changed() => return Ok(false),
+                    _ = refresh.tick() => self.refresh_holder().await,
+                }
+            }
+        };
+        got.map_err(|e| format!("waiting for the slot's advisory lock: {e}"))?;
+        self.lock = Some(conn);
+        self.counters.active.store(true, Ordering::Relaxed);
+        bump(&self.counters.takeovers, "strata_cdc_takeovers_total");
+        let previous = self.counters.holder();
+        self.takeover = Some((since, Instant::now(), previous));
+        Ok(true)
+    }
+
+    /// Records who holds the slot: its walsender, or between sessions the lock's holder.
+    async fn refresh_holder(&self) {
+        // pid, application_name, client address
+        type Row = (Option<i32>, Option<String>, Option<String>);
+        let row: Result<Option<Row>, _> = sqlx::query_as(
+            "select coalesce(s.active_pid, l.pid), a.application_name::text, host(a.client_addr)
+               from (select 1) one
+               left join pg_replication_slots s on s.slot_name = $1 and s.active
+               left join pg_locks l on l.locktype = 'advisory' and l.granted and l.objsubid = 1
+                     and l.database = (select oid from pg_database where datname = current_database())
+                     and l.classid = ($2::bigint)::oid and l.objid = ($3::bigint)::oid
+               left join pg_stat_activity a on a.pid = coalesce(s.active_pid, l.pid)
+              limit 1",
+        )
+        .bind(&self.options.slot)
+        .bind(self.lock_key >> 32)
+        .bind(self.lock_key & 0xffff_ffff)
+        .fetch_optional(&self.pool)
+        .await;
+        match row {
+            Ok(row) => self.counters.set_holder(row.and_then(|(pid, name, addr)| {
+                Some(Holder {
+                    pid: pid?,
+                    application_name: name,
+                    client_addr: addr,
+                })
+            })),
+            Err(e) => tracing::debug!(error = %e, "CDC: reading the slot's holder failed"),
+        }
+    }
+
+    /// The lock session is still there (this consumer is still the holder).
+    async fn check_lock(&mut self) -> Result<(), SessionError> {
+        let Some(lock) = self.lock.as_mut() else {
+            return Err(SessionError::LockLost("no lock session".into()));
+        };
+        match tokio::time::timeout(Duration::from_secs(5), lock.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SessionError::LockLost(e.to_string())),
+            Err(_) => Err(SessionError::LockLost(
+                "the lock session did not answer within 5 s".into(),
+            )),
+        }
+    }
+
+    /// Gives up the holder role (the lock's session ends, so a standby takes over at once).
+    async fn release(&mut self) {
+        self.counters.active.store(false, Ordering::Relaxed);
+        if let Some(lock) = self.lock.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), lock.close()).await;
+        }
+    }
+
+    /// The session holding the slot although this consumer holds its lock cannot belong to a live holder (it would
+    /// have noticed losing the lock): end it.
+    async fn terminate_stale_holder(&self) {
+        let r: Result<Vec<(i32, bool)>, _> = sqlx::query_as(
+            "select active_pid, pg_terminate_backend(active_pid) from pg_replication_slots
+              where slot_name = $1 and active_pid is not null",
+        )
+        .bind(&self.options.slot)
+        .fetch_all(&self.pool)
+        .await;
+        match r {
+            Ok(pids) => {
+                for (pid, _) in pids {
+                    tracing::warn!(slot = %self.options.slot, pid, "CDC: slot still held {BUSY_TERMINATE_AFTER:?} after taking its lock; terminating that session (it has no live holder)");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "CDC: terminating the slot's stale session failed")
+            }
+        }
+    }
+
+    async fn sleep(d: Duration, stop: &mut watch::Receiver<bool>) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = stop.changed() => {}
+        }
+    }
+
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(50);
-        let mut first = true;
+        let mut backoff = INITIAL_BACKOFF;
+        // `start` checked the slot when it took the lock.
+        let mut check_slot = false;
+        let mut sessions = 0u64;
+        let mut terminated = false;
+        let mut slow_warned = false;
         while !*stop.borrow() {
-            if !first {
-                bump(&self.counters.reconnects, "strata_cdc_reconnects_total");
+            if self.lock.is_none() {
+                match self.wait_for_lock(&mut stop).await {
+                    Ok(true) => {
+                        check_slot = true;
+                        backoff = INITIAL_BACKOFF;
+                        self.busy_since = None;
+                    }
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, ?backoff, "CDC: could not queue for the slot; retrying");
+                        Self::sleep(backoff, &mut stop).await;
+                        backoff = (backoff * 2).min(self.options.max_backoff);
+                        continue;
+                    }
+                }
+            }
+            if check_slot {
                 if let Err(e) = self.ensure_slot().await {
                     tracing::warn!(error = %e, "CDC: checking the slot failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => {}
-                    }
+                    Self::sleep(backoff, &mut stop).await;
                     backoff = (backoff * 2).min(self.options.max_backoff);
                     continue;
                 }
+                check_slot = false;
             }
-            first = false;
-            match self.session(&mut stop).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, ?backoff, "CDC: replication session ended; reconnecting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => {}
+            if sessions > 0 {
+                bump(&self.counters.reconnects, "strata_cdc_reconnects_total");
+            }
+            sessions += 1;
+            match self.session(&mut stop, &mut backoff).await {
+                Ok(()) => break,
+                Err(SessionError::Busy(e)) => {
+                    let since = *self.busy_since.get_or_insert_with(Instant::now);
+                    let busy = since.elapsed();
+                    if busy < BUSY_FAST_FOR {
+                        if busy >= BUSY_TERMINATE_AFTER && !terminated {
+                            terminated = true;
+                            self.terminate_stale_holder().await;
+                        }
+                        tracing::debug!(error = %e, ?busy, "CDC: slot still active elsewhere; retrying at once");
+                        Self::sleep(BUSY_RETRY, &mut stop).await;
+                    } else {
+                        if !slow_warned {
+                            slow_warned = true;
+                            tracing::warn!(error = %e, ?busy, "CDC: slot still active elsewhere although this node holds its lock; retrying with backoff");
+                        }
+                        Self::sleep(backoff, &mut stop).await;
+                        backoff = (backoff * 2).min(self.options.max_backoff);
                     }
-                    backoff = (backoff * 2).min(self.options.max_backoff);
                 }
+                Err(SessionError::LockLost(e)) => {
+                    tracing::warn!(error = %e, slot = %self.options.slot, "CDC: lost the slot's advisory lock; stepping down to standby");
+                    self.release().await;
+                    terminated = false;
+                    slow_warned = false;
+                }
+                Err(SessionError::Other(e)) => {
+                    tracing::warn!(error = %e, ?backoff, "CDC: replication session ended; reconnecting");
+                    Self::sleep(backoff, &mut stop).await;
+                    backoff = (backoff * 2).min(self.options.max_backoff);
+                    check_slot = true;
+                }
+            }
+        }
+        // Stopped: the walsender is gone (the session shut down); end the lock's session so a standby takes over.
+        self.release().await;
+    }
+
+    /// Re-reads the primary keys (DDL may have changed them); on failure the ones known are kept.
+    async fn reload_primary_keys(&mut self) {
+        match primary_keys(&self.pool, &self.mapping).await {
+            Ok(keys) => {
+                let mut m = (*self.mapping).clone();
+                m.set_primary_keys(keys);
+                if let Err(e) = m.check_keys() {
+                    tracing::error!(error = %e, "CDC: a mapped table lost its primary key; its changes clear the namespace");
+                }
+                self.mapping = Arc::new(m);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "CDC: re-reading the primary keys failed; keeping the known ones")
             }
         }
     }
 
     /// One replication session; `Ok` when stopped.
-    async fn session(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
+    async fn session(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+        backoff: &mut Duration,
+    ) -> Result<(), SessionError> {
+        self.check_lock().await?;
+        self.reload_primary_keys().await;
         let confirmed: Option<String> = sqlx::query_scalar(
             "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = $1",
         )
         .bind(&self.options.slot)
         .fetch_optional(&self.pool)
         .await
-        .map_err(|e| format!("reading the slot's confirmed LSN: {e}"))?
+        .map_err(|e| SessionError::Other(format!("reading the slot's confirmed LSN: {e}")))?
         .flatten();
         let mut applied = confirmed
             .as_deref()
@@ -575,9 +975,47 @@ impl PgCdc {
             .map_or(0, Lsn::as_u64);
         let mut client = ReplicationClient::connect(self.repl.clone())
             .await
-            .map_err(|e| format!("connecting for replication: {e}"))?;
+            .map_err(|e| SessionError::Other(format!("connecting for replication: {e}")))?;
+        let started = tokio::select! {
+            r = client.wait_started() => r,
+            _ = stop.changed() => {
+                let _ = client.shutdown().await;
+                return Ok(());
+            }
+        };
+        if let Err(e) = started {
+            let e = e.to_string();
+            // object_in_use: "replication slot … is active for PID …".
+            return Err(if e.contains("55006") {
+                SessionError::Busy(e)
+            } else {
+                SessionError::Other(format!("starting replication: {e}"))
+            });
+        }
+        // Streaming: the slot is this session's.
+        *backoff = INITIAL_BACKOFF;
+        self.busy_since = None;
+        self.refresh_holder().await;
+        if let Some((waited_since, locked_at, previous)) = self.takeover.take() {
+            let me = self.counters.holder();
+            tracing::info!(
+                slot = %self.options.slot,
+                previous_pid = previous.as_ref().map(|h| h.pid),
+                previous = previous.as_ref().and_then(|h| h.application_name.as_deref()),
+                holder_pid = me.as_ref().map(|h| h.pid),
+                holder = me.as_ref().and_then(|h| h.application_name.as_deref()),
+                standby_for = ?locked_at.duration_since(waited_since),
+                takeover = ?locked_at.elapsed(),
+                "CDC: took over slot {}: streaming {:?} after its lock freed",
+                self.options.slot,
+                locked_at.elapsed()
+            );
+        }
         let mut relations: HashMap<u32, Relation> = HashMap::new();
         let mut tx: Option<Tx> = None;
+        let mut lock_check =
+            tokio::time::interval(self.options.status_interval.max(Duration::from_millis(100)));
+        lock_check.reset();
         loop {
             let event = tokio::select! {
                 ev = client.recv() => ev,
@@ -585,11 +1023,15 @@ impl PgCdc {
                     let _ = client.shutdown().await;
                     return Ok(());
                 }
+                _ = lock_check.tick() => {
+                    self.check_lock().await?;
+                    continue;
+                }
             };
             let event = match event {
                 Ok(Some(ev)) => ev,
-                Ok(None) => return Err("the server ended the stream".into()),
-                Err(e) => return Err(e.to_string()),
+                Ok(None) => return Err(SessionError::Other("the server ended the stream".into())),
+                Err(e) => return Err(SessionError::Other(e.to_string())),
             };
             match event {
                 ReplicationEvent::Begin { final_lsn, .. } => {
@@ -723,6 +1165,45 @@ struct Tx {
     batch: Batch,
 }
 
+/// The `PRIMARY KEY` columns (in key order; empty for a table without one) of every mapped table, from the
+/// catalog. A mapped table that does not exist is an error naming its rule.
+async fn primary_keys(
+    pool: &PgPool,
+    mapping: &Mapping,
+) -> Result<HashMap<(String, String), Vec<String>>, CdcError> {
+    let mut out = HashMap::new();
+    for (s, t) in mapping.tables() {
+        let pk: Option<Vec<String>> = sqlx::query_scalar(
+            "select array(select a.attname::text
+                            from pg_index i
+                           cross join lateral unnest(i.indkey::int2[]) with ordinality k(attnum, n)
+                            join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+                           where i.indrelid = c.oid and i.indisprimary
+                           order by k.n)
+               from pg_class c
+               join pg_namespace n on n.oid = c.relnamespace
+              where n.nspname = $1 and c.relname = $2",
+        )
+        .bind(&s)
+        .bind(&t)
+        .fetch_optional(pool)
+        .await
+        .map_err(pg(format!("reading the primary key of {s}.{t}")))?;
+        let Some(pk) = pk else {
+            let problem = format!("table {s}.{t} does not exist");
+            return Err(match mapping.table_error(&s, &t, problem.clone()) {
+                Some(e) => CdcError::Config(e),
+                None => CdcError::Option {
+                    field: "rules",
+                    problem,
+                },
+            });
+        };
+        out.insert((s, t), pk);
+    }
+    Ok(out)
+}
+
 /// `duplicate_object`: a publication or slot that another process created first.
 fn already_exists(e: &sqlx::Error) -> bool {
     e.as_database_error()
@@ -784,11 +1265,31 @@ mod tests {
     }
 
     fn mapping() -> Mapping {
-        Mapping::new(&[
+        let mut m = Mapping::new(&[
             Rule::new("shop.price", "price").version_column("v"),
             Rule::new("shop.stock", "stock"),
         ])
-        .unwrap()
+        .unwrap();
+        m.set_primary_keys(
+            ["price", "stock"]
+                .map(|t| (("shop".to_owned(), t.to_owned()), vec!["id".to_owned()]))
+                .into(),
+        );
+        m.check_keys().unwrap();
+        m
+    }
+
+    #[test]
+    fn lock_keys_are_stable_and_fit_pg_locks() {
+        assert_eq!(lock_key("a"), lock_key("a"));
+        assert_ne!(lock_key("a"), lock_key("b"));
+        for slot in ["a", "strata", "strata_cdc_1"] {
+            let k = lock_key(slot);
+            assert!(k >= 0);
+            assert!((k >> 32) <= i64::from(u32::MAX) && (k & 0xffff_ffff) <= i64::from(u32::MAX));
+        }
+        assert_eq!(application_name("n:1"), "strata-cdc:n:1");
+        assert_eq!(application_name(&"x".repeat(100)).len(), 63);
     }
 
     fn tx() -> Tx {

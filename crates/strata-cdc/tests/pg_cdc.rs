@@ -1,17 +1,23 @@
 //! The CDC consumer against real PostgreSQL (a schema, slot and publication per test) and real Redis (a key
 //! prefix per test): changes made outside Strata — with `psql` — invalidate every node's L1 and L2; a consumer
 //! killed mid-transaction and restarted misses nothing; a lost slot clears the namespaces and raises the alarm;
-//! a change no rule can map clears its namespace and the consumer goes on.
+//! a change no rule can map clears its namespace and the consumer goes on; under `REPLICA IDENTITY FULL` the key
+//! evicted is still the primary key; a standby consumer takes over within a second of the holder process being
+//! killed.
 
-use std::sync::Arc;
+use std::io::BufRead;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use strata::codec::Json;
 use strata::{Namespace, Policy};
 use strata_cdc::{Applier, ApplyOptions, CdcHandle, PgCdc, PgCdcOptions, Rule};
-use strata_core::{Bus, EnvelopeKind, SharedTier};
+use strata_core::{Bus, BusEvent, BusMessage, EnvelopeKind, Error, Invalidation, SharedTier};
 use strata_redis::{L2Options, RedisBus, RedisBusOptions, RedisL2};
 use strata_sql::{PgTable, TableSpec};
 use strata_testkit::bus::JammableBus;
@@ -177,6 +183,21 @@ impl World {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Applied bus messages per node.
+    fn applied(&self) -> Vec<u64> {
+        self.cluster
+            .nodes
+            .iter()
+            .map(|n| n.bus_stats().map_or(0, |s| s.applied))
+            .collect()
+    }
+
+    /// L2 holds a tombstone for `key`.
+    async fn l2_tombstoned(&self, key: &str) -> bool {
+        let (stamped, _) = self.l2.lookup("price", key).await.unwrap();
+        stamped.is_some_and(|s| matches!(s.envelope.kind, EnvelopeKind::Tombstone))
     }
 
     /// L2 holds no value for `key` (tombstoned or behind a barrier).
@@ -412,4 +433,354 @@ async fn bad_options_are_named() {
     .err()
     .unwrap();
     assert!(e.to_string().contains("unclosed"), "{e}");
+}
+
+/// Forwards to a bus and remembers what was published.
+struct Recording<B> {
+    inner: B,
+    sent: Mutex<Vec<BusMessage>>,
+}
+
+impl<B: Bus> Recording<B> {
+    fn new(inner: B) -> Self {
+        Self {
+            inner,
+            sent: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The keys of the `Delete` messages published so far.
+    fn deleted_keys(&self) -> Vec<String> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|m| match &m.what {
+                Invalidation::Delete { key } => Some(key.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl<B: Bus> Bus for Recording<B> {
+    fn publish(&self, msg: BusMessage) -> BoxFuture<'_, Result<(), Error>> {
+        self.sent.lock().unwrap().push(msg.clone());
+        self.inner.publish(msg)
+    }
+
+    fn subscribe(&self) -> BoxStream<'static, BusEvent> {
+        self.inner.subscribe()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_replica_identity_full_an_update_evicts_the_primary_key_the_cache_uses() {
+    let w = World::new("fullident").await;
+    let bus = Arc::new(Recording::new(w.bus().await));
+    // A tag over a non-key column: the consumer sets REPLICA IDENTITY FULL, and pgoutput then flags every column
+    // as identity.
+    let options = PgCdcOptions::new(pg_url(), &w.slot, &w.slot).rule(
+        Rule::new(format!("{}.price", w.schema), "price")
+            .version_column("version")
+            .tag("category:{category}"),
+    );
+    let cdc = w.consumer(options, bus.clone()).await;
+    let ident: String = sqlx::query_scalar(&format!(
+        "select relreplident::text from pg_class where oid = '{}.price'::regclass",
+        w.schema
+    ))
+    .fetch_one(&w.pool)
+    .await
+    .unwrap();
+    assert_eq!(ident, "f", "the consumer sets REPLICA IDENTITY FULL");
+    assert_eq!(w.read_all("tv").await, vec![99, 99, 99]);
+    assert!(!w.l2_tombstoned("tv").await);
+
+    psql(&format!(
+        "UPDATE {}.price SET price = 129, version = version + 1 WHERE sku = 'tv'",
+        w.schema
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while bus.deleted_keys().is_empty() {
+        assert!(Instant::now() < deadline, "no key was invalidated");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Exactly `<ns>:<pk>`: "tv", not every column of the row ("tv:129:TV 55:video:2").
+    assert_eq!(bus.deleted_keys(), vec!["tv".to_owned()]);
+    assert!(w.l2_tombstoned("tv").await, "L2 tombstones price:tv");
+    w.wait_evicted("tv", 99).await;
+    assert_eq!(w.read_all("tv").await, vec![129, 129, 129]);
+    // A delete (the old row is the full row) evicts the same key.
+    psql(&format!(
+        "DELETE FROM {}.price WHERE sku = 'radio'",
+        w.schema
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while bus.deleted_keys().len() < 2 {
+        assert!(Instant::now() < deadline, "the delete invalidated nothing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        bus.deleted_keys(),
+        vec!["tv".to_owned(), "radio".to_owned()]
+    );
+    let s = cdc.stats();
+    assert_eq!((s.unmapped, s.undecodable), (0, 0), "{s:?}");
+    cdc.stop().await;
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_mapped_table_without_a_primary_key_and_no_key_template_fails_the_start() {
+    let pool = PgPool::connect(&pg_url()).await.unwrap();
+    let schema = unique("nopk");
+    for sql in [
+        format!("CREATE SCHEMA {schema}"),
+        format!("CREATE TABLE {schema}.event (id bigint, body text)"),
+    ] {
+        sqlx::query(&sql).execute(&pool).await.unwrap();
+    }
+    let applier = Arc::new(Applier::new(
+        None,
+        Arc::new(strata::bus::InProcessBus::new()),
+        "t",
+        ApplyOptions::default(),
+    ));
+    let e = PgCdc::start(
+        PgCdcOptions::new(pg_url(), &schema, &schema)
+            .rule(Rule::new(format!("{schema}.event"), "audit").key("e{id}"))
+            .rule(Rule::new(format!("{schema}.event"), "event")),
+        applier.clone(),
+    )
+    .await
+    .err()
+    .expect("no primary key, no key template: the start fails");
+    let text = e.to_string();
+    assert!(text.contains("rule 1"), "{text}");
+    assert!(text.contains(&format!("{schema}.event")), "{text}");
+    assert!(text.contains("PRIMARY KEY"), "{text}");
+    // Nothing was set up.
+    let slots: i64 =
+        sqlx::query_scalar("select count(*) from pg_replication_slots where slot_name = $1")
+            .bind(&schema)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(slots, 0);
+    let e = PgCdc::start(
+        PgCdcOptions::new(pg_url(), &schema, &schema)
+            .rule(Rule::new(format!("{schema}.missing"), "m")),
+        applier,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+/// The environment variable that turns [`cdc_consumer_process`] into a consumer: `schema|slot|redis prefix`.
+const CHILD_ENV: &str = "STRATA_CDC_TEST_CONSUMER";
+
+/// Not a test: the failover test runs this binary again with [`CHILD_ENV`] set, as a consumer *process* it can
+/// `kill -9` (so its PostgreSQL sessions end as a crashed node's do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a helper process of the failover test"]
+async fn cdc_consumer_process() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split('|').collect();
+    let (schema, slot, prefix) = (parts[0], parts[1], parts[2]);
+    let l2 = RedisL2::connect(
+        &redis_url(),
+        L2Options {
+            prefix: prefix.to_owned(),
+            ..L2Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let bus = RedisBus::connect(
+        &redis_url(),
+        RedisBusOptions {
+            stream: format!("{prefix}:bus"),
+            ..RedisBusOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let applier = Applier::new(
+        Some(Arc::new(l2) as Arc<dyn SharedTier>),
+        Arc::new(bus),
+        "cdc-child",
+        ApplyOptions::default(),
+    );
+    let mut options = PgCdcOptions::new(pg_url(), slot, slot)
+        .rule(Rule::new(format!("{schema}.price"), "price").version_column("version"));
+    options.node = "child".into();
+    let cdc = PgCdc::start(options, Arc::new(applier)).await.unwrap();
+    println!("CONSUMER STARTED active={}", cdc.is_active());
+    std::future::pending::<()>().await;
+}
+
+/// Kills the child process when dropped (a failing test leaves no consumer behind).
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_within_a_second_of_the_holder_process_being_killed() {
+    let w = World::new("failover").await;
+    let before = w.applied();
+    // The holder: another process.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "cdc_consumer_process",
+            "--nocapture",
+        ])
+        .env(
+            CHILD_ENV,
+            format!("{}|{}|{}", w.schema, w.slot, w.cluster.prefix),
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut child = ChildGuard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let line = tokio::task::block_in_place(|| {
+        rx.recv_timeout(Duration::from_secs(60))
+            .into_iter()
+            .chain(rx.iter())
+            .find(|l| l.contains("CONSUMER STARTED"))
+    })
+    .expect("the consumer process started");
+    assert!(line.contains("active=true"), "{line}");
+    // It streams (its walsender holds the slot), and its slot's clear reached every node.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let streaming: Option<String> = sqlx::query_scalar(
+            "select a.application_name::text from pg_replication_slots s
+               join pg_stat_activity a on a.pid = s.active_pid where s.slot_name = $1",
+        )
+        .bind(&w.slot)
+        .fetch_optional(&w.pool)
+        .await
+        .unwrap();
+        let cleared = w.applied().iter().zip(&before).all(|(a, b)| a > b);
+        if cleared && streaming.as_deref() == Some("strata-cdc:child") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the consumer process never streamed ({streaming:?}, cleared: {cleared})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The standby: this process.
+    let mut options = w.options();
+    options.node = "standby".into();
+    let standby = w.consumer(options, Arc::new(w.bus().await)).await;
+    let s = standby.stats();
+    assert!(!s.active && !standby.is_active(), "{s:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let holder = standby.holder();
+        if holder
+            .as_ref()
+            .is_some_and(|h| h.application_name.as_deref() == Some("strata-cdc:child"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby does not see the holder: {holder:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let child_pid = standby.stats().holder_pid.unwrap();
+    assert_eq!(w.read_all("tv").await, vec![99, 99, 99]);
+    assert!(!w.l2_tombstoned("tv").await);
+    // Still a standby (it only waits, and says so in its stats).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = standby.stats();
+    assert!(!s.active, "{s:?}");
+    assert_eq!((s.transactions, s.takeovers), (0, 0), "{s:?}");
+
+    // kill -9 the holder, and change a row right then.
+    let killed = Instant::now();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    sqlx::query(&format!(
+        "UPDATE {}.price SET price = 111, version = version + 1 WHERE sku = 'tv'",
+        w.schema
+    ))
+    .execute(&w.pool)
+    .await
+    .unwrap();
+    let updated = killed.elapsed();
+    let (mut active_at, mut l2_at) = (None, None);
+    let evicted_at = loop {
+        let now = killed.elapsed();
+        if active_at.is_none() && standby.is_active() {
+            active_at = Some(now);
+        }
+        if l2_at.is_none() && w.l2_tombstoned("tv").await {
+            l2_at = Some(now);
+        }
+        let held = w.nodes.iter().any(|ns| {
+            ns.get("tv")
+                .is_some_and(|l| l.value().is_some_and(|p| p.price == 99))
+        });
+        if l2_at.is_some() && !held {
+            break now;
+        }
+        assert!(
+            now < Duration::from_secs(10),
+            "no takeover: {:?}",
+            standby.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    println!(
+        "takeover after kill -9: update committed at {updated:?}, standby holds the lock at {active_at:?}, \
+         L2 tombstone at {l2_at:?}, every L1 evicted at {evicted_at:?}"
+    );
+    assert!(
+        evicted_at < Duration::from_secs(1),
+        "takeover took {evicted_at:?} (L2 at {l2_at:?})"
+    );
+    let s = standby.stats();
+    assert!(s.active && s.takeovers == 1 && s.transactions >= 1, "{s:?}");
+    let holder = standby.holder().unwrap();
+    assert_ne!(holder.pid, child_pid);
+    assert_eq!(
+        holder.application_name.as_deref(),
+        Some("strata-cdc:standby")
+    );
+    assert_eq!(w.read_all("tv").await, vec![111, 111, 111]);
+    standby.stop().await;
+    drop(child);
+    w.cleanup().await;
 }

@@ -569,7 +569,7 @@ pub fn stats_json(state: &AppState) -> Value {
         .lock()
         .expect("cdc lock")
         .as_ref()
-        .map(|c| c.stats());
+        .map(|c| (c.stats(), c.holder()));
     json!({
         "uptime_s": state.started.elapsed().as_secs_f64(),
         "l2": state.has_l2,
@@ -582,7 +582,12 @@ pub fn stats_json(state: &AppState) -> Value {
             "acked": w.acked, "pending": w.pending, "flushed": w.flushed, "failures": w.failures,
             "dead_lettered": w.dead_lettered, "lag_p99_ms": w.lag_p99_micros as f64 / 1000.0,
         })),
-        "cdc": cdc.map(|c| json!({
+        "cdc": cdc.map(|(c, holder)| json!({
+            "active": c.active,
+            "holder": holder.map(|h| json!({
+                "pid": h.pid, "application_name": h.application_name, "client_addr": h.client_addr,
+            })),
+            "takeovers": c.takeovers,
             "transactions": c.transactions, "invalidations": c.invalidations, "unmapped": c.unmapped,
             "undecodable": c.undecodable, "slots_lost": c.slots_lost, "acked_lsn": c.acked_lsn,
         })),

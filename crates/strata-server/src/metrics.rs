@@ -33,6 +33,16 @@ pub fn publish(state: &AppState) {
         wb.publish_metrics();
     }
     metrics::gauge!("strata_uptime_seconds").set(state.started.elapsed().as_secs_f64());
+    // 1 on the node whose CDC consumer holds the slot and streams, 0 on standbys.
+    let cdc_active = state
+        .cdc
+        .lock()
+        .expect("cdc lock")
+        .as_ref()
+        .map(|c| c.is_active());
+    if let Some(active) = cdc_active {
+        metrics::gauge!("strata_cdc_active").set(if active { 1.0 } else { 0.0 });
+    }
 }
 
 /// The Prometheus text format.
