@@ -637,7 +637,8 @@ impl Config {
         Self::embedded_with(data_dir, None, None)
     }
 
-    /// The embedded default, optionally with Redis (L2 and bus: several nodes) and the catalog in PostgreSQL.
+    /// The embedded default, optionally with Redis (L2 and bus: several nodes) and the catalog in PostgreSQL (with
+    /// a CDC consumer on slot and publication [`crate::demo::DEMO_SLOT`]).
     pub fn embedded_with(data_dir: &Path, redis: Option<&str>, postgres: Option<&str>) -> Self {
         let src = crate::demo::EMBEDDED_CONFIG;
         let mut c = Self::parse(src, "<embedded>").expect("the embedded config is valid");
@@ -655,8 +656,28 @@ impl Config {
                 s.sqlite = None;
                 s.postgres = Some(url.to_owned());
             }
+            // Changes made outside Strata (psql) reach every node: CDC on the tables other writers change.
+            // Unqualified tables are resolved in the connection's current schema when the server starts.
+            c.cdc = Some(CdcConfig {
+                source: Spanned::new(0..0, "catalog".into()),
+                slot: crate::demo::DEMO_SLOT.into(),
+                publication: crate::demo::DEMO_SLOT.into(),
+                rules: vec![
+                    strata_cdc::Rule::new("price", "price").version_column("version"),
+                    strata_cdc::Rule::new("inventory", "inventory").version_column("version"),
+                    strata_cdc::Rule::new("product", "product").tag("category:{category}"),
+                ],
+            });
         }
         c
+    }
+
+    /// Names the CDC slot (and the publication: the same name) instead of the configured ones.
+    pub fn set_cdc_slot(&mut self, slot: &str) {
+        if let Some(cdc) = &mut self.cdc {
+            cdc.slot = slot.to_owned();
+            cdc.publication = slot.to_owned();
+        }
     }
 }
 
@@ -796,5 +817,18 @@ mod tests {
         let c = Config::embedded(Path::new("/tmp/x"));
         assert!(c.redis.is_none());
         assert_eq!(c.namespaces.len(), 6);
+        assert!(c.cdc.is_none());
+        let mut c = Config::embedded_with(
+            Path::new("/tmp/x"),
+            Some("redis://127.0.0.1:6379"),
+            Some("postgres://postgres@127.0.0.1/test"),
+        );
+        c.set_cdc_slot("mine");
+        let cdc = c.cdc.as_ref().unwrap();
+        assert_eq!(
+            (cdc.slot.as_str(), cdc.publication.as_str()),
+            ("mine", "mine")
+        );
+        assert!(strata_cdc::Mapping::new(&cdc.rules).is_ok());
     }
 }

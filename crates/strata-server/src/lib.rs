@@ -16,8 +16,10 @@ pub mod bench;
 pub mod bench_api;
 pub mod config;
 pub mod demo;
+pub mod init;
 pub mod metrics;
 pub mod openapi;
+pub mod slot;
 pub mod state;
 
 use std::future::Future;

@@ -34,12 +34,43 @@ enum Command {
         /// Embedded default only: use Redis as L2 and bus (run several nodes).
         #[arg(long)]
         redis: Option<String>,
-        /// Embedded default only: keep the demo catalog in PostgreSQL instead of SQLite.
+        /// With --redis: the key prefix (one per deployment; the bus stream is PREFIX:bus).
+        #[arg(long, default_value = "strata")]
+        redis_prefix: String,
+        /// Embedded default only: keep the demo catalog in PostgreSQL instead of SQLite, with a CDC consumer
+        /// (PostgreSQL needs wal_level=logical) so changes made outside Strata reach every node.
         #[arg(long)]
         postgres: Option<String>,
+        /// With --postgres: the CDC replication slot and publication (one name for both; clean up with
+        /// `strata cdc drop-slot --postgres URL --slot NAME`).
+        #[arg(long, default_value = strata_server::demo::DEMO_SLOT)]
+        slot: String,
+        /// With --postgres: do not run the CDC consumer.
+        #[arg(long)]
+        no_cdc: bool,
+        /// Bearer token for PUT, DELETE, _invalidate and _warm (overrides the config's). Without --config the
+        /// default is $STRATA_TOKEN; with one, the config's `token` / `token_env` decide.
+        #[arg(long)]
+        token: Option<String>,
         /// Log as JSON lines.
         #[arg(long)]
         json_logs: bool,
+    },
+    /// Create the tables a config's namespaces need (from the demo catalog: product, price, inventory, session,
+    /// flag, counter, permission) with the configured key and version columns, and seed the empty ones.
+    /// Idempotent. `serve --config F` needs them and names any that is missing.
+    Init {
+        /// The TOML config (e.g. examples/strata.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Data directory, where relative SQLite files live (overrides the config, as for `serve`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Change data capture administration.
+    Cdc {
+        #[command(subcommand)]
+        command: CdcCommand,
     },
     /// Validate a config file; errors name the line and the field.
     CheckConfig {
@@ -86,6 +117,23 @@ enum Command {
     Bench {
         #[command(subcommand)]
         scenario: strata_server::bench::Scenario,
+    },
+}
+
+#[derive(Subcommand)]
+enum CdcCommand {
+    /// Drop the replication slot and the publication (a slot nobody reads keeps PostgreSQL's WAL forever).
+    /// Refuses when the slot is still active after 5 s: stop every node first.
+    DropSlot {
+        /// Take the PostgreSQL source, slot and publication from this config's `[cdc]`.
+        #[arg(long, conflicts_with_all = ["postgres", "slot"], required_unless_present = "postgres")]
+        config: Option<PathBuf>,
+        /// Or: the database (as given to `serve --postgres`).
+        #[arg(long)]
+        postgres: Option<String>,
+        /// With --postgres: the slot and publication name.
+        #[arg(long, default_value = strata_server::demo::DEMO_SLOT)]
+        slot: String,
     },
 }
 
@@ -167,7 +215,11 @@ fn main() -> anyhow::Result<()> {
             listen,
             data_dir,
             redis,
+            redis_prefix,
             postgres,
+            slot,
+            no_cdc,
+            token,
             json_logs,
         } => {
             init_logs(json_logs);
@@ -177,16 +229,32 @@ fn main() -> anyhow::Result<()> {
                         redis.is_none() && postgres.is_none(),
                         "--redis and --postgres apply to the embedded default; put them in the config file"
                     );
-                    (Config::load(&path)?, false)
+                    anyhow::ensure!(
+                        slot == strata_server::demo::DEMO_SLOT && !no_cdc && redis_prefix == "strata",
+                        "--slot, --no-cdc and --redis-prefix apply to the embedded default; set [cdc] and \
+                         [redis] in the config file"
+                    );
+                    let mut config = Config::load(&path)?;
+                    if token.is_some() {
+                        config.server.token = token;
+                    }
+                    (config, false)
                 }
                 None => {
                     let dir = data_dir
                         .clone()
                         .unwrap_or_else(|| PathBuf::from("strata-data"));
-                    (
-                        Config::embedded_with(&dir, redis.as_deref(), postgres.as_deref()),
-                        true,
-                    )
+                    let mut config =
+                        Config::embedded_with(&dir, redis.as_deref(), postgres.as_deref());
+                    config.set_cdc_slot(&slot);
+                    if let Some(r) = &mut config.redis {
+                        r.prefix = redis_prefix;
+                    }
+                    if no_cdc {
+                        config.cdc = None;
+                    }
+                    config.server.token = token.or_else(|| std::env::var("STRATA_TOKEN").ok());
+                    (config, true)
                 }
             };
             if let Some(l) = listen {
@@ -207,14 +275,72 @@ fn main() -> anyhow::Result<()> {
                 eprintln!(
                     "strata listening on http://{} ({})",
                     listener.local_addr()?,
-                    if seed_demo {
-                        "embedded default: demo catalog, L1 only unless --redis"
-                    } else {
-                        "config"
+                    match (seed_demo, config.cdc.is_some()) {
+                        (false, _) => "config",
+                        (true, false) => "embedded default: demo catalog, L1 only unless --redis",
+                        (true, true) => "embedded default: demo catalog in PostgreSQL, with CDC",
                     }
                 );
                 strata_server::serve(listener, state, shutdown_signal()).await
             })
+        }
+        Command::Init { config, data_dir } => {
+            let mut config = Config::load(&config)?;
+            if let Some(d) = data_dir {
+                config.server.data_dir = d;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(strata_server::init::run(&config))?;
+            for line in &report.lines {
+                println!("{line}");
+            }
+            for s in &report.skipped {
+                println!("skipped namespace {s}: not a demo catalog table; create it yourself");
+            }
+            if report.lines.is_empty() && report.skipped.is_empty() {
+                println!("{}: no namespace is bound to a table", config.origin);
+            }
+            Ok(())
+        }
+        Command::Cdc {
+            command:
+                CdcCommand::DropSlot {
+                    config,
+                    postgres,
+                    slot,
+                },
+        } => {
+            let (url, slot, publication) = match (config, postgres) {
+                (Some(path), _) => {
+                    let c = Config::load(&path)?;
+                    let cdc = c.cdc.as_ref().with_context(|| {
+                        format!("{}: no [cdc] section, so no slot to drop", path.display())
+                    })?;
+                    let url = c.sources[cdc.source.get_ref()]
+                        .get_ref()
+                        .postgres
+                        .clone()
+                        .expect("validated: CDC reads a PostgreSQL source");
+                    (url, cdc.slot.clone(), cdc.publication.clone())
+                }
+                (None, Some(url)) => (url, slot.clone(), slot),
+                (None, None) => anyhow::bail!("give --config FILE or --postgres URL"),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let grace = std::time::Duration::from_secs(5);
+            for line in rt.block_on(strata_server::slot::drop_slot(
+                &url,
+                &slot,
+                &publication,
+                grace,
+            ))? {
+                println!("{line}");
+            }
+            Ok(())
         }
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {

@@ -94,51 +94,100 @@ async fn open_sqlite(path: &PathBuf, max: u32) -> anyhow::Result<SqlitePool> {
         .with_context(|| format!("opening SQLite at {}", path.display()))
 }
 
+/// Connects every source of `config` (SQLite files, created if missing, are relative to the data directory).
+pub async fn connect_sources(config: &Config) -> anyhow::Result<BTreeMap<String, Pool>> {
+    let data_dir = &config.server.data_dir;
+    let mut pools = BTreeMap::new();
+    for (name, s) in &config.sources {
+        let s = s.get_ref();
+        let pool = match (&s.sqlite, &s.postgres) {
+            (Some(path), _) => {
+                let path = if path.is_absolute() {
+                    path.clone()
+                } else {
+                    data_dir.join(path)
+                };
+                Pool::Sqlite(open_sqlite(&path, s.max_connections).await?)
+            }
+            (None, Some(url)) => Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(s.max_connections.max(1))
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect(url)
+                    .await
+                    .with_context(|| format!("connecting to source {name:?} (PostgreSQL)"))?,
+            ),
+            (None, None) => unreachable!("validated: one of sqlite and postgres"),
+        };
+        pools.insert(name.clone(), pool);
+    }
+    Ok(pools)
+}
+
+/// The tables the namespaces of `config` are bound to (not queries): `(namespace, source, table)`.
+pub fn bound_tables(config: &Config) -> Vec<(String, String, String)> {
+    config
+        .namespaces
+        .iter()
+        .filter_map(|(name, n)| {
+            let n = n.get_ref();
+            match (&n.source, &n.query) {
+                (Some(src), None) => Some((
+                    name.clone(),
+                    src.get_ref().clone(),
+                    n.table.clone().unwrap_or_else(|| name.clone()),
+                )),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Fails, naming every missing table at once and how to create them, when a namespace's table does not exist.
+async fn check_tables(config: &Config, pools: &BTreeMap<String, Pool>) -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    for (ns, src, table) in bound_tables(config) {
+        let exists = crate::demo::table_exists(&pools[&src], &table)
+            .await
+            .with_context(|| {
+                format!("namespace {ns}: looking up table {table:?} in source {src:?}")
+            })?;
+        if !exists {
+            missing.push(format!("{table:?} (namespace {ns}, source {src})"));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "missing table{}: {}. Run `strata init --config {}`: it creates the tables the demo catalog describes \
+         (product, price, inventory, session, flag, counter, permission) with the configured key and version \
+         columns and seeds them; create any other table yourself",
+        if missing.len() == 1 { "" } else { "s" },
+        missing.join(", "),
+        config.origin
+    )
+}
+
 impl AppState {
     /// Connects everything the config names and builds the namespaces. With `seed_demo`, the demo catalog is
-    /// created and seeded in every source first.
+    /// created and seeded in every source first. Without it, a table a namespace needs that does not exist is an
+    /// error naming every missing table and `strata init --config F` (which creates the example's tables).
     pub async fn build(config: &Config, seed_demo: bool) -> anyhow::Result<Arc<Self>> {
         let data_dir = &config.server.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
 
         // Sources.
-        let mut pools = BTreeMap::new();
-        for (name, s) in &config.sources {
-            let s = s.get_ref();
-            let pool = match (&s.sqlite, &s.postgres) {
-                (Some(path), _) => {
-                    let path = if path.is_absolute() {
-                        path.clone()
-                    } else {
-                        data_dir.join(path)
-                    };
-                    let pool = open_sqlite(&path, s.max_connections).await?;
-                    if seed_demo {
-                        crate::demo::seed_sqlite(&pool)
-                            .await
-                            .context("seeding the demo catalog")?;
-                    }
-                    Pool::Sqlite(pool)
-                }
-                (None, Some(url)) => {
-                    let pool = PgPoolOptions::new()
-                        .max_connections(s.max_connections.max(1))
-                        .acquire_timeout(Duration::from_secs(5))
-                        .connect(url)
-                        .await
-                        .with_context(|| format!("connecting to source {name:?} (PostgreSQL)"))?;
-                    if seed_demo {
-                        crate::demo::seed_postgres(&pool)
-                            .await
-                            .context("seeding the demo catalog")?;
-                    }
-                    Pool::Postgres(pool)
-                }
-                (None, None) => unreachable!("validated: one of sqlite and postgres"),
-            };
-            pools.insert(name.clone(), pool);
+        let pools = connect_sources(config).await?;
+        if seed_demo {
+            for (name, pool) in &pools {
+                crate::demo::install_all(pool)
+                    .await
+                    .with_context(|| format!("creating the demo catalog in source {name:?}"))?;
+            }
         }
+        check_tables(config, &pools).await?;
 
         // L2 and the bus.
         let (shared, bus): (Option<Arc<dyn SharedTier>>, Arc<dyn Bus>) = match &config.redis {
@@ -288,6 +337,21 @@ impl AppState {
                     .expect("validated: a PostgreSQL source");
                 let mut options = strata_cdc::PgCdcOptions::new(url, &c.slot, &c.publication);
                 options.rules = c.rules.clone();
+                if seed_demo {
+                    // The demo catalog was created in the connection's current schema (the URL may set a
+                    // search_path); CDC rules name tables by schema, and an unqualified one means `public`.
+                    if let Pool::Postgres(p) = &pools[c.source.get_ref()] {
+                        let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+                            .fetch_one(p)
+                            .await
+                            .context("reading the current schema")?;
+                        for r in &mut options.rules {
+                            if !r.table.contains('.') {
+                                r.table = format!("{schema}.{}", r.table);
+                            }
+                        }
+                    }
+                }
                 let applier = strata_cdc::Applier::new(
                     shared.clone(),
                     bus.clone(),
@@ -297,7 +361,13 @@ impl AppState {
                 Some(
                     strata_cdc::PgCdc::start(options, Arc::new(applier))
                         .await
-                        .context("starting change data capture")?,
+                        .with_context(|| {
+                            format!(
+                                "starting change data capture (slot {:?}, publication {:?}; PostgreSQL needs \
+                                 wal_level=logical)",
+                                c.slot, c.publication
+                            )
+                        })?,
                 )
             }
             None => None,
