@@ -109,6 +109,17 @@ pub enum Error {
         /// How long the write waited.
         after: Duration,
     },
+    /// The write-behind journal is damaged: acknowledged writes may be lost. Names the file, the byte offset and
+    /// what is wrong; the start stops unless recovery was asked for explicitly.
+    #[error("write-behind journal {path} is damaged at byte {offset}: {problem}")]
+    JournalDamaged {
+        /// The file (or directory).
+        path: String,
+        /// Where the damage starts.
+        offset: u64,
+        /// What is wrong, and what to do.
+        problem: String,
+    },
     /// A bounded queue is full and stayed full for the allowed wait: back off and retry.
     #[error("overloaded: {0}")]
     Overloaded(String),

@@ -85,6 +85,15 @@ fn engine_error(e: strata::Error) -> ApiError {
         strata::Error::Overloaded(m) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", m.clone())
         }
+        strata::Error::NotPropagated { .. } => {
+            // Committed, but not acknowledged: other nodes could still serve the value it replaced.
+            tracing::warn!(error = %e, "write not propagated");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_propagated",
+                e.to_string(),
+            )
+        }
         strata::Error::Timeout { tier, .. } => {
             tracing::warn!(error = %e, "load timed out");
             ApiError::new(
@@ -576,7 +585,9 @@ pub fn stats_json(state: &AppState) -> Value {
         "namespaces": namespaces,
         "bus": bus.map(|b| json!({
             "published": b.published, "applied": b.applied, "gaps": b.gaps, "backlog": b.backlog,
-            "last_lag_ms": b.last_lag_ms,
+            "last_lag_ms": b.last_lag_ms, "duplicates": b.duplicates,
+            "contact_age_ms": b.contact_age_ms, "bound_ms": b.bound_ms,
+            "untrusted_reads": b.untrusted_reads,
         })),
         "write_behind": wb.map(|w| json!({
             "acked": w.acked, "pending": w.pending, "flushed": w.flushed, "failures": w.failures,

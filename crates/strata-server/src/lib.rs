@@ -40,12 +40,15 @@ pub use state::AppState;
 pub struct RunOptions {
     /// Create and seed the demo catalog in every source first (the embedded default does).
     pub seed_demo: bool,
+    /// Open a damaged write-behind journal anyway, keeping every intact record (`--recover-journal`); by default
+    /// damage stops the start with an error naming the file and byte offset.
+    pub recover_journal: bool,
 }
 
 /// Builds the state for `config` (connecting sources, Redis, CDC).
 pub async fn build(config: &Config, options: &RunOptions) -> anyhow::Result<Arc<AppState>> {
     metrics::install();
-    AppState::build(config, options.seed_demo).await
+    AppState::build(config, options).await
 }
 
 /// The router with request ids and request logs around it.

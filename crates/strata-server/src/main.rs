@@ -52,6 +52,10 @@ enum Command {
         /// default is $STRATA_TOKEN; with one, the config's `token` / `token_env` decide.
         #[arg(long)]
         token: Option<String>,
+        /// Start even if the write-behind journal is damaged, keeping every intact record (the damaged files
+        /// are kept as *.damaged). Without it, damage stops the start and names the file and byte offset.
+        #[arg(long)]
+        recover_journal: bool,
         /// Log as JSON lines.
         #[arg(long)]
         json_logs: bool,
@@ -220,6 +224,7 @@ fn main() -> anyhow::Result<()> {
             slot,
             no_cdc,
             token,
+            recover_journal,
             json_logs,
         } => {
             init_logs(json_logs);
@@ -270,7 +275,11 @@ fn main() -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
                     .with_context(|| format!("binding {}", config.server.listen))?;
-                let state = strata_server::build(&config, &RunOptions { seed_demo }).await?;
+                let options = RunOptions {
+                    seed_demo,
+                    recover_journal,
+                };
+                let state = strata_server::build(&config, &options).await?;
                 // Printed once the server can answer: scripts and tests wait for this line.
                 eprintln!(
                     "strata listening on http://{} ({})",

@@ -173,7 +173,8 @@ impl AppState {
     /// Connects everything the config names and builds the namespaces. With `seed_demo`, the demo catalog is
     /// created and seeded in every source first. Without it, a table a namespace needs that does not exist is an
     /// error naming every missing table and `strata init --config F` (which creates the example's tables).
-    pub async fn build(config: &Config, seed_demo: bool) -> anyhow::Result<Arc<Self>> {
+    pub async fn build(config: &Config, options: &crate::RunOptions) -> anyhow::Result<Arc<Self>> {
+        let seed_demo = options.seed_demo;
         let data_dir = &config.server.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
@@ -229,6 +230,7 @@ impl AppState {
             .any(|n| *n.get_ref().write.get_ref() == WriteModeConfig::Behind);
         let write_behind = if needs_behind {
             let mut o = WriteBehindOptions::default();
+            o.journal.recover_damaged = options.recover_journal;
             if let Some(f) = &config.write_behind.fsync {
                 o.journal.fsync = parse_fsync(f.get_ref()).expect("validated");
             }

@@ -34,9 +34,15 @@ impl Server {
         let dir = config.server.data_dir.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = strata_server::build(&config, &RunOptions { seed_demo: true })
-            .await
-            .unwrap();
+        let state = strata_server::build(
+            &config,
+            &RunOptions {
+                seed_demo: true,
+                ..RunOptions::default()
+            },
+        )
+        .await
+        .unwrap();
         let (stop, rx) = oneshot::channel::<()>();
         let join = tokio::spawn(strata_server::serve(listener, state, async move {
             let _ = rx.await;

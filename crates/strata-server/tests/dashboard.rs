@@ -28,9 +28,15 @@ async fn the_dashboard_renders_live_charts_in_a_browser() {
     let config = Config::embedded(&dir);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = strata_server::build(&config, &RunOptions { seed_demo: true })
-        .await
-        .unwrap();
+    let state = strata_server::build(
+        &config,
+        &RunOptions {
+            seed_demo: true,
+            ..RunOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(strata_server::serve(listener, state, async move {
         let _ = rx.await;

@@ -2,12 +2,14 @@
 //! crash (`kill -9`, power loss with [`Fsync::Always`]).
 //!
 //! # Format
-//! Each record is `len u32 | crc32 u32 | body`, little-endian, where `crc32` covers `body` and
+//! A file is `journal-<first seq>.log` and starts with the 8-byte [`FILE_MAGIC`]. Each record is
+//! `magic u32 | len u32 | crc32 u32 | body`, little-endian, where `magic` is [`RECORD_MAGIC`] (so recovery can find
+//! the next record after a damaged one), `crc32` covers `len` and `body`, and
 //! `body = seq u64 | op u8 | [version u64] | ns_len u16 | ns | key_len u32 | key | value_len u32 | value`, where
 //! `op` is 1 (upsert) or 2 (delete), or 3 / 4 for the same with the write's version (write-behind's hybrid logical
-//! clock) following it; journals written before versions existed still read. `seq` increases by one per record
-//! across restarts. A file is `journal-<first seq>.log`; a new file starts when the current one passes
-//! [`JournalOptions::segment_bytes`], and files wholly below the checkpoint are deleted.
+//! clock) following it. `seq` increases by one per record across restarts. A new file starts when the current
+//! one passes [`JournalOptions::segment_bytes`], and files wholly below the checkpoint are deleted. Files written
+//! before the magic numbers existed (no file header, records without `magic`) still read.
 //!
 //! # Durability
 //! Appends go to one writer thread, which takes every record queued so far, writes them with one `write` and —
@@ -17,12 +19,22 @@
 //! interval.
 //!
 //! # Recovery
-//! [`Journal::open`] reads every file, stops at the first record that is short or fails its checksum (a torn
-//! write at the tail: the file is truncated there, and the count is reported), and returns the records above the
-//! checkpoint — the highest sequence the flusher has committed to the source, kept in `checkpoint` (written to a
-//! temporary file and renamed, so it is never torn). A corrupt record *before* the tail cannot be told apart from
-//! the tail, so everything after it is reported as lost in [`Recovery::truncated_bytes`]; with checksums and
-//! append-only writes this only happens when the disk itself corrupts data.
+//! [`Journal::open`] reads every file and returns the records above the checkpoint — the highest sequence the
+//! flusher has committed to the source, kept in `checkpoint` (written to a temporary file and renamed, so it is
+//! never torn). What it can find wrong, and what it does:
+//! - **A torn tail** — the end of a file holds a record cut short (a crash mid-append: fewer bytes than a header,
+//!   a header whose length runs past the end, or only zeros): the file is truncated there, a warning is logged and
+//!   the bytes are counted in [`Recovery::truncated_bytes`]. Nothing acknowledged is lost: the record was not
+//!   acknowledged before it was whole on disk.
+//! - **Damage** — a record that fails its checksum or does not parse with intact records after it, a complete
+//!   record at the end that fails its checksum, a file that is not a journal, a file that is empty or starts later
+//!   than its name says while records of it are above the checkpoint: acknowledged writes may be gone. Recovery
+//!   resynchronises on the next [`RECORD_MAGIC`] and keeps every intact record after it, copies the damaged file
+//!   to `<name>.damaged` (once), and reports each damage with its file and byte offset in [`Recovery::damage`].
+//!   Unless [`JournalOptions::recover_damaged`] is set, `open` then fails with [`Error::JournalDamaged`] naming the
+//!   first one: a start must not go on as if nothing happened. With it set, the damaged files are rewritten with
+//!   their intact records (the copy keeps the original) and the journal opens.
+//! - A checkpoint that is not a number, or so large that sequence numbers would wrap, is an error naming the file.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -35,9 +47,18 @@ use parking_lot::Mutex;
 use strata_core::Error;
 use tokio::sync::oneshot;
 
-const HEADER: usize = 8;
+/// The first 8 bytes of every journal file written by this version.
+pub const FILE_MAGIC: [u8; 8] = *b"STRJRNL2";
+/// The first 4 bytes of every record (little-endian `u32`): where recovery resynchronises after damage.
+pub const RECORD_MAGIC: u32 = 0x5354_4a52;
+/// `magic | len | crc`.
+const HEADER: usize = 12;
+/// A record of the journals written before [`FILE_MAGIC`]: `len | crc`.
+const LEGACY_HEADER: usize = 8;
 /// No record is larger than this (a longer length field means a torn or corrupt record).
 pub const MAX_RECORD: usize = 64 << 20;
+/// Checkpoints and sequence numbers stay below this: far beyond any real count, and far from wrapping.
+const MAX_SEQ: u64 = 1 << 62;
 
 /// When appends reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +76,9 @@ pub struct JournalOptions {
     pub fsync: Fsync,
     /// Start a new file after this many bytes. Default: 64 MiB.
     pub segment_bytes: u64,
+    /// Open a damaged journal anyway, keeping every intact record (the server's `--recover-journal`). Default:
+    /// `false`: damage stops the open with [`Error::JournalDamaged`].
+    pub recover_damaged: bool,
 }
 
 impl Default for JournalOptions {
@@ -62,6 +86,7 @@ impl Default for JournalOptions {
         Self {
             fsync: Fsync::Always,
             segment_bytes: 64 << 20,
+            recover_damaged: false,
         }
     }
 }
@@ -93,7 +118,8 @@ pub struct Record {
 impl Record {
     fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
-        out.extend_from_slice(&[0; HEADER]);
+        out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+        out.extend_from_slice(&[0; HEADER - 4]);
         out.extend_from_slice(&self.seq.to_le_bytes());
         let (op, value): (u8, &[u8]) = match &self.op {
             Op::Upsert(v) => (1, v),
@@ -112,24 +138,52 @@ impl Record {
         out.extend_from_slice(self.key.as_bytes());
         out.extend_from_slice(&(value.len() as u32).to_le_bytes());
         out.extend_from_slice(value);
-        let body_len = out.len() - start - HEADER;
-        let crc = crc32fast::hash(&out[start + HEADER..]);
-        out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
-        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        let body_len = (out.len() - start - HEADER) as u32;
+        out[start + 4..start + 8].copy_from_slice(&body_len.to_le_bytes());
+        let crc = checksum(&out[start + 4..start + 8], &out[start + HEADER..]);
+        out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
     }
 
-    /// Decodes one record at the start of `bytes`: `Some((record, bytes used))`, or `None` if it is short,
-    /// fails its checksum or is malformed.
-    fn decode(bytes: &[u8]) -> Option<(Record, usize)> {
+    /// Decodes one record at the start of `bytes`.
+    fn decode(bytes: &[u8]) -> Decoded {
+        let Some(head) = bytes.get(..HEADER) else {
+            return Decoded::Short;
+        };
+        if u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) != RECORD_MAGIC {
+            return Decoded::Bad;
+        }
+        let len = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+        if len > MAX_RECORD {
+            return Decoded::Bad;
+        }
+        let Some(body) = bytes.get(HEADER..HEADER + len) else {
+            return Decoded::Short;
+        };
+        if checksum(&head[4..8], body) != crc {
+            return Decoded::Bad;
+        }
+        match Self::parse_body(body) {
+            Some(r) => Decoded::Ok(r, HEADER + len),
+            None => Decoded::Bad,
+        }
+    }
+
+    /// A record of a journal written before the magic numbers: `len u32 | crc32 u32 | body`, `crc32` over `body`.
+    fn decode_legacy(bytes: &[u8]) -> Option<(Record, usize)> {
         let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
         let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
         if len > MAX_RECORD {
             return None;
         }
-        let body = bytes.get(HEADER..HEADER + len)?;
+        let body = bytes.get(LEGACY_HEADER..LEGACY_HEADER + len)?;
         if crc32fast::hash(body) != crc {
             return None;
         }
+        Some((Self::parse_body(body)?, LEGACY_HEADER + len))
+    }
+
+    fn parse_body(body: &[u8]) -> Option<Record> {
         let mut r = Reader(body);
         let seq = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
         let mut op = r.take(1)?[0];
@@ -153,17 +207,32 @@ impl Record {
             2 => Op::Delete,
             _ => return None,
         };
-        Some((
-            Record {
-                seq,
-                namespace,
-                key,
-                op,
-                version,
-            },
-            HEADER + len,
-        ))
+        Some(Record {
+            seq,
+            namespace,
+            key,
+            op,
+            version,
+        })
     }
+}
+
+/// What [`Record::decode`] found at an offset.
+#[derive(Debug, PartialEq, Eq)]
+enum Decoded {
+    /// A record, and the bytes it used.
+    Ok(Record, usize),
+    /// The bytes end before the record does (a torn write, if nothing follows).
+    Short,
+    /// Not a record: wrong magic, an impossible length, a failed checksum, or a body that does not parse.
+    Bad,
+}
+
+fn checksum(len: &[u8], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(len);
+    h.update(body);
+    h.finalize()
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -184,10 +253,170 @@ impl<'a> Reader<'a> {
 pub struct Recovery {
     /// Records above the checkpoint, in order: writes acknowledged but not yet in the source.
     pub pending: Vec<Record>,
-    /// Bytes cut off the tail of a file (a torn last write, or disk corruption).
+    /// Bytes cut off the tail of a file (a torn last write).
     pub truncated_bytes: u64,
     /// The checkpoint read.
     pub checkpoint: u64,
+    /// Damage found (only when [`JournalOptions::recover_damaged`] let the open go on; else `open` failed).
+    pub damage: Vec<Damage>,
+}
+
+/// One damaged place in a journal file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The file.
+    pub path: PathBuf,
+    /// The byte offset where the damage starts.
+    pub offset: u64,
+    /// How many bytes are unreadable from there (0: records are missing, not bytes).
+    pub len: u64,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl Damage {
+    fn error(&self, more: usize) -> Error {
+        let others = match more {
+            0 => String::new(),
+            n => format!(" (and {n} more damaged place(s))"),
+        };
+        Error::JournalDamaged {
+            path: self.path.display().to_string(),
+            offset: self.offset,
+            problem: format!(
+                "{}{others}; a copy is kept as {}.damaged; start with --recover-journal to keep \
+                 the intact records and go on",
+                self.problem,
+                self.path.display()
+            ),
+        }
+    }
+}
+
+/// What one file held.
+struct Scanned {
+    records: Vec<Record>,
+    /// Bytes to keep (the rest is a torn tail).
+    keep: usize,
+    damage: Vec<Damage>,
+    /// Written before the magic numbers (no file header).
+    legacy: bool,
+}
+
+/// Reads one file's records. A legacy file stops at its first unreadable record (its format cannot tell a torn
+/// tail from damage); a current one resynchronises on [`RECORD_MAGIC`] (see the module docs).
+fn scan(path: &Path, bytes: &[u8]) -> Scanned {
+    let mut out = Scanned {
+        records: Vec::new(),
+        keep: bytes.len(),
+        damage: Vec::new(),
+        legacy: false,
+    };
+    let damage = |offset: usize, len: usize, problem: String| Damage {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        len: len as u64,
+        problem,
+    };
+    if bytes.is_empty() {
+        return out;
+    }
+    if !bytes.starts_with(&FILE_MAGIC) {
+        if FILE_MAGIC.starts_with(bytes) {
+            // A header cut short: the file was created and the process died writing its first bytes.
+            out.keep = 0;
+            return out;
+        }
+        let mut at = 0;
+        while let Some((record, used)) = Record::decode_legacy(&bytes[at..]) {
+            out.records.push(record);
+            at += used;
+        }
+        if out.records.is_empty() {
+            out.damage.push(damage(
+                0,
+                bytes.len(),
+                "the file is not a journal (no header and no readable record)".into(),
+            ));
+            return out;
+        }
+        out.legacy = true;
+        out.keep = at;
+        return out;
+    }
+    let mut at = FILE_MAGIC.len();
+    while at < bytes.len() {
+        let why = match Record::decode(&bytes[at..]) {
+            Decoded::Ok(record, used) => {
+                out.records.push(record);
+                at += used;
+                continue;
+            }
+            Decoded::Short => "a record is cut short",
+            Decoded::Bad => "a record fails its checksum or does not parse",
+        };
+        match resync(bytes, at + 1) {
+            Some(next) => {
+                out.damage.push(damage(
+                    at,
+                    next - at,
+                    format!("{why}, and intact records follow it"),
+                ));
+                at = next;
+            }
+            None => {
+                let rest = &bytes[at..];
+                let torn = rest.len() < HEADER
+                    || rest.iter().all(|b| *b == 0)
+                    || (rest.starts_with(&RECORD_MAGIC.to_le_bytes())
+                        && Record::decode(rest) == Decoded::Short);
+                if torn {
+                    out.keep = at;
+                } else {
+                    out.damage.push(damage(
+                        at,
+                        rest.len(),
+                        format!("{why} at the end of the file"),
+                    ));
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The offset of the next intact record at or after `from`.
+fn resync(bytes: &[u8], from: usize) -> Option<usize> {
+    let magic = RECORD_MAGIC.to_le_bytes();
+    (from..bytes.len().saturating_sub(HEADER - 1))
+        .filter(|&i| bytes[i..].starts_with(&magic))
+        .find(|&i| matches!(Record::decode(&bytes[i..]), Decoded::Ok(..)))
+}
+
+/// Keeps the damaged file's original bytes beside it (once: a later open does not overwrite the first copy).
+fn keep_copy(path: &Path) -> Result<(), Error> {
+    let copy = PathBuf::from(format!("{}.damaged", path.display()));
+    if !copy.exists() {
+        fs::copy(path, &copy).map_err(|e| io_err("copying", path, e))?;
+    }
+    Ok(())
+}
+
+/// Rewrites a damaged file with its intact records (write to a temporary file, sync, rename).
+fn rewrite(path: &Path, records: &[Record]) -> Result<(), Error> {
+    let mut bytes = FILE_MAGIC.to_vec();
+    for r in records {
+        r.encode(&mut bytes);
+    }
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        })
+        .and_then(|_| fs::rename(&tmp, path))
+        .map_err(|e| io_err("rewriting", path, e))
 }
 
 struct Append {
@@ -242,43 +471,107 @@ impl Journal {
             ..Recovery::default()
         };
         let mut last_seq = checkpoint;
-        for (_, path) in &segments {
+        let mut damage = Vec::new();
+        let mut damaged_files = Vec::new();
+        for (i, (first, path)) in segments.iter().enumerate() {
             let mut bytes = Vec::new();
             File::open(path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(|e| io_err("reading", path, e))?;
-            let mut at = 0;
-            while at < bytes.len() {
-                match Record::decode(&bytes[at..]) {
-                    Some((record, used)) => {
-                        last_seq = last_seq.max(record.seq);
-                        if record.seq > checkpoint {
-                            recovery.pending.push(record);
-                        }
-                        at += used;
-                    }
-                    None => break,
+            let scanned = scan(path, &bytes);
+            // A file whose name says it starts at `first` must hold `first` first, unless everything from
+            // `first` on was checkpointed or nothing was ever written to it (the last file, or one that the next
+            // file's name follows directly).
+            let holds_from = scanned.records.first().map(|r| r.seq);
+            let next_first = segments.get(i + 1).map(|(n, _)| *n);
+            let expected_upto = match (holds_from, next_first) {
+                (Some(h), _) => h,
+                (None, Some(n)) => n,
+                (None, None) => *first,
+            };
+            if expected_upto > (*first).max(checkpoint + 1) && scanned.damage.is_empty() {
+                damage.push(Damage {
+                    path: path.clone(),
+                    offset: 0,
+                    len: 0,
+                    problem: format!(
+                        "records {}..{} are missing: the file's name says it starts at {first}",
+                        (*first).max(checkpoint + 1),
+                        expected_upto - 1
+                    ),
+                });
+            }
+            for record in &scanned.records {
+                last_seq = last_seq.max(record.seq);
+                if record.seq > checkpoint {
+                    recovery.pending.push(record.clone());
                 }
             }
-            if at < bytes.len() {
-                recovery.truncated_bytes += (bytes.len() - at) as u64;
+            if !scanned.damage.is_empty() {
+                damage.extend(scanned.damage.iter().cloned());
+                damaged_files.push((path.clone(), scanned.records));
+            } else if scanned.keep < bytes.len() {
+                let cut = (bytes.len() - scanned.keep) as u64;
+                recovery.truncated_bytes += cut;
+                tracing::warn!(
+                    "{}",
+                    format!(
+                    "write-behind journal {}: cut a torn tail of {cut} bytes at offset {} (a write \
+                     interrupted by a crash; it was never acknowledged)",
+                    path.display(),
+                    scanned.keep
+                )
+                );
                 let f = OpenOptions::new()
                     .write(true)
                     .open(path)
                     .map_err(|e| io_err("opening", path, e))?;
-                f.set_len(at as u64)
+                f.set_len(scanned.keep as u64)
                     .and_then(|_| f.sync_all())
                     .map_err(|e| io_err("truncating", path, e))?;
             }
         }
+        if !damage.is_empty() {
+            metrics::counter!("strata_journal_damage_total").increment(damage.len() as u64);
+            for (path, _) in &damaged_files {
+                keep_copy(path)?;
+            }
+            for d in &damage {
+                tracing::error!(
+                    "{}",
+                    format!(
+                        "write-behind journal {} damaged at byte {} ({} bytes): {}",
+                        d.path.display(),
+                        d.offset,
+                        d.len,
+                        d.problem
+                    )
+                );
+            }
+            if !options.recover_damaged {
+                return Err(damage[0].error(damage.len() - 1));
+            }
+            for (path, records) in &damaged_files {
+                rewrite(path, records)?;
+            }
+            recovery.damage = damage;
+        }
+        recovery.pending.sort_by_key(|r| r.seq);
+        recovery.pending.dedup_by_key(|r| r.seq);
+        if last_seq >= MAX_SEQ {
+            return Err(Error::JournalDamaged {
+                path: dir.display().to_string(),
+                offset: 0,
+                problem: format!(
+                    "sequence number {last_seq} (checkpoint or record) is implausibly large: \
+                     continuing would make sequence numbers wrap"
+                ),
+            });
+        }
         let next_seq = last_seq + 1;
         // Appends always go to a new file, so a recovered file is never written again.
         let path = dir.join(format!("journal-{next_seq:020}.log"));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_err("creating", &path, e))?;
+        let file = open_segment(&path)?;
         sync_dir(&dir)?;
         // The file may exist already: an earlier process opened it and died before appending. It is listed
         // once: a second entry would let a checkpoint delete the file this process appends to.
@@ -356,6 +649,11 @@ impl Journal {
     /// Records that every write up to `seq` is in the source; files wholly below it are deleted.
     pub fn checkpoint(&self, seq: u64) -> Result<(), Error> {
         let dir = &self.inner.dir;
+        if seq >= self.inner.next_seq.load(Ordering::SeqCst) {
+            return Err(Error::InvalidState(
+                "a journal checkpoint must not pass the last sequence number issued",
+            ));
+        }
         let previous = self.inner.checkpoint.fetch_max(seq, Ordering::SeqCst);
         if seq <= previous {
             return Ok(());
@@ -411,16 +709,45 @@ impl Durable {
 fn read_checkpoint(dir: &Path) -> Result<u64, Error> {
     let path = dir.join("checkpoint");
     match fs::read_to_string(&path) {
-        Ok(s) => s.trim().parse().map_err(|_| Error::Unavailable {
-            tier: strata_core::Tier::Source,
-            message: format!(
-                "write-behind journal: {} holds {s:?}, not a sequence number",
-                path.display()
-            ),
-        }),
+        Ok(s) => match s.trim().parse::<u64>() {
+            Ok(seq) if seq < MAX_SEQ => Ok(seq),
+            Ok(seq) => Err(Error::JournalDamaged {
+                path: path.display().to_string(),
+                offset: 0,
+                problem: format!(
+                    "the checkpoint {seq} is implausibly large: continuing would make sequence numbers wrap"
+                ),
+            }),
+            Err(_) => Err(Error::JournalDamaged {
+                path: path.display().to_string(),
+                offset: 0,
+                problem: format!("the checkpoint holds {s:?}, not a sequence number"),
+            }),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(io_err("reading", &path, e)),
     }
+}
+
+/// Opens a segment for appending, writing the file header if the file is new (or was left empty, or with a header
+/// cut short, by a process that died right after creating it).
+fn open_segment(path: &Path) -> Result<File, Error> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io_err("creating", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| io_err("inspecting", path, e))?
+        .len();
+    if len < FILE_MAGIC.len() as u64 {
+        file.set_len(0)
+            .and_then(|_| file.write_all(&FILE_MAGIC))
+            .and_then(|_| file.sync_all())
+            .map_err(|e| io_err("writing the header of", path, e))?;
+    }
+    Ok(file)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
@@ -485,9 +812,8 @@ impl Writer {
             let path = self.dir.join(format!("journal-{first:020}.log"));
             self.file
                 .sync_all()
-                .and_then(|_| OpenOptions::new().create(true).append(true).open(&path))
-                .map(|f| self.file = f)
-                .map_err(|e| format!("starting {}: {e}", path.display()))?;
+                .map_err(|e| format!("syncing before starting {}: {e}", path.display()))?;
+            self.file = open_segment(&path).map_err(|e| e.to_string())?;
             sync_dir(&self.dir).map_err(|e| e.to_string())?;
             self.segments.lock().push((first, path));
             self.written = 0;
@@ -686,6 +1012,203 @@ mod tests {
         );
     }
 
+    /// Five records of 100-byte values in one file; returns the journal's directory and the file.
+    async fn five_records(name: &str) -> (PathBuf, PathBuf) {
+        let d = dir(name);
+        let (j, _) = Journal::open(&d, JournalOptions::default()).unwrap();
+        for i in 0..5u8 {
+            j.append("n", &format!("k{i}"), Op::Upsert(vec![i; 100]))
+                .await
+                .unwrap();
+        }
+        j.close();
+        drop(j);
+        let file = fs::read_dir(&d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| {
+                fs::metadata(p).map(|m| m.len() > 8).unwrap_or(false)
+                    && p.extension().is_some_and(|x| x == "log")
+            })
+            .unwrap();
+        (d, file)
+    }
+
+    fn damage_at(file: &Path, offset: usize, bytes: &[u8]) {
+        let mut all = fs::read(file).unwrap();
+        all[offset..offset + bytes.len()].copy_from_slice(bytes);
+        fs::write(file, all).unwrap();
+    }
+
+    fn recovering() -> JournalOptions {
+        JournalOptions {
+            recover_damaged: true,
+            ..JournalOptions::default()
+        }
+    }
+
+    /// One record is `12 + 8 + 1 + 8? + 2 + 1 + 4 + 2 + 4 + 100` bytes; the third starts after the header and
+    /// two records.
+    fn record_len() -> usize {
+        let mut b = Vec::new();
+        Record {
+            seq: 1,
+            namespace: "n".into(),
+            key: "k0".into(),
+            op: Op::Upsert(vec![0; 100]),
+            version: None,
+        }
+        .encode(&mut b);
+        b.len()
+    }
+
+    fn keys(rec: &Recovery) -> Vec<String> {
+        rec.pending.iter().map(|r| r.key.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_flipped_byte_mid_file_stops_the_open_naming_file_and_offset_and_recovery_keeps_the_rest(
+    ) {
+        let (d, file) = five_records("flip").await;
+        let third = FILE_MAGIC.len() + 2 * record_len();
+        damage_at(&file, third + 30, &[0xff]);
+        let err = Journal::open(&d, JournalOptions::default())
+            .err()
+            .expect("a damaged journal must not open silently")
+            .to_string();
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(err.contains(&format!("byte {third}")), "{err}");
+        assert!(err.contains("--recover-journal"), "{err}");
+        let copy = PathBuf::from(format!("{}.damaged", file.display()));
+        assert!(copy.exists(), "the damaged file was not kept");
+        let (_, rec) = Journal::open(&d, recovering()).unwrap();
+        assert_eq!(keys(&rec), ["k0", "k1", "k3", "k4"]);
+        assert_eq!(rec.damage.len(), 1);
+        // The damaged file was rewritten with its intact records: the next start is clean.
+        let (_, rec) = Journal::open(&d, JournalOptions::default()).unwrap();
+        assert_eq!(keys(&rec), ["k0", "k1", "k3", "k4"]);
+    }
+
+    #[tokio::test]
+    async fn a_zeroed_block_mid_file_is_damage_not_a_tail() {
+        let (d, file) = five_records("zeroed").await;
+        let second = FILE_MAGIC.len() + record_len();
+        damage_at(&file, second, &vec![0; record_len() + 20]);
+        assert!(Journal::open(&d, JournalOptions::default()).is_err());
+        let (_, rec) = Journal::open(&d, recovering()).unwrap();
+        assert_eq!(keys(&rec), ["k0", "k3", "k4"]);
+    }
+
+    #[tokio::test]
+    async fn a_huge_length_field_is_damage_and_the_records_after_it_are_kept() {
+        let (d, file) = five_records("huge").await;
+        let first = FILE_MAGIC.len();
+        damage_at(&file, first + 4, &u32::MAX.to_le_bytes());
+        let err = Journal::open(&d, JournalOptions::default()).err().unwrap();
+        assert!(
+            matches!(err, Error::JournalDamaged { offset: 8, .. }),
+            "{err}"
+        );
+        let (_, rec) = Journal::open(&d, recovering()).unwrap();
+        assert_eq!(keys(&rec), ["k1", "k2", "k3", "k4"]);
+    }
+
+    #[tokio::test]
+    async fn a_flipped_byte_in_the_last_whole_record_is_damage_too() {
+        let (d, file) = five_records("last").await;
+        let len = fs::metadata(&file).unwrap().len() as usize;
+        damage_at(&file, len - 3, &[0x01]);
+        assert!(Journal::open(&d, JournalOptions::default()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_zero_filled_tail_is_a_torn_write_and_is_cut() {
+        let (d, file) = five_records("zero-tail").await;
+        let mut f = OpenOptions::new().append(true).open(&file).unwrap();
+        f.write_all(&[0; 4096]).unwrap();
+        let (_, rec) = Journal::open(&d, JournalOptions::default()).unwrap();
+        assert_eq!(rec.pending.len(), 5);
+        assert_eq!(rec.truncated_bytes, 4096);
+    }
+
+    #[tokio::test]
+    async fn a_garbage_segment_is_damage() {
+        let (d, file) = five_records("garbage").await;
+        fs::write(&file, vec![0x42; 700]).unwrap();
+        let err = Journal::open(&d, JournalOptions::default()).err().unwrap();
+        assert!(err.to_string().contains("not a journal"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_emptied_segment_whose_records_are_missing_is_damage() {
+        let d = dir("emptied");
+        let options = JournalOptions {
+            segment_bytes: 300,
+            ..JournalOptions::default()
+        };
+        let (j, _) = Journal::open(&d, options.clone()).unwrap();
+        for i in 0..6u8 {
+            j.append("n", &format!("k{i}"), Op::Upsert(vec![i; 100]))
+                .await
+                .unwrap();
+        }
+        j.close();
+        drop(j);
+        let mut logs: Vec<PathBuf> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        assert!(logs.len() >= 2, "{logs:?}");
+        fs::write(&logs[0], b"").unwrap();
+        let err = Journal::open(&d, options.clone()).err().unwrap();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_checkpoint_that_would_make_sequences_wrap_is_refused() {
+        let d = dir("wrap");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("checkpoint"), u64::MAX.to_string()).unwrap();
+        let err = Journal::open(&d, JournalOptions::default()).err().unwrap();
+        assert!(err.to_string().contains("wrap"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_past_the_last_sequence_is_refused() {
+        let d = dir("cp-past");
+        let (j, _) = Journal::open(&d, JournalOptions::default()).unwrap();
+        let s = j.append("n", "a", Op::Delete).await.unwrap();
+        assert!(j.checkpoint(u64::MAX).is_err());
+        j.checkpoint(s).unwrap();
+        assert!(j.append("n", "b", Op::Delete).await.unwrap() > s);
+    }
+
+    #[test]
+    fn a_journal_written_before_the_magic_numbers_still_reads() {
+        let d = dir("legacy");
+        fs::create_dir_all(&d).unwrap();
+        let mut bytes = Vec::new();
+        for (seq, key) in [(1u64, "a"), (2, "b")] {
+            let mut body = Vec::new();
+            body.extend_from_slice(&seq.to_le_bytes());
+            body.push(2);
+            body.extend_from_slice(&1u16.to_le_bytes());
+            body.extend_from_slice(b"n");
+            body.extend_from_slice(&1u32.to_le_bytes());
+            body.extend_from_slice(key.as_bytes());
+            body.extend_from_slice(&0u32.to_le_bytes());
+            bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            bytes.extend_from_slice(&body);
+        }
+        fs::write(d.join("journal-00000000000000000001.log"), bytes).unwrap();
+        let (_, rec) = Journal::open(&d, JournalOptions::default()).unwrap();
+        assert_eq!(keys(&rec), ["a", "b"]);
+    }
+
     proptest! {
         #[test]
         fn records_round_trip_and_damage_is_always_detected(
@@ -696,13 +1219,13 @@ mod tests {
             let r = Record { seq: 7, namespace: ns, key, op: if delete { Op::Delete } else { Op::Upsert(value) }, version };
             let mut bytes = Vec::new();
             r.encode(&mut bytes);
-            prop_assert_eq!(Record::decode(&bytes), Some((r.clone(), bytes.len())));
+            prop_assert_eq!(Record::decode(&bytes), Decoded::Ok(r.clone(), bytes.len()));
             let mut damaged = bytes.clone();
             let i = flip % damaged.len();
             damaged[i] ^= 0x5a;
-            prop_assert!(Record::decode(&damaged).is_none(), "a flipped byte at {} went unnoticed", i);
+            prop_assert!(!matches!(Record::decode(&damaged), Decoded::Ok(..)), "a flipped byte at {} went unnoticed", i);
             let short = &bytes[..cut % bytes.len()];
-            prop_assert!(Record::decode(short).is_none());
+            prop_assert!(!matches!(Record::decode(short), Decoded::Ok(..)));
         }
     }
 }
