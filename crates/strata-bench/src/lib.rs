@@ -7,6 +7,7 @@
 pub mod behind_crash;
 pub mod cdc;
 pub mod cluster;
+pub mod consistency;
 pub mod invalidation;
 pub mod l1;
 pub mod l2;

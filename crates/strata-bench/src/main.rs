@@ -118,6 +118,38 @@ enum Scenario {
         #[arg(long)]
         start: i64,
     },
+    /// A cluster of `strata serve` processes under writes (API and SQL) and reads, with optional faults (Redis
+    /// and node kill -9, SIGSTOP): counts reads older than acknowledged writes, and acknowledged writes the source
+    /// lost. One line per write path.
+    Consistency {
+        /// The `strata` binary. Default: target/release/strata, else target/debug/strata.
+        #[arg(long)]
+        strata: Option<std::path::PathBuf>,
+        /// `strata serve` processes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Seconds of workload (extended when the faults need longer).
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// Keys 1..=K (odd ones written through the API, even ones in SQL).
+        #[arg(long, default_value_t = 50)]
+        keys: u32,
+        /// Inject faults: Redis kill -9 + restart, a node kill -9, the CDC node kill -9, a node SIGSTOP 5 s.
+        #[arg(long)]
+        faults: bool,
+        /// Concurrent readers per node (each reads every key in turn).
+        #[arg(long, default_value_t = 4)]
+        readers: usize,
+        /// Writer tasks per write path.
+        #[arg(long, default_value_t = 2)]
+        writers: usize,
+        /// The redis-server binary (started on a free port of its own).
+        #[arg(long, default_value = "redis-server")]
+        redis_server: String,
+        /// PostgreSQL URL (wal_level=logical; the user needs REPLICATION). Default: STRATA_PG_URL or the local `test`.
+        #[arg(long)]
+        pg: Option<String>,
+    },
     /// L1 hit ratios, throughput and memory beside moka and quick_cache.
     L1 {
         /// Gets per thread in the throughput runs.
@@ -278,6 +310,51 @@ fn main() {
                 Ok(report) => println!("{report}"),
                 Err(e) => {
                     eprintln!("invalidation: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Scenario::Consistency {
+            strata,
+            nodes,
+            seconds,
+            keys,
+            faults,
+            readers,
+            writers,
+            redis_server,
+            pg,
+        } => {
+            let pg = pg.unwrap_or_else(|| {
+                std::env::var("STRATA_PG_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+            });
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let options = strata_bench::consistency::Options {
+                strata,
+                nodes,
+                seconds,
+                keys,
+                faults,
+                readers,
+                writers,
+                redis_server,
+                pg,
+            };
+            let result = rt.block_on(strata_bench::consistency::run(options));
+            // Every child process is gone before the runtime is.
+            drop(rt);
+            match result {
+                Ok(reports) => {
+                    for r in reports {
+                        println!("{r}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("consistency: {e:#}");
                     std::process::exit(1);
                 }
             }
