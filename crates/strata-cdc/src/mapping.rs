@@ -7,6 +7,12 @@
 //! version from a version column, or else the transaction's commit LSN. A table may have several rules (the
 //! `product` table feeds the `product` namespace by key and the `listing` namespace by tag).
 //!
+//! Default keys are the cache's keys as they come: pgoutput sends values in text format, and PostgreSQL's text
+//! output of an integer (`42`, `-7`), text or varchar (as stored) and uuid (lowercase hyphenated) column is exactly
+//! the canonical key form `strata_sql` accepts for that column (`strata_sql::schema`; checked against the
+//! database in `strata-sql/tests/keys.rs`), so an event for row 42 evicts `42`, the only key row 42 is cached
+//! under.
+//!
 //! Invariant: a change is never mapped to *less* than it invalidates. When a rule needs a value the change does
 //! not carry — the old category of an updated row without `REPLICA IDENTITY FULL`, an unchanged TOASTed column, a
 //! version that is not a number — the whole namespace of that rule is cleared instead, and the change is counted

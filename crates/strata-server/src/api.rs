@@ -12,6 +12,16 @@
 //!   (the cause is logged with the request id).
 //! - Keys are at most `max_key_len` bytes, not empty, and do not start with `_` (reserved for routes such as
 //!   `_bulk`); bodies are at most `max_body` bytes.
+//! - One key, one row: in a namespace bound to a table or query, a key is the canonical spelling of the key
+//!   column's value (integers `42`/`-7`, never `042`, `+42`, ` 42`, `42.9`; text as is; uuids lowercase
+//!   hyphenated: `strata_sql::schema`). Every route that takes a key (`GET`/`PUT`/`DELETE`, `_bulk`, `_warm` keys
+//!   and ranges, `_invalidate`) checks it once, before the cache, and answers any other spelling with 400
+//!   `bad_key` naming the key and the expected form (`"expected"`) — never mapping it, so no row is cached under
+//!   two keys.
+//! - A `PUT` value is checked against the column types before the write, in every write mode (write-behind
+//!   included): a field that is not a column, does not fit its column's type, is `null` in a `NOT NULL` column,
+//!   or a missing `NOT NULL` column without a default is 400 `bad_value` naming the field (`"field"`) and the
+//!   expected type (`"expected"`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,6 +44,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// More fields of the JSON body (`field`, `expected`).
+    detail: serde_json::Map<String, Value>,
 }
 
 impl ApiError {
@@ -42,7 +54,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            detail: serde_json::Map::new(),
         }
+    }
+
+    /// Adds `name: value` to the JSON body.
+    fn with(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.detail.insert(name.to_owned(), value.into());
+        self
     }
 
     fn bad(code: &'static str, message: impl Into<String>) -> Self {
@@ -52,11 +71,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (
-            self.status,
-            Json(json!({"error": self.code, "message": self.message})),
-        )
-            .into_response();
+        let mut body = self.detail;
+        body.insert("error".into(), self.code.into());
+        body.insert("message".into(), self.message.into());
+        let mut r = (self.status, Json(Value::Object(body))).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -71,8 +89,12 @@ fn engine_error(e: strata::Error) -> ApiError {
     match &e {
         strata::Error::Write { key, source } => {
             if let Some(sql) = source.downcast_ref::<strata_sql::SqlError>() {
-                if matches!(sql, strata_sql::SqlError::BadValue { .. }) {
-                    return ApiError::bad("bad_value", format!("key {key:?}: {sql}"));
+                match sql {
+                    strata_sql::SqlError::BadValue { .. } => {
+                        return ApiError::bad("bad_value", format!("key {key:?}: {sql}"))
+                    }
+                    strata_sql::SqlError::BadKey(k) => return bad_key(k),
+                    _ => {}
                 }
             }
             tracing::error!(error = %e, "write failed");
@@ -179,6 +201,36 @@ fn writable(h: &NsHandle, ns: &str) -> Result<(), ApiError> {
             format!("{ns} is bound to a query: write the tables it reads; invalidate it here"),
         ))
     }
+}
+
+/// 400 `bad_key` naming the key and the form the namespace's key column expects.
+fn bad_key(e: &strata_sql::KeyError) -> ApiError {
+    ApiError::bad("bad_key", e.to_string())
+        .with("key", e.key.clone())
+        .with("expected", e.expected.clone())
+}
+
+/// The request's key as the namespace's cache and source spell it: checked by [`check_key`], then — for a
+/// namespace bound to a table or query — refused unless it is the canonical spelling of a key of its key column
+/// (one key, one row). Every route that takes a key calls this once and uses only what it returns.
+fn canonical_key(state: &AppState, h: &NsHandle, key: &str) -> Result<String, ApiError> {
+    check_key(state, key)?;
+    match &h.schema {
+        Some(schema) => schema.canonical_key(key).map_err(|e| bad_key(&e)),
+        None => Ok(key.to_owned()),
+    }
+}
+
+/// 400 `bad_value` naming the field and its expected type.
+fn bad_value(ns: &str, key: &str, e: strata_sql::BadValue) -> ApiError {
+    let mut err = ApiError::bad("bad_value", format!("{ns}/{key}: {}", e.message));
+    if let Some(f) = e.field {
+        err = err.with("field", f);
+    }
+    if let Some(x) = e.expected {
+        err = err.with("expected", x);
+    }
+    err
 }
 
 fn check_key(state: &AppState, key: &str) -> Result<(), ApiError> {
@@ -318,7 +370,7 @@ async fn get_value(
     Path((ns, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let h = namespace(&state, &ns)?;
-    check_key(&state, &key)?;
+    let key = canonical_key(&state, h, &key)?;
     let lookup = read(h, &key).await?;
     let headers = cache_headers(&state, &lookup);
     match lookup.value() {
@@ -341,13 +393,19 @@ async fn put_value(
     authorize(&state, &headers)?;
     let h = namespace(&state, &ns)?;
     writable(h, &ns)?;
-    check_key(&state, &key)?;
+    let key = canonical_key(&state, h, &key)?;
     let value: Value = json_body(&state, body).await?;
     if h.has_source && !value.is_object() {
         return Err(ApiError::bad(
             "bad_value",
             format!("{ns} is a table: the body must be a JSON object of its columns"),
         ));
+    }
+    // Before any write mode: a write-behind write is acknowledged before it reaches the table.
+    if let Some(schema) = &h.schema {
+        schema
+            .validate(&value)
+            .map_err(|e| bad_value(&ns, &key, e))?;
     }
     let version = if h.has_source {
         Some(h.ns.write(&key, value).await.map_err(engine_error)?)
@@ -369,7 +427,7 @@ async fn delete_value(
     authorize(&state, &headers)?;
     let h = namespace(&state, &ns)?;
     writable(h, &ns)?;
-    check_key(&state, &key)?;
+    let key = canonical_key(&state, h, &key)?;
     if h.has_source {
         h.ns.delete(&key).await.map_err(engine_error)?;
     } else {
@@ -400,20 +458,22 @@ async fn bulk(
             format!("{} keys; at most {MAX_BULK} per request", body.keys.len()),
         ));
     }
-    for k in &body.keys {
-        check_key(&state, k)?;
-    }
+    let keys = body
+        .keys
+        .iter()
+        .map(|k| canonical_key(&state, h, k))
+        .collect::<Result<Vec<_>, _>>()?;
     let lookups = if h.has_source {
-        h.ns.fetch_many(&body.keys).await.map_err(engine_error)?
+        h.ns.fetch_many(&keys).await.map_err(engine_error)?
     } else {
         let mut out = Vec::new();
-        for k in &body.keys {
+        for k in &keys {
             out.push(read(h, k).await?);
         }
         out
     };
     let mut values = serde_json::Map::new();
-    for (k, l) in body.keys.iter().zip(&lookups) {
+    for (k, l) in keys.iter().zip(&lookups) {
         values.insert(k.clone(), l.value().map_or(Value::Null, |v| visible(h, v)));
     }
     Ok(Json(json!({ "values": values })).into_response())
@@ -441,8 +501,8 @@ async fn invalidate(
     let body: InvalidateBody = json_body(&state, body).await?;
     let what = match (&body.key, &body.tag, body.all) {
         (Some(k), None, false) => {
-            check_key(&state, k)?;
-            h.ns.invalidate(k).await;
+            let k = canonical_key(&state, h, k)?;
+            h.ns.invalidate(&k).await;
             json!({"key": k})
         }
         (None, Some(t), false) if !t.is_empty() => {
@@ -507,9 +567,10 @@ async fn warm(
             format!("{} keys; at most {MAX_WARM}", keys.len()),
         ));
     }
-    for k in &keys {
-        check_key(&state, k)?;
-    }
+    let keys = keys
+        .iter()
+        .map(|k| canonical_key(&state, h, k))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut found = 0usize;
     for chunk in keys.chunks(500) {
         let lookups = h.ns.fetch_many(chunk).await.map_err(engine_error)?;

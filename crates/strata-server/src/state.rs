@@ -17,7 +17,7 @@ use strata::bus::{BusListener, InProcessBus};
 use strata::codec::Json;
 use strata::{Cache, Namespace};
 use strata_core::{Bus, SharedTier, Sink, Source};
-use strata_sql::{PgTable, SqliteTable, TableSpec};
+use strata_sql::{PgTable, SqliteTable, TableSchema, TableSpec, TypedSource};
 
 use crate::config::{parse_fsync, Config, WriteModeConfig};
 
@@ -45,6 +45,9 @@ pub struct NsHandle {
     /// Columns a loaded row carries that are not part of the value (the key and the version: they are in the
     /// URL and the `ETag`), so reads and writes show the same shape.
     pub hidden_columns: Vec<String>,
+    /// The source's catalog types (table- or query-bound namespaces): the canonical key form every request's key
+    /// is checked against, and the value check every PUT passes before any write mode (write-behind included).
+    pub schema: Option<Arc<TableSchema>>,
 }
 
 /// The server's shared state.
@@ -257,29 +260,34 @@ impl AppState {
                 .with_policy(policy)
                 .with_codec(Json)
                 .with_weigher(|v: &Value| v.to_string().len());
+            let mut schema = None;
             if let (Some(src), Some(query)) = (&n.source, &n.query) {
                 let query = query.get_ref();
                 let source: Arc<dyn Source<Value>> = match &pools[src.get_ref()] {
-                    Pool::Sqlite(p) => Arc::new(
-                        strata_sql::SqliteQuery::<Value>::bind(
+                    Pool::Sqlite(p) => {
+                        let q = strata_sql::SqliteQuery::<Value>::bind(
                             p.clone(),
                             query,
                             &n.key_column,
                             &n.version_column,
                         )
                         .await
-                        .with_context(|| format!("namespace {name}: its query"))?,
-                    ),
-                    Pool::Postgres(p) => Arc::new(
-                        strata_sql::PgQuery::<Value>::bind(
+                        .with_context(|| format!("namespace {name}: its query"))?;
+                        schema = Some(q.schema().clone());
+                        Arc::new(q)
+                    }
+                    Pool::Postgres(p) => {
+                        let q = strata_sql::PgQuery::<Value>::bind(
                             p.clone(),
                             query,
                             &n.key_column,
                             &n.version_column,
                         )
                         .await
-                        .with_context(|| format!("namespace {name}: its query"))?,
-                    ),
+                        .with_context(|| format!("namespace {name}: its query"))?;
+                        schema = Some(q.schema().clone());
+                        Arc::new(q)
+                    }
                 };
                 b = b.with_source(source);
             } else if let Some(src) = &n.source {
@@ -293,6 +301,7 @@ impl AppState {
                                     .await
                                     .with_context(|| format!("namespace {name}: table {table}"))?,
                             );
+                            schema = Some(t.schema().clone());
                             (t.clone(), t)
                         }
                         Pool::Postgres(p) => {
@@ -301,6 +310,7 @@ impl AppState {
                                     .await
                                     .with_context(|| format!("namespace {name}: table {table}"))?,
                             );
+                            schema = Some(t.schema().clone());
                             (t.clone(), t)
                         }
                     };
@@ -325,6 +335,7 @@ impl AppState {
                     } else {
                         Vec::new()
                     },
+                    schema,
                 },
             );
         }

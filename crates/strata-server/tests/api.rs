@@ -629,6 +629,13 @@ async fn a_namespace_bound_to_a_query_reads_a_join_and_refuses_writes() {
     s.send("POST", "/v1/listing/_invalidate", json!({"key": "7"}))
         .await;
     assert_eq!(s.get("/v1/listing/7").await.body["cents"], 4242);
+    // The query's key follows its key column (product.id, an INTEGER): one spelling.
+    let r = s.get("/v1/listing/07").await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (400, Some("bad_key")),
+        "{r:?}"
+    );
     s.stop().await;
 
     // Config mistakes about queries are located.
@@ -648,4 +655,124 @@ async fn a_namespace_bound_to_a_query_reads_a_join_and_refuses_writes() {
         assert_eq!(e.field, "namespaces.q.query", "{e}");
         assert!(e.message.contains(want), "{e}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_has_one_spelling_and_values_fit_their_columns() {
+    let s = Server::embedded("one_key").await;
+    let before = s.get("/v1/price/42").await;
+    assert_eq!(before.status, 200, "{before:?}");
+    // Other spellings of row 42 are refused on every route, naming the key and the expected form.
+    for bad in ["042", "%2B42", "%2042", "42abc", "42.9", "-0"] {
+        let path = format!("/v1/price/{bad}");
+        let shown = bad.replace("%2B", "+").replace("%20", " ");
+        for r in [
+            s.get(&path).await,
+            s.send("PUT", &path, json!({"cents": 1})).await,
+            http("DELETE", s.url(&path), None, None).await,
+            s.send("POST", "/v1/price/_bulk", json!({"keys": ["42", shown]}))
+                .await,
+            s.send("POST", "/v1/price/_warm", json!({"keys": [shown]}))
+                .await,
+            s.send("POST", "/v1/price/_invalidate", json!({"key": shown}))
+                .await,
+        ] {
+            assert_eq!(
+                (r.status, r.body["error"].as_str()),
+                (400, Some("bad_key")),
+                "{bad}: {r:?}"
+            );
+            let message = r.body["message"].as_str().unwrap();
+            assert!(message.contains(&format!("{shown:?}")), "{message}");
+            assert!(
+                r.body["expected"]
+                    .as_str()
+                    .unwrap()
+                    .contains("canonical decimal"),
+                "{r:?}"
+            );
+        }
+    }
+    // The scenario: a write to 42, then 042 must not serve the old price; a DELETE of 042 deleted nothing.
+    let r = s
+        .send(
+            "PUT",
+            "/v1/price/42",
+            json!({"cents": 4242, "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(s.get("/v1/price/42").await.body["cents"], 4242);
+    assert_eq!(s.get("/v1/price/042").await.status, 400);
+    // Warm ranges are keys too: beyond the column's range they are refused.
+    let r = s
+        .send(
+            "POST",
+            "/v1/price/_warm",
+            json!({"range": [9223372036854775807u64, 9223372036854775808u64]}),
+        )
+        .await;
+    assert_eq!(r.body["error"], "bad_key", "{r:?}");
+    // Text keys are as they are.
+    assert_eq!(s.get("/v1/session/%20abc").await.status, 404);
+
+    // Values are checked against the column types before the write, in every write mode.
+    for (path, value, field, want) in [
+        ("/v1/price/1", json!({"cents": "abc"}), "cents", "integer"),
+        ("/v1/price/1", json!({"cents": 1.5}), "cents", "integer"),
+        ("/v1/price/1", json!({"cents": null}), "cents", "NOT NULL"),
+        (
+            "/v1/price/1",
+            json!({"currency": "USD"}),
+            "cents",
+            "missing",
+        ),
+        (
+            "/v1/price/1",
+            json!({"cents": 1, "currency": 978}),
+            "currency",
+            "string",
+        ),
+        (
+            "/v1/price/1",
+            json!({"cents": 1, "colour": "red"}),
+            "colour",
+            "not a column",
+        ),
+        ("/v1/counter/views", json!({"n": "7"}), "n", "integer"),
+        ("/v1/counter/views", json!({}), "n", "missing"),
+        (
+            "/v1/flag/dark-mode",
+            json!({"enabled": true}),
+            "enabled",
+            "integer",
+        ),
+    ] {
+        let r = s.send("PUT", path, value.clone()).await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str(), r.body["field"].as_str()),
+            (400, Some("bad_value"), Some(field)),
+            "{path} {value}: {r:?}"
+        );
+        assert!(
+            r.body["message"].as_str().unwrap().contains(want)
+                && r.body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("{field:?}")),
+            "{r:?}"
+        );
+        assert!(
+            r.body["expected"].is_string() || want == "not a column",
+            "{r:?}"
+        );
+    }
+    let r = s.get("/v1/price/1").await;
+    assert!(r.body["cents"].is_i64(), "nothing was written: {r:?}");
+    assert_eq!(
+        s.get("/v1/counter/views").await.status,
+        404,
+        "nothing was queued"
+    );
+    s.stop().await;
 }

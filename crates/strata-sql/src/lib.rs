@@ -8,8 +8,19 @@
 //!   are PostgreSQL's own;
 //! - SQLite reads `json_object(column, …)` and writes `json_extract($value, '$.column')` per column.
 //!
-//! Extra row columns (the key, the version) are ignored by serde unless the type denies unknown fields. Fields
-//! that are not columns are refused with an error naming them, so a typo never silently drops data.
+//! Extra row columns (the key, the version) are ignored by serde unless the type denies unknown fields.
+//!
+//! # Keys and values are typed by the catalog
+//! Binding reads each column's type (`pg_attribute` / `PRAGMA table_info`) into a [`TableSchema`] ([`schema`]):
+//! - keys have one canonical spelling per row (integers: `42`, `-7`, never `042`, `+42`, ` 42`, `42.9`; text as
+//!   is; uuids lowercase hyphenated) and anything else is refused with [`SqlError::BadKey`] before SQL —
+//!   [`TypedSource::canonical_key`] lets a caller check a key once, before it reaches the cache. Keys are bound as
+//!   parameters of the key column's type (`= ANY($1::int8[])`, an SQLite integer), never compared through a cast
+//!   of the column, and a single-key load only answers with a row whose key is the one asked for;
+//! - values are checked against the column types ([`TypedSource::validate`]: integers for integer columns, strings
+//!   for text, booleans, `NOT NULL`, unknown or missing fields) on every write, so SQLite's type affinity never
+//!   stores `"abc"` in an INTEGER column; a value the database still refuses (a `CHECK`, a malformed date) is a
+//!   [`SqlError::BadValue`] as well.
 //!
 //! # Versions
 //! Every write bumps the version column in the same statement (`version = version + 1`, `RETURNING version`), so
@@ -17,7 +28,8 @@
 //! (the tombstone's), so a fill of the deleted row is refused. Loads return each row's version.
 //!
 //! # Batches
-//! `load_many` is one query for all keys (`= ANY($1)` / `IN (SELECT value FROM json_each(?))`).
+//! `load_many` is one query for all keys (`= ANY($1)` / `IN (SELECT value FROM json_each(?))`); every key in the
+//! batch must be canonical, and a row answered for a key nobody asked for (or twice for one key) is an error.
 //!
 //! # Why sqlx
 //! One pooled async API for both databases (PostgreSQL wire protocol in Rust, SQLite bundled), with JSON support
@@ -34,6 +46,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::{PgPool, Row, SqlitePool};
 use strata_core::{Fetched, SharedError, Sink, Source};
+
+pub mod schema;
+
+pub use schema::{BadValue, KeyError, KeyKind, TableSchema};
+use schema::{ColumnInfo, KeyParam, KeyParams};
 
 /// What went wrong, and where.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +74,34 @@ pub enum SqlError {
         table: String,
         /// The column.
         column: String,
+    },
+    /// The key column's type has no canonical key form, so the table cannot be bound.
+    #[error(
+        "key column {column:?} of {table:?} has type {column_type}, which has no single spelling per value; key \
+         columns must be integers (smallint, integer, bigint; SQLite INTEGER), text (text, varchar; SQLite TEXT) or \
+         uuid"
+    )]
+    UnsupportedKeyType {
+        /// The table.
+        table: String,
+        /// The key column.
+        column: String,
+        /// Its type.
+        column_type: String,
+    },
+    /// A key is not the canonical spelling of a key of the table (refused before SQL).
+    #[error(transparent)]
+    BadKey(#[from] KeyError),
+    /// The database answered a load with a row for another key than the one asked for, or with two rows for one
+    /// key: nothing is cached.
+    #[error("{table:?} answered the load of {asked} with {problem}")]
+    KeyMismatch {
+        /// The table or query.
+        table: String,
+        /// The key (or batch) asked for.
+        asked: String,
+        /// What came back.
+        problem: String,
     },
     /// A write needs a version column.
     #[error("table {0:?} has no version column configured; writes need one")]
@@ -141,7 +186,7 @@ fn shared(e: SqlError) -> SharedError {
     Arc::new(e)
 }
 
-/// The quoted names and the column list a table was bound with.
+/// The quoted names, the column list and the catalog's types a table (or query) was bound with.
 #[derive(Debug, Clone)]
 struct Bound {
     spec: TableSpec,
@@ -150,14 +195,16 @@ struct Bound {
     version: Option<String>,
     /// Columns other than the key and version, unquoted.
     columns: Vec<String>,
+    /// Canonical keys and value checks.
+    schema: Arc<TableSchema>,
 }
 
 impl Bound {
-    fn new(spec: TableSpec, all_columns: Vec<String>) -> Result<Self, SqlError> {
+    fn new(spec: TableSpec, all_columns: Vec<ColumnInfo>) -> Result<Self, SqlError> {
         if all_columns.is_empty() {
             return Err(SqlError::NoSuchTable(spec.table.clone()));
         }
-        let has = |c: &str| all_columns.iter().any(|x| x == c);
+        let has = |c: &str| all_columns.iter().any(|x| x.name == c);
         for c in std::iter::once(&spec.key_column).chain(spec.version_column.iter()) {
             if !has(c) {
                 return Err(SqlError::NoSuchColumn {
@@ -166,12 +213,28 @@ impl Bound {
                 });
             }
         }
+        let table = quote_ident("table", &spec.table)?;
+        Self::assemble(table, spec, all_columns)
+    }
+
+    fn assemble(
+        table: String,
+        spec: TableSpec,
+        all_columns: Vec<ColumnInfo>,
+    ) -> Result<Self, SqlError> {
         let columns = all_columns
-            .into_iter()
+            .iter()
+            .map(|c| c.name.clone())
             .filter(|c| *c != spec.key_column && Some(c) != spec.version_column.as_ref())
             .collect();
+        let schema = TableSchema::new(
+            spec.table.clone(),
+            &spec.key_column,
+            spec.version_column.as_deref(),
+            all_columns,
+        )?;
         Ok(Self {
-            table: quote_ident("table", &spec.table)?,
+            table,
             key: quote_ident("key column", &spec.key_column)?,
             version: spec
                 .version_column
@@ -179,6 +242,7 @@ impl Bound {
                 .map(|v| quote_ident("version column", v))
                 .transpose()?,
             columns,
+            schema: Arc::new(schema),
             spec,
         })
     }
@@ -188,9 +252,9 @@ impl Bound {
         label: &str,
         key_column: &str,
         version_column: &str,
-        all_columns: Vec<String>,
+        all_columns: Vec<ColumnInfo>,
     ) -> Result<Self, SqlError> {
-        if !all_columns.iter().any(|c| c == key_column) {
+        if !all_columns.iter().any(|c| c.name == key_column) {
             return Err(SqlError::NoSuchColumn {
                 table: label.to_owned(),
                 column: key_column.to_owned(),
@@ -198,27 +262,14 @@ impl Bound {
         }
         let version = all_columns
             .iter()
-            .any(|c| c == version_column)
+            .any(|c| c.name == version_column)
             .then(|| version_column.to_owned());
         let spec = TableSpec {
             table: label.to_owned(),
             key_column: key_column.to_owned(),
             version_column: version,
         };
-        Ok(Self {
-            table: label.to_owned(),
-            key: quote_ident("key column", key_column)?,
-            version: spec
-                .version_column
-                .as_deref()
-                .map(|v| quote_ident("version column", v))
-                .transpose()?,
-            columns: all_columns
-                .into_iter()
-                .filter(|c| *c != spec.key_column && Some(c) != spec.version_column.as_ref())
-                .collect(),
-            spec,
-        })
+        Self::assemble(label.to_owned(), spec, all_columns)
     }
 
     fn version_or_err(&self) -> Result<&str, SqlError> {
@@ -227,7 +278,12 @@ impl Bound {
             .ok_or_else(|| SqlError::NoVersionColumn(self.spec.table.clone()))
     }
 
-    /// The value's fields, checked against the columns.
+    /// The key as a typed parameter, refused unless canonical.
+    fn key_param(&self, key: &str) -> Result<KeyParam, SqlError> {
+        Ok(self.schema.key_param(key)?)
+    }
+
+    /// The value's fields, checked against the columns' types (the key and version columns dropped).
     fn fields<V: Serialize>(
         &self,
         key: &str,
@@ -238,16 +294,15 @@ impl Bound {
             table: self.spec.table.clone(),
             problem,
         };
+        self.schema.key_param(key)?;
         let json = serde_json::to_value(value).map_err(|e| bad(e.to_string()))?;
+        self.schema.validate(&json).map_err(|e| bad(e.message))?;
         let serde_json::Value::Object(mut map) = json else {
             return Err(bad("it is not a struct or map".into()));
         };
         map.remove(&self.spec.key_column);
         if let Some(v) = &self.spec.version_column {
             map.remove(v);
-        }
-        if let Some(unknown) = map.keys().find(|k| !self.columns.contains(k)) {
-            return Err(bad(format!("field {unknown:?} is not a column")));
         }
         Ok(map)
     }
@@ -312,25 +367,60 @@ impl Bound {
         })
     }
 
-    /// The value of the first row (a single-key load), or absence.
-    fn first<V: DeserializeOwned>(
+    /// The value of the row of `key` (a single-key load), or absence. A row for any other key, or a second row,
+    /// is an error: the load never takes "the first row" of an answer that does not match.
+    fn one<V: DeserializeOwned>(
         &self,
+        key: &str,
         rows: Vec<(String, serde_json::Value)>,
     ) -> Result<Fetched<V>, SharedError> {
-        match rows.into_iter().next() {
-            Some((k, row)) => self.decode(&k, row).map_err(shared),
+        let mut found = None;
+        for (k, row) in rows {
+            let problem = if k != key {
+                format!("a row for key {k:?}")
+            } else if found.is_some() {
+                "two rows".to_owned()
+            } else {
+                found = Some(row);
+                continue;
+            };
+            return Err(shared(SqlError::KeyMismatch {
+                table: self.spec.table.clone(),
+                asked: format!("key {key:?}"),
+                problem,
+            }));
+        }
+        match found {
+            Some(row) => self.decode(key, row).map_err(shared),
             None => Ok(Fetched::absent()),
         }
     }
 
-    /// The values of every row, by key (a batch load).
+    /// The values of every row, by key (a batch load of `keys`). A row for a key not asked for, or two rows for
+    /// one key, is an error.
     fn all<V: DeserializeOwned>(
         &self,
+        keys: &[String],
         rows: Vec<(String, serde_json::Value)>,
     ) -> Result<HashMap<String, Fetched<V>>, SharedError> {
-        rows.into_iter()
-            .map(|(k, row)| Ok((k.clone(), self.decode(&k, row).map_err(shared)?)))
-            .collect()
+        let asked: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
+        let mut out = HashMap::with_capacity(rows.len());
+        for (k, row) in rows {
+            let problem = if !asked.contains(k.as_str()) {
+                format!("a row for key {k:?}, which was not asked for")
+            } else if let std::collections::hash_map::Entry::Vacant(slot) = out.entry(k.clone()) {
+                slot.insert(self.decode(&k, row).map_err(shared)?);
+                continue;
+            } else {
+                format!("two rows for key {k:?}")
+            };
+            return Err(shared(SqlError::KeyMismatch {
+                table: self.spec.table.clone(),
+                asked: format!("a batch of {} keys", keys.len()),
+                problem,
+            }));
+        }
+        Ok(out)
     }
 
     fn db(&self, source: sqlx::Error) -> SqlError {
@@ -339,13 +429,98 @@ impl Bound {
             source,
         }
     }
+
+    /// A failed write: the database refusing the value (a data exception, `NOT NULL`, `CHECK`) is the value's
+    /// fault ([`SqlError::BadValue`]); anything else is the database's.
+    fn write_error(&self, key: &str, source: sqlx::Error) -> SqlError {
+        if let sqlx::Error::Database(d) = &source {
+            let code = d.code().unwrap_or_default();
+            // PostgreSQL: class 22 (data exception), 23502 (not null), 23514 (check). SQLite: 275 (CHECK),
+            // 1299 (NOT NULL), 3091 (STRICT table datatype).
+            if code.starts_with("22") || ["23502", "23514", "275", "1299", "3091"].contains(&&*code)
+            {
+                return SqlError::BadValue {
+                    key: key.to_owned(),
+                    table: self.spec.table.clone(),
+                    problem: format!("the database refused it: {}", d.message()),
+                };
+            }
+        }
+        self.db(source)
+    }
+}
+
+/// A bound table or query whose catalog types are known: canonical keys and value checks, for callers that want
+/// to check once before the cache (the server, a write-behind queue).
+pub trait TypedSource {
+    /// The catalog's description, as read at bind time (cheap to clone and keep).
+    fn schema(&self) -> &Arc<TableSchema>;
+
+    /// `key` if it is the canonical spelling of a key of this table (see [`schema`]); else an error naming the key
+    /// and the expected form.
+    fn canonical_key(&self, key: &str) -> Result<String, KeyError> {
+        self.schema().canonical_key(key)
+    }
+
+    /// Checks a value (a JSON object of columns) against the columns' types, as every write does.
+    fn validate(&self, value: &serde_json::Value) -> Result<(), BadValue> {
+        self.schema().validate(value)
+    }
+}
+
+impl<V> TypedSource for PgTable<V> {
+    fn schema(&self) -> &Arc<TableSchema> {
+        &self.bound.schema
+    }
+}
+
+impl<V> TypedSource for SqliteTable<V> {
+    fn schema(&self) -> &Arc<TableSchema> {
+        &self.bound.schema
+    }
+}
+
+/// The SQL spelling of a typed key parameter (`$n` followed by this), by key kind: `(scalar, array)`.
+fn pg_casts(kind: &KeyKind) -> (&'static str, &'static str) {
+    match kind {
+        KeyKind::Integer { .. } => ("::int8", "::int8[]"),
+        KeyKind::Uuid => ("::text::uuid", "::text[]::uuid[]"),
+        _ => ("::text", "::text[]"),
+    }
+}
+
+type PgQ<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+type SqliteQ<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+fn pg_bind_key(q: PgQ<'_>, key: KeyParam) -> PgQ<'_> {
+    match key {
+        KeyParam::Int(n) => q.bind(n),
+        KeyParam::Text(s) => q.bind(s),
+    }
+}
+
+fn pg_bind_keys(q: PgQ<'_>, keys: KeyParams) -> PgQ<'_> {
+    match keys {
+        KeyParams::Int(v) => q.bind(v),
+        KeyParams::Text(v) => q.bind(v),
+    }
+}
+
+fn sqlite_bind_key(q: SqliteQ<'_>, key: KeyParam) -> SqliteQ<'_> {
+    match key {
+        KeyParam::Int(n) => q.bind(n),
+        KeyParam::Text(s) => q.bind(s),
+    }
 }
 
 /// A PostgreSQL table as a [`Source`] and [`Sink`] of `V`.
 pub struct PgTable<V> {
     pool: PgPool,
     bound: Bound,
-    key_type: String,
+    /// `::int8` / `::text` / `::text::uuid`: a key parameter of the key column's type.
+    key_cast: &'static str,
+    /// The same for an array of keys.
+    keys_cast: &'static str,
     _v: PhantomData<fn() -> V>,
 }
 
@@ -358,11 +533,14 @@ impl<V> std::fmt::Debug for PgTable<V> {
 }
 
 impl<V> PgTable<V> {
-    /// Binds `spec` on `pool`: checks the names and reads the table's columns and key type.
+    /// Binds `spec` on `pool`: checks the names and reads the table's columns and their types, `NOT NULL`
+    /// constraints and defaults (a key column of a type without a canonical spelling is refused).
     pub async fn bind(pool: PgPool, spec: TableSpec) -> Result<Self, SqlError> {
         let table = quote_ident("table", &spec.table)?;
         let rows = sqlx::query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                    format_type(a.atttypid, NULL), a.atttypmod, a.attnotnull, \
+                    a.atthasdef OR a.attidentity <> '', a.attgenerated <> '' \
              FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY a.attnum",
         )
@@ -373,22 +551,49 @@ impl<V> PgTable<V> {
             table: spec.table.clone(),
             source,
         })?;
-        let columns: Vec<(String, String)> = rows
+        let columns: Vec<ColumnInfo> = rows
             .iter()
-            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+            .map(|r| {
+                ColumnInfo::postgres(
+                    r.get(0),
+                    r.get(1),
+                    &r.get::<String, _>(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                    r.get(6),
+                )
+            })
             .collect();
-        let key_type = columns
-            .iter()
-            .find(|(c, _)| *c == spec.key_column)
-            .map(|(_, t)| t.clone())
-            .unwrap_or_default();
-        let bound = Bound::new(spec, columns.into_iter().map(|(c, _)| c).collect())?;
+        let bound = Bound::new(spec, columns)?;
+        let (key_cast, keys_cast) = pg_casts(bound.schema.key_kind());
         Ok(Self {
             pool,
             bound,
-            key_type,
+            key_cast,
+            keys_cast,
             _v: PhantomData,
         })
+    }
+
+    /// `key` if it is the canonical spelling of a key of this table, else an error naming it and the form.
+    pub fn canonical_key(&self, key: &str) -> Result<String, KeyError> {
+        self.bound.schema.canonical_key(key)
+    }
+
+    /// Checks a value against the table's column types (what every write of this table checks first).
+    pub fn validate(&self, value: &serde_json::Value) -> Result<(), BadValue> {
+        self.bound.schema.validate(value)
+    }
+
+    /// What every write of `key` with `value` checks before any SQL — the key is canonical, the value fits the
+    /// columns — without writing: [`SqlError::BadKey`] or [`SqlError::BadValue`] (naming key, field and type).
+    /// For callers that acknowledge before they write (write-behind).
+    pub fn check_write(&self, key: &str, value: &V) -> Result<(), SqlError>
+    where
+        V: Serialize,
+    {
+        self.bound.fields(key, value).map(drop)
     }
 
     async fn load_rows(&self, keys: &[String]) -> Result<Vec<(String, serde_json::Value)>, SqlError>
@@ -396,14 +601,14 @@ impl<V> PgTable<V> {
         V: DeserializeOwned,
     {
         let b = &self.bound;
+        let params = b.schema.key_params(keys)?;
         let sql = format!(
-            "SELECT t.{key}::text, to_jsonb(t) FROM {table} t WHERE t.{key} = ANY($1::text[]::{kt}[])",
+            "SELECT t.{key}::text, to_jsonb(t) FROM {table} t WHERE t.{key} = ANY($1{cast})",
             key = b.key,
             table = b.table,
-            kt = self.key_type
+            cast = self.keys_cast
         );
-        let rows = sqlx::query(&sql)
-            .bind(keys)
+        let rows = pg_bind_keys(sqlx::query(&sql), params)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| b.db(e))?;
@@ -418,7 +623,7 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for PgTable<V> {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<V>, SharedError>> {
         async move {
             let rows = self.load_rows(&[key.to_owned()]).await.map_err(shared)?;
-            self.bound.first(rows)
+            self.bound.one(key, rows)
         }
         .boxed()
     }
@@ -429,7 +634,7 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for PgTable<V> {
     ) -> BoxFuture<'a, Result<HashMap<String, Fetched<V>>, SharedError>> {
         async move {
             let rows = self.load_rows(keys).await.map_err(shared)?;
-            self.bound.all(rows)
+            self.bound.all(keys, rows)
         }
         .boxed()
     }
@@ -440,6 +645,7 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for PgTable<V> {
         async move {
             let b = &self.bound;
             let version = b.version_or_err().map_err(shared)?;
+            let param = b.key_param(key).map_err(shared)?;
             let fields = b.fields(key, value).map_err(shared)?;
             let cols: Vec<String> = fields
                 .keys()
@@ -454,18 +660,17 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for PgTable<V> {
                 .collect();
             let sql = format!(
                 "INSERT INTO {table} AS t ({key}{insert_cols}, {version}) \
-                 SELECT $1::text::{kt}{select_cols}, 1 FROM jsonb_populate_record(NULL::{table}, $2::jsonb) r \
+                 SELECT $1{kc}{select_cols}, 1 FROM jsonb_populate_record(NULL::{table}, $2::jsonb) r \
                  ON CONFLICT ({key}) DO UPDATE SET {updates}{version} = t.{version} + 1 RETURNING t.{version}",
                 table = b.table,
                 key = b.key,
-                kt = self.key_type
+                kc = self.key_cast
             );
-            let row = sqlx::query(&sql)
-                .bind(key)
+            let row = pg_bind_key(sqlx::query(&sql), param)
                 .bind(serde_json::Value::Object(fields))
                 .fetch_one(&self.pool)
                 .await
-                .map_err(|e| shared(b.db(e)))?;
+                .map_err(|e| shared(b.write_error(key, e)))?;
             Ok(row.get::<i64, _>(0).max(0) as u64)
         }
         .boxed()
@@ -475,14 +680,14 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for PgTable<V> {
         async move {
             let b = &self.bound;
             let version = b.version_or_err().map_err(shared)?;
+            let param = b.key_param(key).map_err(shared)?;
             let sql = format!(
-                "DELETE FROM {table} WHERE {key} = $1::text::{kt} RETURNING {version}",
+                "DELETE FROM {table} WHERE {key} = $1{kc} RETURNING {version}",
                 table = b.table,
                 key = b.key,
-                kt = self.key_type
+                kc = self.key_cast
             );
-            let row = sqlx::query(&sql)
-                .bind(key)
+            let row = pg_bind_key(sqlx::query(&sql), param)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| shared(b.db(e)))?;
@@ -530,17 +735,18 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for PgTable<V> {
                 .collect();
             let sql = format!(
                 "INSERT INTO {table} AS t ({key}{insert_cols}, {version}) \
-                 SELECT x.k::text::{kt}{select_cols}, x.v \
-                 FROM unnest($1::text[], $2::jsonb[], $3::int8[]) AS x(k, doc, v) \
+                 SELECT x.k{select_cols}, x.v \
+                 FROM unnest($1{ksc}, $2::jsonb[], $3::int8[]) AS x(k, doc, v) \
                  CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, x.doc) r \
                  ON CONFLICT ({key}) DO UPDATE SET {updates}{version} = EXCLUDED.{version} \
                  WHERE t.{version} < EXCLUDED.{version} \
                  RETURNING t.{key}::text",
                 table = b.table,
                 key = b.key,
-                kt = self.key_type
+                ksc = self.keys_cast
             );
-            let keys: Vec<&str> = items.iter().map(|(k, _, _)| *k).collect();
+            let keys: Vec<String> = items.iter().map(|(k, _, _)| (*k).to_owned()).collect();
+            let params = b.schema.key_params(&keys).map_err(|e| shared(e.into()))?;
             let docs: Vec<serde_json::Value> =
                 maps.into_iter().map(serde_json::Value::Object).collect();
             let versions: Vec<i64> = items
@@ -548,16 +754,18 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for PgTable<V> {
                 .map(|(k, _, v)| b.version_i64(k, *v))
                 .collect::<Result<_, _>>()
                 .map_err(shared)?;
-            let rows = sqlx::query(&sql)
-                .bind(&keys)
+            let rows = pg_bind_keys(sqlx::query(&sql), params)
                 .bind(&docs)
                 .bind(&versions)
                 .fetch_all(&self.pool)
                 .await
-                .map_err(|e| shared(b.db(e)))?;
+                .map_err(|e| {
+                    let first = keys.first().map_or("", String::as_str);
+                    shared(b.write_error(first, e))
+                })?;
             let written: std::collections::HashSet<String> =
                 rows.iter().map(|r| r.get::<String, _>(0)).collect();
-            Ok(keys.iter().map(|k| written.contains(*k)).collect())
+            Ok(keys.iter().map(|k| written.contains(k)).collect())
         }
         .boxed()
     }
@@ -570,15 +778,15 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for PgTable<V> {
         async move {
             let b = &self.bound;
             let column = b.version_or_err().map_err(shared)?;
+            let param = b.key_param(key).map_err(shared)?;
             let v = b.version_i64(key, version).map_err(shared)?;
             let sql = format!(
-                "DELETE FROM {table} WHERE {key} = $1::text::{kt} AND {column} < $2",
+                "DELETE FROM {table} WHERE {key} = $1{kc} AND {column} < $2",
                 table = b.table,
                 key = b.key,
-                kt = self.key_type
+                kc = self.key_cast
             );
-            let done = sqlx::query(&sql)
-                .bind(key)
+            let done = pg_bind_key(sqlx::query(&sql), param)
                 .bind(v)
                 .execute(&self.pool)
                 .await
@@ -597,7 +805,6 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for PgTable<V> {
 pub struct SqliteTable<V> {
     pool: SqlitePool,
     bound: Bound,
-    integer_key: bool,
     _v: PhantomData<fn() -> V>,
 }
 
@@ -610,7 +817,8 @@ impl<V> std::fmt::Debug for SqliteTable<V> {
 }
 
 impl<V> SqliteTable<V> {
-    /// Binds `spec` on `pool`: checks the names and reads the table's columns.
+    /// Binds `spec` on `pool`: checks the names and reads the table's columns, their declared types, `NOT NULL`
+    /// constraints and defaults (a key column of a type without a canonical spelling is refused).
     pub async fn bind(pool: SqlitePool, spec: TableSpec) -> Result<Self, SqlError> {
         let table = quote_ident("table", &spec.table)?;
         let rows = sqlx::query(&format!("PRAGMA table_info({table})"))
@@ -620,20 +828,43 @@ impl<V> SqliteTable<V> {
                 table: spec.table.clone(),
                 source,
             })?;
-        let columns: Vec<(String, String)> = rows
+        let columns: Vec<ColumnInfo> = rows
             .iter()
-            .map(|r| (r.get::<String, _>("name"), r.get::<String, _>("type")))
+            .map(|r| {
+                ColumnInfo::sqlite(
+                    r.get("name"),
+                    r.get("type"),
+                    r.get::<i64, _>("notnull") != 0,
+                    r.get::<Option<String>, _>("dflt_value").is_some(),
+                )
+            })
             .collect();
-        let integer_key = columns
-            .iter()
-            .any(|(c, t)| *c == spec.key_column && t.to_ascii_uppercase().contains("INT"));
-        let bound = Bound::new(spec, columns.into_iter().map(|(c, _)| c).collect())?;
+        let bound = Bound::new(spec, columns)?;
         Ok(Self {
             pool,
             bound,
-            integer_key,
             _v: PhantomData,
         })
+    }
+
+    /// `key` if it is the canonical spelling of a key of this table, else an error naming it and the form.
+    pub fn canonical_key(&self, key: &str) -> Result<String, KeyError> {
+        self.bound.schema.canonical_key(key)
+    }
+
+    /// Checks a value against the table's column types (what every write of this table checks first).
+    pub fn validate(&self, value: &serde_json::Value) -> Result<(), BadValue> {
+        self.bound.schema.validate(value)
+    }
+
+    /// What every write of `key` with `value` checks before any SQL — the key is canonical, the value fits the
+    /// columns — without writing: [`SqlError::BadKey`] or [`SqlError::BadValue`] (naming key, field and type).
+    /// For callers that acknowledge before they write (write-behind).
+    pub fn check_write(&self, key: &str, value: &V) -> Result<(), SqlError>
+    where
+        V: Serialize,
+    {
+        self.bound.fields(key, value).map(drop)
     }
 
     async fn load_rows(
@@ -641,6 +872,8 @@ impl<V> SqliteTable<V> {
         keys: &[String],
     ) -> Result<Vec<(String, serde_json::Value)>, SqlError> {
         let b = &self.bound;
+        // Integer keys travel as JSON numbers, so `json_each` yields integers: compared as integers, exactly.
+        let keys_json = b.schema.key_params(keys)?.json();
         let mut pairs: Vec<String> = Vec::new();
         for c in b
             .columns
@@ -650,18 +883,13 @@ impl<V> SqliteTable<V> {
         {
             pairs.push(format!("'{c}', {}", quote_ident("column", c)?));
         }
-        let key_set = if self.integer_key {
-            "SELECT CAST(value AS INTEGER) FROM json_each(?1)"
-        } else {
-            "SELECT value FROM json_each(?1)"
-        };
         let sql = format!(
-            "SELECT CAST({key} AS TEXT), json_object({pairs}) FROM {table} WHERE {key} IN ({key_set})",
+            "SELECT CAST({key} AS TEXT), json_object({pairs}) FROM {table} \
+             WHERE {key} IN (SELECT value FROM json_each(?1))",
             key = b.key,
             table = b.table,
             pairs = pairs.join(", ")
         );
-        let keys_json = serde_json::to_string(keys).expect("strings serialize");
         let rows = sqlx::query(&sql)
             .bind(keys_json)
             .fetch_all(&self.pool)
@@ -686,7 +914,7 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for SqliteTable<V> {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<V>, SharedError>> {
         async move {
             let rows = self.load_rows(&[key.to_owned()]).await.map_err(shared)?;
-            self.bound.first(rows)
+            self.bound.one(key, rows)
         }
         .boxed()
     }
@@ -697,7 +925,7 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for SqliteTable<V> {
     ) -> BoxFuture<'a, Result<HashMap<String, Fetched<V>>, SharedError>> {
         async move {
             let rows = self.load_rows(keys).await.map_err(shared)?;
-            self.bound.all(rows)
+            self.bound.all(keys, rows)
         }
         .boxed()
     }
@@ -708,6 +936,7 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for SqliteTable<V> {
         async move {
             let b = &self.bound;
             let version = b.version_or_err().map_err(shared)?;
+            let param = b.key_param(key).map_err(shared)?;
             let fields = b.fields(key, value).map_err(shared)?;
             let mut cols = Vec::new();
             let mut exprs = Vec::new();
@@ -729,12 +958,11 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for SqliteTable<V> {
                 table = b.table,
                 key = b.key,
             );
-            let row = sqlx::query(&sql)
-                .bind(key)
+            let row = sqlite_bind_key(sqlx::query(&sql), param)
                 .bind(serde_json::Value::Object(fields).to_string())
                 .fetch_one(&self.pool)
                 .await
-                .map_err(|e| shared(b.db(e)))?;
+                .map_err(|e| shared(b.write_error(key, e)))?;
             Ok(row.get::<i64, _>(0).max(0) as u64)
         }
         .boxed()
@@ -744,13 +972,13 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for SqliteTable<V> {
         async move {
             let b = &self.bound;
             let version = b.version_or_err().map_err(shared)?;
+            let param = b.key_param(key).map_err(shared)?;
             let sql = format!(
                 "DELETE FROM {table} WHERE {key} = ?1 RETURNING {version}",
                 table = b.table,
                 key = b.key
             );
-            let row = sqlx::query(&sql)
-                .bind(key)
+            let row = sqlite_bind_key(sqlx::query(&sql), param)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| shared(b.db(e)))?;
@@ -809,13 +1037,13 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for SqliteTable<V> {
             let mut out = Vec::with_capacity(items.len());
             for ((key, _, v), map) in items.iter().zip(maps) {
                 let v = b.version_i64(key, *v).map_err(shared)?;
-                let row = sqlx::query(&sql)
-                    .bind(*key)
+                let param = b.key_param(key).map_err(shared)?;
+                let row = sqlite_bind_key(sqlx::query(&sql), param)
                     .bind(serde_json::Value::Object(map).to_string())
                     .bind(v)
                     .fetch_optional(&mut *tx)
                     .await
-                    .map_err(|e| shared(b.db(e)))?;
+                    .map_err(|e| shared(b.write_error(key, e)))?;
                 out.push(row.is_some());
             }
             tx.commit().await.map_err(|e| shared(b.db(e)))?;
@@ -832,14 +1060,14 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for SqliteTable<V> {
         async move {
             let b = &self.bound;
             let column = b.version_or_err().map_err(shared)?;
+            let param = b.key_param(key).map_err(shared)?;
             let v = b.version_i64(key, version).map_err(shared)?;
             let sql = format!(
                 "DELETE FROM {table} WHERE {key} = ?1 AND {column} < ?2",
                 table = b.table,
                 key = b.key
             );
-            let done = sqlx::query(&sql)
-                .bind(key)
+            let done = sqlite_bind_key(sqlx::query(&sql), param)
                 .bind(v)
                 .execute(&self.pool)
                 .await
@@ -857,6 +1085,55 @@ pub use query::{PgQuery, SqliteQuery};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bound() -> Bound {
+        let col = |name: &str, ty: &str| ColumnInfo::sqlite(name.into(), ty.into(), true, false);
+        Bound::new(
+            TableSpec::new("price", "id", "version"),
+            vec![
+                col("id", "INTEGER"),
+                col("cents", "INTEGER"),
+                col("version", "INTEGER"),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_single_key_load_only_takes_the_row_of_its_key() {
+        let b = bound();
+        let row = |id: i64| {
+            (
+                id.to_string(),
+                serde_json::json!({"id": id, "cents": id * 100, "version": 1}),
+            )
+        };
+        let got: Fetched<serde_json::Value> = b.one("42", vec![row(42)]).unwrap();
+        assert_eq!(got.value.unwrap()["cents"], 4200);
+        // An answer for another key (what a cast comparison would give for `042`) is not taken as the row.
+        let e = b.one::<serde_json::Value>("42", vec![row(43)]).unwrap_err();
+        assert!(e.to_string().contains("a row for key \"43\""), "{e}");
+        let e = b
+            .one::<serde_json::Value>("42", vec![row(42), row(42)])
+            .unwrap_err();
+        assert!(e.to_string().contains("two rows"), "{e}");
+        assert!(b
+            .one::<serde_json::Value>("42", vec![])
+            .unwrap()
+            .value
+            .is_none());
+        let keys = ["42".to_owned(), "7".to_owned()];
+        let e = b
+            .all::<serde_json::Value>(&keys, vec![row(42), row(8)])
+            .unwrap_err();
+        assert!(e.to_string().contains("not asked for"), "{e}");
+        assert_eq!(
+            b.all::<serde_json::Value>(&keys, vec![row(42)])
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 
     #[test]
     fn identifiers_are_validated_and_quoted() {

@@ -3,9 +3,12 @@
 //! like the version column, when the query has one, is the version. There is no [`strata_core::Sink`]: a
 //! query-bound namespace is written through the tables it reads, and learns of changes by TTL, invalidation or CDC.
 //!
-//! The query is wrapped, never rewritten: `SELECT … FROM (<query>) q WHERE q.<key> = ANY(…)`. Its columns are read
-//! once at bind time (`describe`), so a query that does not parse or lacks the key column is an error then, not on
-//! the first read.
+//! The query is wrapped, never rewritten: `SELECT … FROM (<query>) q WHERE q.<key> = ANY(…)`. Its columns and the
+//! key column's type are read once at bind time (`describe`), so a query that does not parse or lacks the key
+//! column is an error then, not on the first read. Keys follow the key column's type like a table's (canonical
+//! integers, text, lowercase uuids; see [`crate::schema`]) and are compared as parameters of that type; a key
+//! column of any other type is compared by its text output (`q.key::text`, `CAST(q.key AS TEXT)`), exactly, so
+//! only the spelling the database prints names a row.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -16,7 +19,10 @@ use serde::de::DeserializeOwned;
 use sqlx::{Column, Executor, PgPool, Row, SqlitePool};
 use strata_core::{Fetched, SharedError, Source};
 
-use crate::{quote_ident, shared, Bound, SqlError};
+use crate::schema::{query_key_kind, ColumnInfo, KeyKind};
+use crate::{
+    pg_bind_keys, pg_casts, quote_ident, shared, Bound, SqlError, TableSchema, TypedSource,
+};
 
 /// A query bound to a PostgreSQL pool.
 pub struct PgQuery<V> {
@@ -56,17 +62,23 @@ fn check(query: &str) -> Result<&str, SqlError> {
     Ok(q)
 }
 
-/// The column names of `query`'s rows, from the database's own description of the statement (nothing runs).
+/// The columns of `query`'s rows, with the key form of each column's type, from the database's own description of
+/// the statement (nothing runs).
 async fn columns_of<'e, E: Executor<'e>>(
     executor: E,
     query: &str,
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<Vec<ColumnInfo>, sqlx::Error> {
+    use sqlx::TypeInfo;
     let sql = format!("SELECT * FROM ({query}) q");
     let described = executor.describe(&sql).await?;
     Ok(described
         .columns()
         .iter()
-        .map(|c| c.name().to_owned())
+        .map(|c| {
+            let ty = c.type_info().name().to_owned();
+            let kind = query_key_kind(&ty);
+            ColumnInfo::of_query(c.name().to_owned(), ty, kind)
+        })
         .collect())
 }
 
@@ -75,6 +87,18 @@ async fn load_one<V, S: Source<V>>(source: &S, key: &str) -> Result<Fetched<V>, 
     let keys = [key.to_owned()];
     let mut all = source.load_many(&keys).await?;
     Ok(all.remove(key).unwrap_or_else(Fetched::absent))
+}
+
+impl<V> TypedSource for PgQuery<V> {
+    fn schema(&self) -> &std::sync::Arc<TableSchema> {
+        &self.bound.schema
+    }
+}
+
+impl<V> TypedSource for SqliteQuery<V> {
+    fn schema(&self) -> &std::sync::Arc<TableSchema> {
+        &self.bound.schema
+    }
 }
 
 impl<V> PgQuery<V> {
@@ -93,10 +117,19 @@ impl<V> PgQuery<V> {
         };
         let columns = columns_of(&pool, q).await.map_err(db)?;
         let bound = Bound::for_query(&label, key_column, version_column, columns)?;
-        let sql = format!(
-            "SELECT q.{key}::text, to_jsonb(q) FROM ({q}) q WHERE q.{key}::text = ANY($1::text[])",
-            key = bound.key
-        );
+        let kind = bound.schema.key_kind().clone();
+        let sql = if kind == KeyKind::TextOutput {
+            format!(
+                "SELECT q.{key}::text, to_jsonb(q) FROM ({q}) q WHERE q.{key}::text = ANY($1::text[])",
+                key = bound.key
+            )
+        } else {
+            format!(
+                "SELECT q.{key}::text, to_jsonb(q) FROM ({q}) q WHERE q.{key} = ANY($1{cast})",
+                key = bound.key,
+                cast = pg_casts(&kind).1
+            )
+        };
         Ok(Self {
             pool,
             sql,
@@ -123,12 +156,22 @@ impl<V> SqliteQuery<V> {
         let columns = columns_of(&pool, q).await.map_err(db)?;
         let mut pairs = Vec::with_capacity(columns.len());
         for c in &columns {
-            pairs.push(format!("'{c}', q.{}", quote_ident("column", c)?));
+            pairs.push(format!(
+                "'{}', q.{}",
+                c.name,
+                quote_ident("column", &c.name)?
+            ));
         }
         let bound = Bound::for_query(&label, key_column, version_column, columns)?;
+        // Typed keys compare as themselves (integers travel as JSON numbers); others by their text.
+        let filter = if *bound.schema.key_kind() == KeyKind::TextOutput {
+            format!("CAST(q.{} AS TEXT)", bound.key)
+        } else {
+            format!("q.{}", bound.key)
+        };
         let sql = format!(
             "SELECT CAST(q.{key} AS TEXT), json_object({pairs}) FROM ({q}) q \
-             WHERE CAST(q.{key} AS TEXT) IN (SELECT value FROM json_each(?1))",
+             WHERE {filter} IN (SELECT value FROM json_each(?1))",
             key = bound.key,
             pairs = pairs.join(", ")
         );
@@ -151,8 +194,12 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for PgQuery<V> {
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<HashMap<String, Fetched<V>>, SharedError>> {
         async move {
-            let rows = sqlx::query(&self.sql)
-                .bind(keys)
+            let params = self
+                .bound
+                .schema
+                .key_params(keys)
+                .map_err(|e| shared(e.into()))?;
+            let rows = pg_bind_keys(sqlx::query(&self.sql), params)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| shared(self.bound.db(e)))?;
@@ -160,7 +207,7 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for PgQuery<V> {
                 .iter()
                 .map(|r| (r.get::<String, _>(0), r.get::<serde_json::Value, _>(1)))
                 .collect();
-            self.bound.all(rows)
+            self.bound.all(keys, rows)
         }
         .boxed()
     }
@@ -176,7 +223,12 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for SqliteQuery<V> {
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<HashMap<String, Fetched<V>>, SharedError>> {
         async move {
-            let keys_json = serde_json::to_string(keys).expect("strings serialize");
+            let keys_json = self
+                .bound
+                .schema
+                .key_params(keys)
+                .map_err(|e| shared(e.into()))?
+                .json();
             let rows = sqlx::query(&self.sql)
                 .bind(keys_json)
                 .fetch_all(&self.pool)
@@ -195,7 +247,7 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for SqliteQuery<V> {
                 })?;
                 out.push((k, json));
             }
-            self.bound.all(out)
+            self.bound.all(keys, out)
         }
         .boxed()
     }
