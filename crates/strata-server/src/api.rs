@@ -7,7 +7,11 @@
 //!   `…; collapsed` when coalesced, a negative `ttl` when stale was served), `Age` (seconds since the value was
 //!   loaded) and `ETag` from the version.
 //! - Mutating and admin routes (`PUT`, `DELETE`, `_invalidate`, `_warm`) need `Authorization: Bearer <token>`
-//!   when a token is configured: 401 without one, 403 with a wrong one.
+//!   when a token is configured: 401 without one, 403 with a wrong one. Without a token the server listens
+//!   only on loopback (see [`crate::config::unauthenticated_problem`]).
+//! - Before any handler, [`crate::access::check`] refuses a foreign `Host` (every route but `/healthz` and
+//!   `/readyz`: DNS rebinding) or `Origin` with 403 `forbidden_host` / `forbidden_origin`, and a `POST` or `PUT`
+//!   without `Content-Type: application/json` with 415, so a web page cannot use a browser to reach the API.
 //! - Every 4xx carries `{"error": <code>, "message": <what was wrong>}`; a 5xx says only which dependency failed
 //!   (the cause is logged with the request id).
 //! - Keys are at most `max_key_len` bytes, not empty, and do not start with `_` (reserved for routes such as

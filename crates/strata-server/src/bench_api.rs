@@ -44,8 +44,11 @@ impl std::fmt::Display for ApiReport {
 
 /// One keep-alive HTTP/1.1 connection.
 struct Conn {
+    addr: String,
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The server answered `Connection: close` (its `max_requests_per_connection`): reconnect first.
+    closed: bool,
 }
 
 impl Conn {
@@ -53,8 +56,10 @@ impl Conn {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(Self {
+            addr: addr.to_owned(),
             stream,
             buf: Vec::with_capacity(16 << 10),
+            closed: false,
         })
     }
 
@@ -65,8 +70,12 @@ impl Conn {
         path: &str,
         body: &[u8],
     ) -> anyhow::Result<(u16, bool)> {
+        if self.closed {
+            *self = Self::open(&self.addr).await?;
+        }
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: strata\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            self.addr,
             body.len()
         );
         self.stream.write_all(head.as_bytes()).await?;
@@ -100,6 +109,8 @@ impl Conn {
                 length = v.trim().parse().context("content-length")?;
             } else if lower.starts_with("cache-status:") {
                 hit = lower.contains("; hit");
+            } else if lower.starts_with("connection:") && lower.contains("close") {
+                self.closed = true;
             }
         }
         let mut have = self.buf.len() - header_end;

@@ -114,6 +114,9 @@ pub struct Config {
     /// Where the file came from (for errors); not in the file.
     #[serde(skip)]
     pub origin: String,
+    /// The file's text, to locate errors found after parsing (at start); not in the file.
+    #[serde(skip)]
+    pub source_text: String,
 }
 
 /// `[server]`.
@@ -123,12 +126,43 @@ pub struct ServerConfig {
     /// Listen address. Default: `127.0.0.1:8700`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Bearer token for mutating and admin routes. Default: none (open).
+    /// Bearer token for mutating and admin routes. Default: none, which is allowed only on a loopback address
+    /// (see [`ServerConfig::allow_unauthenticated`]). Must not be empty.
     #[serde(default)]
     pub token: Option<String>,
-    /// Read the token from this environment variable instead.
+    /// Read the token from this environment variable instead. Checked when `serve` starts: an unset or empty
+    /// variable stops the start, naming it (`check-config` only says whether it is set here).
     #[serde(default)]
     pub token_env: Option<String>,
+    /// Serve a non-loopback address without a token (a trusted network). Default: false — `serve` refuses to
+    /// listen on anything but loopback without a token, like Redis's protected mode.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// More `Host` values the server answers to besides the defaults (the listen address, `localhost`,
+    /// `127.0.0.1` and `[::1]` with the listen port; any IP address with the listen port when listening on
+    /// `0.0.0.0` / `[::]`): `"name"` (any port), `"name:port"`, or `"*"` (no Host check: behind a proxy that
+    /// checks it). Every route but `/healthz` and `/readyz` checks `Host` (DNS rebinding).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Web origins (`"https://admin.example.com"`) allowed to send requests besides the server's own
+    /// (`http://` + an allowed Host). A request with any other `Origin` is refused (403 `forbidden_origin`).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// A client must send a request's whole head within this long of its first byte (and of the connection's
+    /// start, for its first request), or the connection is closed. Default: 10 s; at most 1 h.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// A keep-alive connection with no request for this long is closed. Default: 60 s; at most 1 h.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Open connections at most; past it, new ones get `503` and are closed
+    /// (`strata_http_connections_refused_total`). Default: 10,000 (lowered, with a warning, to what the open-file
+    /// limit allows).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Requests on one connection at most; the last one is answered with `Connection: close`. Default: 10,000.
+    #[serde(default = "default_max_requests_per_connection")]
+    pub max_requests_per_connection: u64,
     /// Largest request body. Default: 1 MiB.
     #[serde(default = "default_max_body")]
     pub max_body: Bytes,
@@ -152,6 +186,18 @@ fn default_max_key() -> usize {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("strata-data")
 }
+fn default_header_read_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_requests_per_connection() -> u64 {
+    10_000
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -159,6 +205,13 @@ impl Default for ServerConfig {
             listen: default_listen(),
             token: None,
             token_env: None,
+            allow_unauthenticated: false,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            max_requests_per_connection: default_max_requests_per_connection(),
             max_body: default_max_body(),
             max_key_len: default_max_key(),
             data_dir: default_data_dir(),
@@ -367,6 +420,17 @@ fn field_at(src: &str, span: &Range<usize>) -> String {
     let start = span.start.min(src.len());
     let line_start = src[..start].rfind('\n').map_or(0, |i| i + 1);
     let line = src[line_start..].lines().next().unwrap_or_default();
+    let trimmed = line.trim();
+    if trimmed.starts_with('[') {
+        // The span is on a header (a duplicate table, an array of tables): the header is the field.
+        return trimmed
+            .trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+    }
     let key = line
         .split_once('=')
         .map(|(k, _)| k.trim().trim_matches('"').to_owned());
@@ -384,50 +448,161 @@ fn field_at(src: &str, span: &Range<usize>) -> String {
     }
 }
 
+/// The span of the key a dotted field names (`namespaces.price.ttl`, `cdc.rules[2].namespace`) in `src`: the
+/// key itself, or the array element for an index; the deepest part found when the rest is not in the file (a
+/// default). `None` when not even the first part is.
+fn span_of(src: &str, field: &str) -> Option<Range<usize>> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(src).ok()?;
+    let mut table: &DeTable<'_> = doc.get_ref();
+    let mut found: Option<Range<usize>> = None;
+    let mut parts = field.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (key, index) = match part.split_once('[') {
+            Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == key) else {
+            break;
+        };
+        found = Some(k.span());
+        let mut value = v;
+        if let Some(i) = index {
+            match value.get_ref() {
+                DeValue::Array(a) if i < a.len() => {
+                    found = Some(a[i].span());
+                    value = &a[i];
+                }
+                _ => break,
+            }
+        }
+        match value.get_ref() {
+            DeValue::Table(t) if parts.peek().is_some() => table = t,
+            _ => break,
+        }
+    }
+    found
+}
+
+/// Largest time-to-live-like duration (`ttl`, `stale_for`, `fail_safe_for`, `negative_ttl`): 10 years. Past a
+/// few hundred million years the engine's millisecond expiry wraps and every read would miss.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Largest timeout (Redis, load timeouts, write-behind linger and fsync interval, HTTP timeouts): 1 hour.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Largest memory size (`[l1] budget`, a namespace's `l1_budget`): 1 TiB.
+pub const MAX_MEMORY: u64 = 1 << 40;
+/// Largest request body (`server.max_body`; bodies are read into memory): 1 GiB.
+pub const MAX_BODY: u64 = 1 << 30;
+/// Most open HTTP connections (`server.max_connections`).
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// Most requests on one connection (`server.max_requests_per_connection`).
+pub const MAX_REQUESTS_PER_CONNECTION: u64 = 1_000_000_000;
+/// Largest pool of one source (`sources.NAME.max_connections`).
+pub const MAX_POOL: u32 = 10_000;
+/// Most write-behind writes waiting for the source (`write_behind.max_pending`).
+pub const MAX_PENDING: usize = 100_000_000;
+
+fn fmt_dur(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// Why serving `addr` without a token is refused, if it is (protected mode): only loopback addresses may go
+/// without one, unless `allow_unauthenticated` says the network is trusted.
+pub fn unauthenticated_problem(
+    addr: SocketAddr,
+    has_token: bool,
+    allow_unauthenticated: bool,
+) -> Option<String> {
+    let loopback = match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    if loopback || has_token || allow_unauthenticated {
+        return None;
+    }
+    Some(format!(
+        "refusing to listen on {addr} without a token: anyone who can reach it could write, invalidate and warm. \
+         Set a token (`token_env = \"STRATA_TOKEN\"` or `token = \"…\"` in [server], or `serve --token`), listen on \
+         127.0.0.1, or, on a trusted network only, set `allow_unauthenticated = true` in [server] \
+         (`serve --allow-unauthenticated`)"
+    ))
+}
+
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
         let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
-            line: 0,
-            column: 0,
+            line: 1,
+            column: 1,
             field: "-".into(),
             message: format!("cannot read the file: {e}"),
         })?;
         Self::parse(&src, &file)
     }
 
-    /// Parses and validates TOML text; `file` names it in errors.
-    pub fn parse(src: &str, file: &str) -> Result<Self, ConfigError> {
-        let locate = |span: Option<Range<usize>>, field: Option<String>, message: String| {
-            let (line, column, field) = match span {
-                Some(span) => {
-                    let (l, c) = line_col(src, span.start);
-                    (l, c, field.unwrap_or_else(|| field_at(src, &span)))
-                }
-                None => (0, 0, field.unwrap_or_else(|| "-".into())),
-            };
-            ConfigError {
-                file: file.to_owned(),
-                line,
-                column,
-                field,
-                message,
+    /// Locates an error: at `span` when given (and not empty), else at the key `field` names.
+    fn locate(
+        src: &str,
+        file: &str,
+        span: Option<Range<usize>>,
+        field: Option<String>,
+        message: String,
+    ) -> ConfigError {
+        let span = span
+            .filter(|s| s.end > 0)
+            .or_else(|| field.as_deref().and_then(|f| span_of(src, f)));
+        let (line, column, field) = match span {
+            Some(span) => {
+                let (l, c) = line_col(src, span.start);
+                (l, c, field.unwrap_or_else(|| field_at(src, &span)))
             }
+            None => (1, 1, field.unwrap_or_else(|| "-".into())),
         };
-        let mut config: Config = toml::from_str(src)
-            .map_err(|e: toml::de::Error| locate(e.span(), None, e.message().to_owned()))?;
+        ConfigError {
+            file: file.to_owned(),
+            line,
+            column,
+            field,
+            message,
+        }
+    }
+
+    /// An error about `field` of this config (found after parsing), located in its file.
+    pub fn error_at(&self, field: &str, message: String) -> ConfigError {
+        Self::locate(
+            &self.source_text,
+            &self.origin,
+            None,
+            Some(field.to_owned()),
+            message,
+        )
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors. Every check `serve` makes that needs no
+    /// connection is made here (bounds, identifiers, URLs, queries' shape, references between sections), so a
+    /// config this accepts starts unless a service is unreachable or the environment lacks the token variable.
+    pub fn parse(src: &str, file: &str) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(src).map_err(|e: toml::de::Error| {
+            Self::locate(src, file, e.span(), None, e.message().to_owned())
+        })?;
         config.origin = file.to_owned();
-        config
-            .validate()
-            .map_err(|(span, field, message)| locate(span, Some(field), message))?;
+        config.source_text = src.to_owned();
+        config.validate().map_err(|(span, field, message)| {
+            Self::locate(src, file, span, Some(field), message)
+        })?;
         Ok(config)
     }
 
-    /// Cross-field checks: `Err((span, field, message))`.
+    /// Cross-field checks: `Err((span, field, message))`; without a span, the error is located at the key the
+    /// field names.
     #[allow(clippy::type_complexity)]
     fn validate(&self) -> Result<(), (Option<Range<usize>>, String, String)> {
+        type E = (Option<Range<usize>>, String, String);
+        let at = |field: String, message: String| -> E { (None, field, message) };
         let names = || {
             self.sources
                 .keys()
@@ -435,41 +610,206 @@ impl Config {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let ttl_like = |field: String, d: Option<Dur>| -> Result<(), E> {
+            match d {
+                Some(Dur(d)) if d > MAX_TTL => Err(at(
+                    field,
+                    format!("{} is too long: at most {}", fmt_dur(d), fmt_dur(MAX_TTL)),
+                )),
+                _ => Ok(()),
+            }
+        };
+        let timeout = |field: String, d: Option<Dur>, zero_ok: bool| -> Result<(), E> {
+            match d {
+                Some(Dur(d)) if d > MAX_TIMEOUT => Err(at(
+                    field,
+                    format!(
+                        "{} is too long: at most {}",
+                        fmt_dur(d),
+                        fmt_dur(MAX_TIMEOUT)
+                    ),
+                )),
+                Some(Dur(d)) if d.is_zero() && !zero_ok => {
+                    Err(at(field, "must be longer than zero".into()))
+                }
+                _ => Ok(()),
+            }
+        };
+        let range = |field: &str, v: u64, lo: u64, hi: u64, what: &str| -> Result<(), E> {
+            if v < lo || v > hi {
+                Err(at(
+                    field.into(),
+                    format!("{v} {what}: must be between {lo} and {hi}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+
+        // [server]
+        let sv = &self.server;
+        match &sv.token {
+            Some(t) if t.is_empty() => return Err(at(
+                "server.token".into(),
+                "the token is empty, which would switch access control off: set a secret, or use \
+                     `token_env`; leave both out only on a loopback address"
+                    .into(),
+            )),
+            Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(at(
+                    "server.token".into(),
+                    "the token must be printable ASCII without spaces (it is sent in a header)"
+                        .into(),
+                ))
+            }
+            Some(_) if sv.token_env.is_some() => {
+                return Err(at(
+                    "server.token_env".into(),
+                    "set `token` or `token_env`, not both".into(),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(v) = &sv.token_env {
+            if v.is_empty() || v.contains('=') || v.contains('\0') {
+                return Err(at(
+                    "server.token_env".into(),
+                    format!("{v:?} is not an environment variable name"),
+                ));
+            }
+        }
+        if sv.token.is_none() && sv.token_env.is_none() {
+            if let Some(p) = unauthenticated_problem(sv.listen, false, sv.allow_unauthenticated) {
+                return Err(at("server.listen".into(), p));
+            }
+        }
+        for (i, h) in sv.allowed_hosts.iter().enumerate() {
+            if crate::access::HostRule::parse(h).is_none() {
+                return Err(at(
+                    format!("server.allowed_hosts[{i}]"),
+                    format!("{h:?}: write a host name or address, optionally with :port (\"cache.internal:8700\", \"10.0.0.5\"), or \"*\""),
+                ));
+            }
+        }
+        for (i, o) in sv.allowed_origins.iter().enumerate() {
+            if crate::access::normalize_origin(o).is_none() {
+                return Err(at(
+                    format!("server.allowed_origins[{i}]"),
+                    format!("{o:?}: write an origin: scheme://host[:port], e.g. \"https://admin.example.com\""),
+                ));
+            }
+        }
+        timeout(
+            "server.header_read_timeout".into(),
+            Some(sv.header_read_timeout),
+            false,
+        )?;
+        timeout("server.idle_timeout".into(), Some(sv.idle_timeout), false)?;
+        range(
+            "server.max_connections",
+            sv.max_connections as u64,
+            1,
+            MAX_CONNECTIONS as u64,
+            "connections",
+        )?;
+        range(
+            "server.max_requests_per_connection",
+            sv.max_requests_per_connection,
+            1,
+            MAX_REQUESTS_PER_CONNECTION,
+            "requests",
+        )?;
+        range("server.max_body", sv.max_body.0, 1, MAX_BODY, "bytes")?;
+        range(
+            "server.max_key_len",
+            sv.max_key_len as u64,
+            1,
+            64 * 1024,
+            "bytes",
+        )?;
+        if sv.data_dir.as_os_str().is_empty() {
+            return Err(at("server.data_dir".into(), "is empty".into()));
+        }
+
+        // [l1], [redis]
+        range("l1.budget", self.l1.budget.0, 64 << 10, MAX_MEMORY, "bytes")?;
+        if let Some(r) = &self.redis {
+            let ok_scheme = ["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|p| r.url.starts_with(p));
+            if !ok_scheme {
+                return Err(at(
+                    "redis.url".into(),
+                    format!("{:?} is not a redis:// URL", r.url),
+                ));
+            }
+            if let Err(e) = redis::Client::open(r.url.as_str()) {
+                return Err(at(
+                    "redis.url".into(),
+                    format!("{:?} is not a valid Redis URL: {e}", r.url),
+                ));
+            }
+            if r.prefix.is_empty()
+                || r.prefix
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(at(
+                    "redis.prefix".into(),
+                    format!("{:?}: give a non-empty prefix without spaces", r.prefix),
+                ));
+            }
+            timeout("redis.timeout".into(), Some(r.timeout), false)?;
+        }
+
+        // [sources]
         for (name, s) in &self.sources {
             let field = format!("sources.{name}");
             match (&s.get_ref().sqlite, &s.get_ref().postgres) {
-                (Some(_), Some(_)) | (None, None) => return Err((
-                    Some(s.span()),
+                (Some(_), Some(_)) | (None, None) => return Err(at(
                     field,
                     "set exactly one of `sqlite = \"file.db\"` and `postgres = \"postgres://…\"`"
                         .into(),
                 )),
-                (None, Some(url))
-                    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") =>
-                {
-                    return Err((
-                        Some(s.span()),
-                        format!("{field}.postgres"),
-                        format!("{url:?} is not a postgres:// URL"),
-                    ))
+                (None, Some(url)) => {
+                    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                        return Err(at(
+                            format!("{field}.postgres"),
+                            format!("{url:?} is not a postgres:// URL"),
+                        ));
+                    }
+                    if let Err(e) = url.parse::<sqlx::postgres::PgConnectOptions>() {
+                        return Err(at(
+                            format!("{field}.postgres"),
+                            format!("{url:?} is not a valid PostgreSQL URL: {e}"),
+                        ));
+                    }
                 }
-                _ => {}
+                (Some(path), None) => {
+                    if path.as_os_str().is_empty() {
+                        return Err(at(
+                            format!("{field}.sqlite"),
+                            "the file name is empty".into(),
+                        ));
+                    }
+                }
             }
+            range(
+                &format!("{field}.max_connections"),
+                u64::from(s.get_ref().max_connections),
+                1,
+                u64::from(MAX_POOL),
+                "connections",
+            )?;
         }
-        if self.server.max_key_len == 0 || self.server.max_key_len > 64 * 1024 {
-            return Err((
-                None,
-                "server.max_key_len".into(),
-                "must be between 1 and 65536".into(),
-            ));
-        }
+
+        // [namespaces]
         for (name, ns) in &self.namespaces {
             let field = |f: &str| format!("namespaces.{name}.{f}");
             if !valid_name(name) {
-                return Err((
-                    Some(ns.span()),
+                return Err(at(
                     format!("namespaces.{name}"),
-                    "namespace names use letters, digits, `_` and `-`, and do not start with `_`"
+                    "namespace names use letters, digits, `_` and `-` (at most 64), and do not start with `_`"
                         .into(),
                 ));
             }
@@ -485,14 +825,24 @@ impl Config {
             }
             let mode = *n.write.get_ref();
             if let Some(q) = &n.query {
+                let text = q.get_ref().trim().trim_end_matches(';').trim();
+                let first = text
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_uppercase();
                 let problem = if n.source.is_none() {
                     Some("a `query` needs a `source`")
                 } else if n.table.is_some() {
                     Some("set `table` or `query`, not both")
                 } else if n.write.span().end > 0 {
                     Some("a query-bound namespace is read-only: leave `write` out")
-                } else if q.get_ref().trim().is_empty() {
+                } else if text.is_empty() {
                     Some("the query is empty")
+                } else if text.contains(';') {
+                    Some("give one SELECT statement (no `;` inside)")
+                } else if first != "SELECT" && first != "WITH" && first != "VALUES" {
+                    Some("the query must be a SELECT (or WITH … SELECT) statement")
                 } else {
                     None
                 };
@@ -500,9 +850,31 @@ impl Config {
                     return Err((Some(q.span()), field("query"), p.into()));
                 }
             }
+            if n.source.is_some() {
+                if let Some(t) = &n.table {
+                    if let Err(e) = strata_sql::quote_ident("table", t) {
+                        return Err(at(field("table"), e.to_string()));
+                    }
+                } else if n.query.is_none() {
+                    if let Err(e) = strata_sql::quote_ident("table", name) {
+                        return Err(at(
+                            format!("namespaces.{name}"),
+                            format!("{e}: the table defaults to the namespace name; set `table`"),
+                        ));
+                    }
+                }
+                for (f, v) in [
+                    ("key_column", &n.key_column),
+                    ("version_column", &n.version_column),
+                ] {
+                    if let Err(e) = strata_sql::quote_ident("column", v) {
+                        return Err(at(field(f), e.to_string()));
+                    }
+                }
+            }
             if n.source.is_none() && mode != WriteModeConfig::Aside {
                 return Err((
-                    Some(n.write.span()).filter(|s| s.end > 0).or(Some(ns.span())),
+                    Some(n.write.span()).filter(|s| s.end > 0),
                     field("write"),
                     format!("{mode:?} writes need a `source`; a namespace without one is a plain cache (leave `write` out)").to_lowercase(),
                 ));
@@ -519,22 +891,68 @@ impl Config {
                     ));
                 }
             }
-            if let Err(e) = self.policy(name, n) {
-                return Err((Some(ns.span()), format!("namespaces.{name}"), e));
+            if let Some(j) = n.jitter {
+                if !j.is_finite() {
+                    return Err(at(field("jitter"), format!("{j} is not a number")));
+                }
+            }
+            ttl_like(field("ttl"), n.ttl)?;
+            ttl_like(field("stale_for"), n.stale_for)?;
+            ttl_like(field("fail_safe_for"), n.fail_safe_for)?;
+            ttl_like(field("negative_ttl"), n.negative_ttl)?;
+            timeout(field("soft_timeout"), n.soft_timeout, false)?;
+            timeout(field("hard_timeout"), n.hard_timeout, false)?;
+            if let Some(b) = n.l1_budget {
+                range(&field("l1_budget"), b.0, 1, MAX_MEMORY, "bytes")?;
+            }
+            if let Some(d) = &n.description {
+                if d.len() > 1024 {
+                    return Err(at(field("description"), "at most 1024 bytes".into()));
+                }
+            }
+            if let Err(e) = self.policy_checked(n) {
+                let key = match e.field {
+                    "ttl" | "jitter" | "stale_for" | "fail_safe_for" | "negative_ttl" => e.field,
+                    f if f.starts_with("early_refresh") => "early_refresh",
+                    "load_timeout.hard" => "hard_timeout",
+                    "load_timeout.soft" => "soft_timeout",
+                    f if f.starts_with("l1") => "l1_budget",
+                    _ => "",
+                };
+                let path = if key.is_empty() || span_of(&self.source_text, &field(key)).is_none() {
+                    format!("namespaces.{name}")
+                } else {
+                    field(key)
+                };
+                return Err(at(path, e.to_string()));
             }
         }
+
+        // [write_behind]
         if let Some(fsync) = &self.write_behind.fsync {
             if parse_fsync(fsync.get_ref()).is_none() {
                 return Err((
                     Some(fsync.span()),
                     "write_behind.fsync".into(),
                     format!(
-                        "{:?}: write \"always\" or a duration such as \"10ms\"",
+                        "{:?}: write \"always\" or a duration from 1ms to 1h such as \"10ms\"",
                         fsync.get_ref()
                     ),
                 ));
             }
         }
+        if let Some(m) = self.write_behind.max_pending {
+            range(
+                "write_behind.max_pending",
+                m as u64,
+                1,
+                MAX_PENDING as u64,
+                "writes",
+            )?;
+        }
+        timeout("write_behind.linger".into(), self.write_behind.linger, true)?;
+
+        // [cdc]
         if let Some(cdc) = &self.cdc {
             match self.sources.get(cdc.source.get_ref()) {
                 Some(s) if s.get_ref().postgres.is_some() => {}
@@ -558,17 +976,35 @@ impl Config {
                     ))
                 }
             }
-            if let Err(e) = strata_cdc::Mapping::new(&cdc.rules) {
-                return Err((None, format!("cdc.rules[{}]", e.rule), e.problem));
+            for (f, v) in [
+                ("cdc.slot", &cdc.slot),
+                ("cdc.publication", &cdc.publication),
+            ] {
+                if !valid_pg_name(v) {
+                    return Err(at(
+                        f.into(),
+                        format!("{v:?}: use 1–63 lowercase letters, digits and `_`, not starting with a digit"),
+                    ));
+                }
             }
-            for r in &cdc.rules {
+            if cdc.rules.is_empty() {
+                return Err(at(
+                    "cdc".into(),
+                    "no rules: add a [[cdc.rules]] with `table` and `namespace` per table to follow".into(),
+                ));
+            }
+            if let Err(e) = strata_cdc::Mapping::new(&cdc.rules) {
+                return Err(at(format!("cdc.rules[{}]", e.rule), e.problem));
+            }
+            for (i, r) in cdc.rules.iter().enumerate() {
                 if !self.namespaces.contains_key(&r.namespace) {
-                    return Err((
-                        None,
-                        "cdc.rules".into(),
+                    return Err(at(
+                        format!("cdc.rules[{i}].namespace"),
                         format!(
-                            "rule for {} names namespace {:?}, which is not configured",
-                            r.table, r.namespace
+                            "rule for {} names namespace {:?}, which is not configured; configured: [{}]",
+                            r.table,
+                            r.namespace,
+                            self.namespaces.keys().cloned().collect::<Vec<_>>().join(", ")
                         ),
                     ));
                 }
@@ -579,6 +1015,14 @@ impl Config {
 
     /// The engine policy of a namespace.
     pub fn policy(&self, name: &str, n: &NamespaceConfig) -> Result<strata::Policy, String> {
+        let _ = name;
+        self.policy_checked(n).map_err(|e| e.to_string())
+    }
+
+    fn policy_checked(
+        &self,
+        n: &NamespaceConfig,
+    ) -> Result<strata::Policy, strata_core::PolicyError> {
         let mut b = strata::Policy::builder()
             .with_ttl(n.ttl.map_or(Duration::from_secs(60), |d| d.0))
             .with_write_mode(match n.write.get_ref() {
@@ -618,18 +1062,60 @@ impl Config {
         if let Some(d) = n.hard_timeout {
             b = b.with_hard_timeout(d.0);
         }
-        let _ = name;
-        b.build().map_err(|e| e.to_string())
+        b.build()
     }
 
-    /// The bearer token: `server.token`, or the variable `server.token_env` names.
+    /// The bearer token: `server.token`, or the variable `server.token_env` names (an empty one counts as
+    /// unset; [`Config::check_start`] refuses both).
     pub fn token(&self) -> Option<String> {
-        self.server.token.clone().or_else(|| {
-            self.server
-                .token_env
-                .as_ref()
-                .and_then(|v| std::env::var(v).ok())
-        })
+        self.server
+            .token
+            .clone()
+            .or_else(|| {
+                self.server
+                    .token_env
+                    .as_ref()
+                    .and_then(|v| std::env::var(v).ok())
+            })
+            .filter(|t| !t.is_empty())
+    }
+
+    /// The checks `serve` makes when it starts, after command-line overrides, that the file alone cannot
+    /// decide: the variable `token_env` names is set and not empty, a token given on the command line is not
+    /// empty, and a non-loopback `listen` has a token or `allow_unauthenticated`. Errors are located at the key
+    /// they are about when it is in the file.
+    pub fn check_start(&self) -> Result<(), ConfigError> {
+        let sv = &self.server;
+        match (&sv.token, &sv.token_env) {
+            (Some(t), _) if t.is_empty() => {
+                return Err(self.error_at(
+                    "server.token",
+                    "the token is empty, which would switch access control off; give a secret".into(),
+                ))
+            }
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => {}
+                Ok(_) => {
+                    return Err(self.error_at(
+                        "server.token_env",
+                        format!("${var} is empty: set it to the token (`export {var}=…`); an empty token would switch access control off"),
+                    ))
+                }
+                Err(_) => {
+                    return Err(self.error_at(
+                        "server.token_env",
+                        format!("${var} is not set: set it to the token (`export {var}=…`) or remove `token_env` (a config without a token listens only on loopback)"),
+                    ))
+                }
+            },
+            _ => {}
+        }
+        if let Some(p) =
+            unauthenticated_problem(sv.listen, self.token().is_some(), sv.allow_unauthenticated)
+        {
+            return Err(self.error_at("server.listen", p));
+        }
+        Ok(())
     }
 
     /// The embedded default: the demo catalog in SQLite, L1 only (see [`crate::demo`]).
@@ -690,6 +1176,15 @@ pub fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// A PostgreSQL replication slot or publication name.
+pub fn valid_pg_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
 /// `"off" | "ratio:R" | "xfetch:BETA"`.
 pub fn parse_early_refresh(s: &str) -> Option<strata::EarlyRefresh> {
     let s = s.trim();
@@ -711,7 +1206,8 @@ pub fn parse_fsync(s: &str) -> Option<strata::journal::Fsync> {
         return Some(strata::journal::Fsync::Always);
     }
     let d = humantime::parse_duration(s.trim()).ok()?;
-    (d.as_millis() > 0).then_some(strata::journal::Fsync::EveryMs(d.as_millis() as u64))
+    (d.as_millis() > 0 && d <= MAX_TIMEOUT)
+        .then_some(strata::journal::Fsync::EveryMs(d.as_millis() as u64))
 }
 
 #[cfg(test)]
@@ -779,7 +1275,11 @@ mod tests {
         assert!(e.message.contains("need a `source`"), "{e}");
 
         let e = err("[namespaces.price]\njitter = 3.0\n");
-        assert_eq!(e.field, "namespaces.price");
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (2, "namespaces.price.jitter"),
+            "{e}"
+        );
         assert!(e.message.contains("jitter"), "{e}");
 
         let e = err("[server]\nlisten = \"nowhere\"\n");

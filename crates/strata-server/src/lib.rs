@@ -11,10 +11,12 @@
 //! write-behind queue drains (up to 30 s; what remains stays journaled for the next start), the CDC consumer
 //! stops after its current transaction, and the bus listener publishes what it has queued and closes.
 
+pub mod access;
 pub mod api;
 pub mod bench;
 pub mod bench_api;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod init;
 pub mod metrics;
@@ -45,16 +47,21 @@ pub struct RunOptions {
     pub recover_journal: bool,
 }
 
-/// Builds the state for `config` (connecting sources, Redis, CDC).
+/// Builds the state for `config` (connecting sources, Redis, CDC), after the checks of
+/// [`Config::check_start`] (the token variable is set; no token only on loopback).
 pub async fn build(config: &Config, options: &RunOptions) -> anyhow::Result<Arc<AppState>> {
+    config.check_start()?;
     metrics::install();
     AppState::build(config, options).await
 }
 
-/// The router with request ids and request logs around it.
-pub fn app(state: Arc<AppState>) -> axum::Router {
+/// The router with access checks ([`access`]: Host, Origin, JSON bodies), request ids and request logs around
+/// it, for a server listening on `listen`.
+pub fn app(state: Arc<AppState>, listen: std::net::SocketAddr) -> axum::Router {
     let request_id = HeaderName::from_static("x-request-id");
+    let rules = Arc::new(access::Access::new(listen, &state.server));
     api::router(state)
+        .layer(axum::middleware::from_fn_with_state(rules, access::check))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -80,13 +87,22 @@ pub async fn run(
     serve(listener, state, shutdown).await
 }
 
-/// Serves an already built state (see [`run`]).
+/// Serves an already built state (see [`run`]) through the connection layer of [`conn`] (header-read and idle
+/// timeouts, a cap on connections and on requests per connection). Refuses a non-loopback `listener` when no
+/// token is set and `allow_unauthenticated` is not (protected mode).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    if let Some(problem) = config::unauthenticated_problem(
+        addr,
+        state.token.is_some(),
+        state.server.allow_unauthenticated,
+    ) {
+        anyhow::bail!("{problem}");
+    }
     tracing::info!(%addr, namespaces = state.namespaces.len(), "strata serving");
     let publisher = {
         let state = state.clone();
@@ -98,13 +114,18 @@ pub async fn serve(
         })
     };
     let for_shutdown = state.clone();
-    axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown(async move {
+    conn::serve(
+        listener,
+        app(state.clone(), addr),
+        conn::Limits::of(&state.server),
+        async move {
             shutdown.await;
             for_shutdown.ready.store(false, Ordering::Relaxed);
             tracing::info!("shutting down: finishing in-flight requests");
-        })
-        .await?;
+        },
+        Duration::from_secs(60),
+    )
+    .await?;
     publisher.abort();
     close(&state).await;
     Ok(())

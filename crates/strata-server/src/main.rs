@@ -52,6 +52,10 @@ enum Command {
         /// default is $STRATA_TOKEN; with one, the config's `token` / `token_env` decide.
         #[arg(long)]
         token: Option<String>,
+        /// Listen on a non-loopback address without a token (a trusted network only). Without it, `serve`
+        /// refuses to (like Redis's protected mode); the config's `allow_unauthenticated = true` says the same.
+        #[arg(long)]
+        allow_unauthenticated: bool,
         /// Start even if the write-behind journal is damaged, keeping every intact record (the damaged files
         /// are kept as *.damaged). Without it, damage stops the start and names the file and byte offset.
         #[arg(long)]
@@ -224,10 +228,16 @@ fn main() -> anyhow::Result<()> {
             slot,
             no_cdc,
             token,
+            allow_unauthenticated,
             recover_journal,
             json_logs,
         } => {
             init_logs(json_logs);
+            anyhow::ensure!(
+                token.as_deref() != Some(""),
+                "--token (or $STRATA_TOKEN) is empty, which would switch access control off: give a secret"
+            );
+
             let (mut config, seed_demo) = match config {
                 Some(path) => {
                     anyhow::ensure!(
@@ -267,6 +277,20 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(d) = data_dir {
                 config.server.data_dir = d;
+            }
+            if allow_unauthenticated {
+                config.server.allow_unauthenticated = true;
+            }
+            // Before binding or connecting anything: the token variable, protected mode.
+            if let Err(e) = config.check_start() {
+                if seed_demo {
+                    anyhow::bail!("{}", e.message);
+                }
+                anyhow::bail!("{e}");
+            }
+            // Each connection is a file descriptor: use all the hard limit allows (as Go's runtime does).
+            if let Ok(n) = rlimit::increase_nofile_limit(u64::MAX) {
+                tracing::debug!(open_file_limit = n, "raised the open-file limit");
             }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -361,6 +385,17 @@ fn main() -> anyhow::Result<()> {
                     if c.redis.is_some() { ", Redis" } else { "" },
                     if c.cdc.is_some() { ", CDC" } else { "" }
                 );
+                // The file is valid; what depends on the environment is checked when `serve` starts, and said
+                // here so a missing secret is not a surprise.
+                if let Some(var) = &c.server.token_env {
+                    match std::env::var(var) {
+                        Ok(v) if !v.is_empty() => println!("token: from ${var} (set here)"),
+                        _ => println!(
+                            "note: ${var} (server.token_env) is not set here; `serve` refuses to start until it is \
+                             (checked at start)"
+                        ),
+                    }
+                }
                 Ok(())
             }
             Err(e) => {

@@ -76,6 +76,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Whether L2 (Redis) is configured.
     pub has_l2: bool,
+    /// `[server]` as configured (access rules and connection limits).
+    pub server: crate::config::ServerConfig,
 }
 
 /// Opens (creating if missing) a SQLite file with WAL and `synchronous=FULL` (write-behind's checkpoint relies on
@@ -399,6 +401,7 @@ impl AppState {
             cdc: Mutex::new(cdc),
             ready: AtomicBool::new(true),
             has_l2: shared.is_some(),
+            server: config.server.clone(),
         }))
     }
 

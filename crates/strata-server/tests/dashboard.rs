@@ -59,6 +59,7 @@ async fn the_dashboard_renders_live_charts_in_a_browser() {
                 if i % 50 == 0 {
                     let _ = agent
                         .put(&format!("http://{addr}/v1/counter/views"))
+                        .header("content-type", "application/json")
                         .send(format!("{{\"n\": {i}}}"));
                 }
             }

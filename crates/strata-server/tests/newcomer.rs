@@ -46,10 +46,11 @@ fn psql_value(sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// The example config reads its token from $STRATA_TOKEN; `serve` refuses to start without it.
 fn strata(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(args)
-        .env_remove("STRATA_TOKEN")
+        .env("STRATA_TOKEN", "newcomer")
         .env("RUST_LOG", "warn")
         .output()
         .unwrap()
@@ -291,8 +292,12 @@ fn init_creates_the_example_tables_and_serve_answers_from_them() {
         "counter,flag,inventory,permission,price,product,session"
     );
 
-    // serve on the example config now answers, from the table, the join and through CDC.
-    let node = Node::start(&["--config", config_arg, "--data-dir", data_arg], &[]);
+    // serve on the example config (its token from $STRATA_TOKEN: without it, the start is refused) now
+    // answers, from the table, the join and through CDC.
+    let node = Node::start(
+        &["--config", config_arg, "--data-dir", data_arg],
+        &[("STRATA_TOKEN", "newcomer")],
+    );
     let price = node.get("/v1/price/1");
     assert_eq!(
         (price["cents"].clone(), price["currency"].clone()),
@@ -301,6 +306,13 @@ fn init_creates_the_example_tables_and_serve_answers_from_them() {
     assert_eq!(node.get("/v1/listing/1")["name"], "Product 1");
     assert_eq!(node.get("/v1/flag/new-checkout")["enabled"], 1);
     let (status, body) = node.call("PUT", "/v1/counter/views", Some(json!({"n": 1})), None);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = node.call(
+        "PUT",
+        "/v1/counter/views",
+        Some(json!({"n": 1})),
+        Some("newcomer"),
+    );
     assert!(status < 300, "{status} {body}");
     psql(&format!(
         "UPDATE {name}.price SET cents = 5, version = version + 1 WHERE id = 1"
