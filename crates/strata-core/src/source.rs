@@ -31,6 +31,14 @@ pub trait Sink<V>: Send + Sync + 'static {
     /// Deletes `key`; returns the version of the deletion when the source has one.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, SharedError>>;
 
+    /// Checks, without writing, that the source would accept `value` for `key` (columns, types, `NOT NULL`):
+    /// write-behind calls it before it acknowledges, so what the source must refuse is refused at once. The
+    /// default accepts everything.
+    fn check(&self, key: &str, value: &V) -> Result<(), SharedError> {
+        let _ = (key, value);
+        Ok(())
+    }
+
     /// Writes `value` with the caller's `version` unless the source already holds `version` or a newer one for
     /// `key` (`… WHERE version < $version`): idempotent, and an older write replayed late cannot overwrite a newer
     /// one. Returns whether the row was written. Write-behind flushes through this.

@@ -6,9 +6,9 @@
 //! - Reads answer with `Cache-Status` (RFC 9211: `strata; hit; ttl=…; detail=l1|l2`, `strata; fwd=miss; stored`,
 //!   `…; collapsed` when coalesced, a negative `ttl` when stale was served), `Age` (seconds since the value was
 //!   loaded) and `ETag` from the version.
-//! - Mutating and admin routes (`PUT`, `DELETE`, `_invalidate`, `_warm`) need `Authorization: Bearer <token>`
-//!   when a token is configured: 401 without one, 403 with a wrong one. Without a token the server listens
-//!   only on loopback (see [`crate::config::unauthenticated_problem`]).
+//! - Mutating and admin routes (`PUT`, `DELETE`, `_invalidate`, `_warm`, dead letters) need
+//!   `Authorization: Bearer <token>` when a token is configured: 401 without one, 403 with a wrong one. Without
+//!   a token the server listens only on loopback (see [`crate::config::unauthenticated_problem`]).
 //! - Before any handler, [`crate::access::check`] refuses a foreign `Host` (every route but `/healthz` and
 //!   `/readyz`: DNS rebinding) or `Origin` with 403 `forbidden_host` / `forbidden_origin`, and a `POST` or `PUT`
 //!   without `Content-Type: application/json` with 415, so a web page cannot use a browser to reach the API.
@@ -53,7 +53,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -68,7 +68,7 @@ impl ApiError {
         self
     }
 
-    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 }
@@ -89,7 +89,7 @@ impl IntoResponse for ApiError {
 
 /// Maps an engine error to a response: client mistakes are 400 with the reason; failures of the source are 502/503
 /// with the dependency named and the cause logged.
-fn engine_error(e: strata::Error) -> ApiError {
+pub(crate) fn engine_error(e: strata::Error) -> ApiError {
     match &e {
         strata::Error::Write { key, source } => {
             if let Some(sql) = source.downcast_ref::<strata_sql::SqlError>() {
@@ -156,6 +156,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/{ns}/{key}",
             get(get_value).put(put_value).delete(delete_value),
         )
+        .merge(crate::dead_letters::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -177,7 +178,7 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-fn namespace<'a>(state: &'a AppState, ns: &str) -> Result<&'a NsHandle, ApiError> {
+pub(crate) fn namespace<'a>(state: &'a AppState, ns: &str) -> Result<&'a NsHandle, ApiError> {
     state.namespaces.get(ns).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -261,7 +262,7 @@ fn check_key(state: &AppState, key: &str) -> Result<(), ApiError> {
 }
 
 /// Checks the bearer token (constant time in the token's length).
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.token else {
         return Ok(());
     };

@@ -17,6 +17,7 @@ pub mod bench;
 pub mod bench_api;
 pub mod config;
 pub mod conn;
+pub mod dead_letters;
 pub mod demo;
 pub mod init;
 pub mod metrics;

@@ -121,10 +121,33 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The write-behind writes a running server parked after the source kept refusing them.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Run a scenario benchmark.
     Bench {
         #[command(subcommand)]
         scenario: strata_server::bench::Scenario,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// List them (namespace, key, seq, op, value, attempts, last error).
+    List,
+    /// Write one again through its namespace (validated and journaled like any write), then remove it.
+    Retry {
+        /// Its seq (from `list`).
+        seq: u64,
+    },
+    /// Drop one for good.
+    Discard {
+        /// Its seq (from `list`).
+        seq: u64,
     },
 }
 
@@ -156,6 +179,29 @@ struct Remote {
 }
 
 impl Remote {
+    /// Any method, with the token; fails on a non-2xx answer, showing its body.
+    fn call(&self, method: &str, path: &str) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.server.trim_end_matches('/'));
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let mut resp = agent
+            .run(req.body(String::new())?)
+            .with_context(|| format!("{method} {url}"))?;
+        let status = resp.status();
+        let text = resp.body_mut().read_to_string()?;
+        anyhow::ensure!(status.is_success(), "{method} {url}: {status}: {text}");
+        Ok(text)
+    }
+
     fn post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.server.trim_end_matches('/'));
         let mut req = ureq::post(&url).header("content-type", "application/json");
@@ -237,7 +283,6 @@ fn main() -> anyhow::Result<()> {
                 token.as_deref() != Some(""),
                 "--token (or $STRATA_TOKEN) is empty, which would switch access control off: give a secret"
             );
-
             let (mut config, seed_demo) = match config {
                 Some(path) => {
                     anyhow::ensure!(
@@ -441,6 +486,20 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Stats { remote } => {
             let text = remote.get("/v1/_stats")?;
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::DeadLetters { command, remote } => {
+            let text = match command {
+                DeadLetterCommand::List => remote.call("GET", "/v1/_dead_letters")?,
+                DeadLetterCommand::Retry { seq } => {
+                    remote.call("POST", &format!("/v1/_dead_letters/{seq}/retry"))?
+                }
+                DeadLetterCommand::Discard { seq } => {
+                    remote.call("DELETE", &format!("/v1/_dead_letters/{seq}"))?
+                }
+            };
             let v: serde_json::Value = serde_json::from_str(&text)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())

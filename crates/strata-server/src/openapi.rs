@@ -15,6 +15,10 @@ fn key_param() -> Value {
     json!({"name": "key", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 65536}, "description": "The key (not starting with `_`)"})
 }
 
+fn seq_param() -> Value {
+    json!({"name": "seq", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 0}, "description": "A dead letter's journal sequence number"})
+}
+
 fn json_body(schema: Value) -> Value {
     json!({"required": true, "content": {"application/json": {"schema": schema}}})
 }
@@ -129,6 +133,40 @@ pub fn document() -> Value {
             "/v1/_stats": {
                 "get": {"summary": "Every namespace's counters, the bus, write-behind and CDC", "responses": {
                     "200": {"description": "Counters", "content": {"application/json": {"schema": {"type": "object"}}}}}}
+            },
+            "/v1/_dead_letters": {
+                "get": {"summary": "Write-behind writes the source kept refusing (parked after max_attempts)",
+                    "security": auth,
+                    "responses": {
+                        "200": {"description": "{\"dead_letters\": [{namespace, key, seq, op, value, attempts, error}]}",
+                                "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "401": error_response("No token"),
+                        "403": error_response("Wrong token"),
+                    }}
+            },
+            "/v1/_dead_letters/{seq}/retry": {
+                "parameters": [seq_param()],
+                "post": {"summary": "Write a dead letter again through its namespace, then remove it",
+                    "security": auth,
+                    "responses": {
+                        "200": {"description": "Written again (journaled)", "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "400": error_response("Bad seq, or the value is refused again (the dead letter stays)"),
+                        "401": error_response("No token"),
+                        "403": error_response("Wrong token"),
+                        "404": error_response("No such dead letter, or no namespace writes behind"),
+                    }}
+            },
+            "/v1/_dead_letters/{seq}": {
+                "parameters": [seq_param()],
+                "delete": {"summary": "Drop a dead letter for good",
+                    "security": auth,
+                    "responses": {
+                        "200": {"description": "Discarded", "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "400": error_response("Bad seq"),
+                        "401": error_response("No token"),
+                        "403": error_response("Wrong token"),
+                        "404": error_response("No such dead letter, or no namespace writes behind"),
+                    }}
             },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "Readiness: every source answers", "responses": {

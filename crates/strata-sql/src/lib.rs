@@ -641,6 +641,11 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for PgTable<V> {
 }
 
 impl<V: Serialize + Send + Sync + 'static> Sink<V> for PgTable<V> {
+    fn check(&self, key: &str, value: &V) -> Result<(), SharedError> {
+        self.check_write(key, value)
+            .map_err(|e| Arc::new(e) as SharedError)
+    }
+
     fn upsert<'a>(&'a self, key: &'a str, value: &'a V) -> BoxFuture<'a, Result<u64, SharedError>> {
         async move {
             let b = &self.bound;
@@ -932,6 +937,11 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for SqliteTable<V> {
 }
 
 impl<V: Serialize + Send + Sync + 'static> Sink<V> for SqliteTable<V> {
+    fn check(&self, key: &str, value: &V) -> Result<(), SharedError> {
+        self.check_write(key, value)
+            .map_err(|e| Arc::new(e) as SharedError)
+    }
+
     fn upsert<'a>(&'a self, key: &'a str, value: &'a V) -> BoxFuture<'a, Result<u64, SharedError>> {
         async move {
             let b = &self.bound;

@@ -11,9 +11,15 @@
 //! - **Reads see pending writes**: until the source has a write, reads on this node answer from it.
 //! - **Bounded**: at most `max_pending` writes wait; a writer then waits up to `overload_wait` for room and gets
 //!   [`Error::Overloaded`] after it — never an unbounded queue.
+//! - **Validated before the ack**: a value is checked against the sink ([`Sink::check`](strata_core::Sink::check):
+//!   columns, types, `NOT NULL` for a table) before it is journaled, so what the source must refuse is refused at
+//!   once, as write-through would.
 //! - **Retries and poison**: a failed flush is retried with exponential backoff; after `max_attempts` the write is
-//!   parked in `dead-letter.jsonl` next to the journal (with the error), counted, and no longer blocks the
-//!   checkpoint.
+//!   parked in `dead-letter.jsonl` next to the journal (with the error), logged at error level with its key and
+//!   reason, counted, dropped from the caches (they must not serve a value that will never be persisted), and no
+//!   longer blocks the checkpoint. Parked writes are listed, retried and discarded with
+//!   [`WriteBehind::dead_letters`], [`WriteBehind::take_dead_letter`] and [`WriteBehind::discard_dead_letter`]
+//!   (the server's `/v1/_dead_letters` and `strata dead-letters`).
 //! - **Versions and fencing**: each write takes a version from a hybrid logical clock ([`strata_core::Hlc`]) when
 //!   it is journaled; the caches hold it with the value, and the source is written with
 //!   [`Sink::upsert_fenced`](strata_core::Sink::upsert_fenced) (`… WHERE version < $new`), so a replayed or late
@@ -127,6 +133,8 @@ pub(crate) trait Target: Send + Sync {
     fn apply_batch<'a>(&'a self, items: &'a [Item<'a>]) -> BoxFuture<'a, Result<u64, String>>;
     /// The write `seq` of `key` is in the source (or parked): stop serving it from the pending overlay.
     fn settled(&self, key: &str, seq: u64);
+    /// The write of `key` was parked: the caches must stop serving it.
+    fn parked(&self, key: &str);
 }
 
 /// One key's newest pending write and the older writes it covers.
@@ -215,6 +223,27 @@ struct Inner {
     hlc: Hlc,
     /// Ack-to-commit lag in µs.
     lag: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Serialises appends to and rewrites of `dead-letter.jsonl`.
+    dead_letter_file: Mutex<()>,
+}
+
+/// A write parked in the dead-letter file after `max_attempts` failed flushes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    /// The namespace.
+    pub namespace: String,
+    /// The key.
+    pub key: String,
+    /// The write's journal sequence number: its id in the dead-letter store.
+    pub seq: u64,
+    /// `"upsert"` or `"delete"`.
+    pub op: String,
+    /// The codec-encoded value (JSON text with the JSON codec); empty for a delete.
+    pub value: String,
+    /// Failed attempts.
+    pub attempts: u32,
+    /// The last error.
+    pub error: String,
 }
 
 impl std::fmt::Debug for WriteBehind {
@@ -265,6 +294,7 @@ impl WriteBehind {
                     hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
                         .expect("valid histogram bounds"),
                 ),
+                dead_letter_file: Mutex::new(()),
             }),
         })
     }
@@ -290,6 +320,55 @@ impl WriteBehind {
             recovered: i.recovered,
             truncated_bytes: i.truncated_bytes,
         }
+    }
+
+    /// The parked writes, oldest first. A line of the file that does not parse is reported as an error naming
+    /// its line number (the file is the operator's to repair; nothing is dropped silently).
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, Error> {
+        let _file = self.inner.dead_letter_file.lock();
+        read_dead_letters(&self.dead_letter_path())
+    }
+
+    /// Removes the parked write `seq` from the store and returns it, for the caller to write again (retry).
+    /// `None` if there is no such write.
+    pub fn take_dead_letter(&self, seq: u64) -> Result<Option<DeadLetter>, Error> {
+        self.remove_dead_letter(seq)
+    }
+
+    /// Drops the parked write `seq` for good. Returns whether it existed.
+    pub fn discard_dead_letter(&self, seq: u64) -> Result<bool, Error> {
+        self.remove_dead_letter(seq).map(|d| d.is_some())
+    }
+
+    fn remove_dead_letter(&self, seq: u64) -> Result<Option<DeadLetter>, Error> {
+        let _file = self.inner.dead_letter_file.lock();
+        let path = self.dead_letter_path();
+        let mut all = read_dead_letters(&path)?;
+        let Some(i) = all.iter().position(|d| d.seq == seq) else {
+            return Ok(None);
+        };
+        let taken = all.remove(i);
+        let tmp = path.with_extension("jsonl.tmp");
+        let mut text = String::new();
+        for d in &all {
+            text.push_str(&serde_json::to_string(d).expect("a dead letter serializes"));
+            text.push('\n');
+        }
+        std::fs::File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| Error::Unavailable {
+                tier: strata_core::Tier::Source,
+                message: format!("rewriting {}: {e}", path.display()),
+            })?;
+        Ok(Some(taken))
+    }
+
+    fn dead_letter_path(&self) -> PathBuf {
+        self.inner.dir.join("dead-letter.jsonl")
     }
 
     /// Forgets the lag recorded so far (e.g. after a warm-up).
@@ -581,6 +660,7 @@ async fn flusher(inner: Arc<Inner>, queue: Arc<Queue>, target: Arc<dyn Target>) 
                     if l.attempts >= o.max_attempts {
                         park(&inner, &queue.namespace, &key, &l, &error);
                         target.settled(&key, l.seq);
+                        target.parked(&key);
                         settled.extend(l.covered);
                         settled.push(l.seq);
                     } else {
@@ -612,25 +692,72 @@ async fn flusher(inner: Arc<Inner>, queue: Arc<Queue>, target: Arc<dyn Target>) 
     }
 }
 
-/// Appends a poison write to `dead-letter.jsonl` (one JSON object per line).
+fn read_dead_letters(path: &Path) -> Result<Vec<DeadLetter>, Error> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Error::Unavailable {
+                tier: strata_core::Tier::Source,
+                message: format!("reading {}: {e}", path.display()),
+            })
+        }
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::Unavailable {
+                tier: strata_core::Tier::Source,
+                message: format!("{} line {}: not a dead letter: {e}", path.display(), i + 1),
+            })
+        })
+        .collect()
+}
+
+/// Appends a poison write to `dead-letter.jsonl` (one JSON object per line) and says so at error level.
 fn park(inner: &Inner, namespace: &str, key: &str, l: &Latest, error: &str) {
     inner.dead_lettered.fetch_add(1, Ordering::Relaxed);
     let (op, value) = match &l.op {
         Op::Upsert(v) => ("upsert", String::from_utf8_lossy(v).into_owned()),
         Op::Delete => ("delete", String::new()),
     };
-    let line = serde_json::json!({
-        "namespace": namespace, "key": key, "seq": l.seq, "op": op, "value": value, "attempts": l.attempts, "error": error,
-    });
+    let letter = DeadLetter {
+        namespace: namespace.to_owned(),
+        key: key.to_owned(),
+        seq: l.seq,
+        op: op.to_owned(),
+        value,
+        attempts: l.attempts,
+        error: error.to_owned(),
+    };
     let path = inner.dir.join("dead-letter.jsonl");
-    let _ = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| {
-            writeln!(f, "{line}")?;
-            f.sync_data()
-        });
+    let written = {
+        let _file = inner.dead_letter_file.lock();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| {
+                writeln!(
+                    f,
+                    "{}",
+                    serde_json::to_string(&letter).expect("a dead letter serializes")
+                )?;
+                f.sync_data()
+            })
+    };
+    tracing::error!(
+        namespace,
+        key,
+        seq = l.seq,
+        attempts = l.attempts,
+        reason = error,
+        file = %path.display(),
+        stored = written.is_ok(),
+        "write-behind: a write the source keeps refusing was parked as a dead letter (list, retry or discard \
+         it with `strata dead-letters`); the caches no longer serve it"
+    );
 }
 
 /// Pending writes by key: (journal seq, the value; `None`: a pending delete).
@@ -642,12 +769,16 @@ pub(crate) struct BehindNs<V> {
     pub codec: Arc<dyn crate::codec::Codec<V>>,
     /// key → (seq, the pending value; `None`: a pending delete).
     pub overlay: Arc<Overlay<V>>,
+    /// Keys whose write was parked (taken by the namespace, which invalidates them in every tier).
+    pub parked: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
 }
 
 struct NsTarget<V> {
     sink: Arc<dyn strata_core::Sink<V>>,
     codec: Arc<dyn crate::codec::Codec<V>>,
     overlay: Arc<Overlay<V>>,
+    /// Keys whose write was parked, for the namespace to invalidate.
+    parked: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl<V: Send + Sync + 'static> NsTarget<V> {
@@ -723,6 +854,10 @@ impl<V: Send + Sync + 'static> Target for NsTarget<V> {
             overlay.remove(key);
         }
     }
+
+    fn parked(&self, key: &str) {
+        let _ = self.parked.send(key.to_owned());
+    }
 }
 
 impl<V: Send + Sync + 'static> BehindNs<V> {
@@ -734,10 +869,12 @@ impl<V: Send + Sync + 'static> BehindNs<V> {
         codec: Arc<dyn crate::codec::Codec<V>>,
     ) -> Result<Self, Error> {
         let overlay = Arc::new(Mutex::new(HashMap::new()));
+        let (parked, parked_rx) = tokio::sync::mpsc::unbounded_channel();
         let target = Arc::new(NsTarget {
             sink,
             codec: codec.clone(),
             overlay: overlay.clone(),
+            parked,
         });
         let recovered = wb.register(namespace, target)?;
         {
@@ -754,7 +891,12 @@ impl<V: Send + Sync + 'static> BehindNs<V> {
                 o.insert(r.key.clone(), (r.seq, value));
             }
         }
-        Ok(Self { wb, codec, overlay })
+        Ok(Self {
+            wb,
+            codec,
+            overlay,
+            parked: Mutex::new(Some(parked_rx)),
+        })
     }
 }
 

@@ -183,7 +183,8 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         });
         let barriers = TagBarriers::new(longest_life_ms(&policy));
         let load_seconds = metrics::histogram!("strata_load_seconds", "namespace" => name.clone());
-        Self {
+        let parked = behind.as_ref().and_then(|b| b.parked.lock().take());
+        let ns = Self {
             inner: Arc::new(Inner {
                 name,
                 policy,
@@ -203,7 +204,19 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 sink,
                 behind,
             }),
+        };
+        if let Some(mut parked) = parked {
+            // A parked write-behind value will never be persisted: drop it from every tier. The task holds the
+            // namespace weakly and ends with it.
+            let weak = Arc::downgrade(&ns.inner);
+            tokio::spawn(async move {
+                while let Some(key) = parked.recv().await {
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.invalidate(&key, None).await;
+                }
+            });
         }
+        ns
     }
 
     /// The namespace's name.
@@ -555,6 +568,13 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 inner.name
             ))
         })?;
+        if let (Some(v), Some(sink)) = (value.as_ref(), inner.sink.as_ref()) {
+            // What the source must refuse is refused now, not after the ack.
+            sink.check(key, v).map_err(|source| Error::Write {
+                key: key.to_owned(),
+                source,
+            })?;
+        }
         let op = match value.as_ref() {
             Some(v) => Op::Upsert(b.codec.encode(v).map_err(|e| Error::Write {
                 key: key.to_owned(),

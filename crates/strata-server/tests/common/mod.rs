@@ -1,0 +1,85 @@
+//! Helpers of the tests that run the `strata` binary on the embedded default (no services needed).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A fresh data directory under the system's temp dir.
+pub fn data_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "strata-bin-{name}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// A running `strata serve`, killed (SIGKILL) when dropped — also when a test panics.
+#[derive(Debug)]
+pub struct Running {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `strata serve` on `dir`; `Ok(running)` once it listens, `Err(stderr)` if it exits first.
+pub fn serve(dir: &Path, extra: &[&str]) -> Result<Running, String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env_remove("STRATA_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.wait();
+            return Err(seen.join("\n"));
+        };
+        if let Some(rest) = line.strip_prefix("strata listening on ") {
+            let base = rest.split_whitespace().next().unwrap().to_owned();
+            std::thread::spawn(move || for _ in lines.by_ref() {});
+            return Ok(Running { child, base });
+        }
+        seen.push(line);
+    }
+}
+
+/// One request with a JSON content type; `(status, body)`.
+pub fn call(method: &str, url: &str, body: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let req = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .unwrap();
+    let mut resp = agent.run(req).unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap_or_default())
+}

@@ -1,0 +1,186 @@
+//! Write-behind acknowledges only what the source will accept, and what it still refuses later is parked, dropped
+//! from the caches, and manageable (list, retry, discard).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use strata::behind::{WriteBehind, WriteBehindOptions};
+use strata::codec::Json;
+use strata::{Cache, Error, Policy, Status, WriteMode};
+use strata_core::{Fetched, SharedError, Sink, Source};
+use strata_testkit::table::VersionedTable;
+
+/// A table that refuses negative values up front (`check`, like a type check) and, while `failing`, refuses every
+/// write at flush time (like a constraint only the database can check).
+struct Strict {
+    table: VersionedTable<i64>,
+    failing: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+impl Source<i64> for Strict {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<i64>, SharedError>> {
+        self.table.load(key)
+    }
+    fn load_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, Fetched<i64>>, SharedError>> {
+        self.table.load_many(keys)
+    }
+}
+
+impl Sink<i64> for Strict {
+    fn upsert<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a i64,
+    ) -> BoxFuture<'a, Result<u64, SharedError>> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Box::pin(async {
+                Err(Arc::new(Refused("check constraint violated".into())) as SharedError)
+            });
+        }
+        self.table.upsert(key, value)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, SharedError>> {
+        self.table.delete(key)
+    }
+    fn check(&self, _key: &str, value: &i64) -> Result<(), SharedError> {
+        if *value < 0 {
+            return Err(Arc::new(Refused("n: must be ≥ 0".into())));
+        }
+        Ok(())
+    }
+}
+
+fn dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "strata-dlq-{name}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[tokio::test]
+async fn a_value_the_source_must_refuse_is_refused_before_the_ack() {
+    let strict = Arc::new(Strict {
+        table: VersionedTable::new(),
+        failing: AtomicBool::new(false),
+    });
+    let wb = WriteBehind::open(dir("check"), WriteBehindOptions::default()).unwrap();
+    let cache = Cache::new();
+    let ns = cache
+        .namespace::<i64>("counter")
+        .with_policy(
+            Policy::builder()
+                .with_write_mode(WriteMode::Behind)
+                .build()
+                .unwrap(),
+        )
+        .with_codec(Json)
+        .with_store(strict.clone())
+        .with_write_behind(wb.clone())
+        .build()
+        .unwrap();
+    let err = ns.write("views", -1).await.unwrap_err();
+    assert!(matches!(err, Error::Write { .. }), "{err}");
+    assert!(err.to_string().contains("must be ≥ 0"), "{err}");
+    assert_eq!(wb.stats().acked, 0, "a refused value was journaled");
+    assert!(
+        ns.get("views").is_none(),
+        "a refused value reached the cache"
+    );
+}
+
+#[tokio::test]
+async fn a_parked_write_leaves_the_caches_and_can_be_listed_retried_and_discarded() {
+    let strict = Arc::new(Strict {
+        table: VersionedTable::new(),
+        failing: AtomicBool::new(true),
+    });
+    strict.table.set("views", 1);
+    let options = WriteBehindOptions {
+        max_attempts: 2,
+        retry_base: Duration::from_millis(5),
+        retry_max: Duration::from_millis(10),
+        linger: Duration::from_millis(1),
+        ..WriteBehindOptions::default()
+    };
+    let wb = WriteBehind::open(dir("park"), options).unwrap();
+    let cache = Cache::new();
+    let ns = cache
+        .namespace::<i64>("counter")
+        .with_policy(
+            Policy::builder()
+                .with_write_mode(WriteMode::Behind)
+                .build()
+                .unwrap(),
+        )
+        .with_codec(Json)
+        .with_store(strict.clone())
+        .with_write_behind(wb.clone())
+        .build()
+        .unwrap();
+    ns.write("views", 7).await.unwrap();
+    assert_eq!(ns.fetch("views").await.unwrap().value(), Some(&7));
+    assert!(
+        wb.drain(Duration::from_secs(5)).await,
+        "the write never settled"
+    );
+    assert_eq!(wb.stats().dead_lettered, 1);
+    // The value will never be persisted: the caches serve the source's row again.
+    let mut served = None;
+    for _ in 0..100 {
+        let got = ns.fetch("views").await.unwrap();
+        served = got.value().copied();
+        if served == Some(1) {
+            assert_ne!(
+                got.status(),
+                Status::Hit(strata::Tier::L1),
+                "the first read after the park is a load"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(served, Some(1), "the parked value is still served");
+    let letters = wb.dead_letters().unwrap();
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(
+        (
+            letter.namespace.as_str(),
+            letter.key.as_str(),
+            letter.value.as_str()
+        ),
+        ("counter", "views", "7")
+    );
+    assert!(letter.error.contains("check constraint"), "{letter:?}");
+
+    // Retry: take it out and write it again once the source accepts it.
+    strict.failing.store(false, Ordering::SeqCst);
+    let taken = wb.take_dead_letter(letter.seq).unwrap().unwrap();
+    let value: i64 = serde_json::from_str(&taken.value).unwrap();
+    ns.write(&taken.key, value).await.unwrap();
+    assert!(wb.drain(Duration::from_secs(5)).await);
+    assert_eq!(strict.table.get("views").map(|(v, _)| v), Some(7));
+    assert!(wb.dead_letters().unwrap().is_empty());
+
+    // Discard: park another, then drop it for good.
+    strict.failing.store(true, Ordering::SeqCst);
+    ns.write("likes", 3).await.unwrap();
+    assert!(wb.drain(Duration::from_secs(5)).await);
+    let seq = wb.dead_letters().unwrap()[0].seq;
+    assert!(wb.discard_dead_letter(seq).unwrap());
+    assert!(!wb.discard_dead_letter(seq).unwrap());
+    assert!(wb.dead_letters().unwrap().is_empty());
+}
