@@ -139,6 +139,26 @@ impl Applier {
         Ok(done)
     }
 
+    /// Publishes that the feed `feed` has applied every commit made more than `age` ago (see
+    /// `Invalidation::FeedMark`), in sequence after the invalidations published before it.
+    pub async fn mark(&self, feed: &str, age: Duration) -> Result<(), Error> {
+        let mut seq = self.seq.lock().await;
+        let msg = BusMessage {
+            namespace: feed.to_owned(),
+            what: Invalidation::FeedMark {
+                feed: feed.to_owned(),
+                age_ms: age.as_millis().min(u64::MAX as u128) as u64,
+            },
+            version: None,
+            origin: self.origin.clone(),
+            seq: *seq + 1,
+            ts: self.clock.now(),
+        };
+        self.bus.publish(msg).await?;
+        *seq += 1;
+        Ok(())
+    }
+
     async fn barrier(&self, ns: &str, tag: Option<&str>) -> Result<(), Error> {
         if let Some(tier) = &self.tier {
             tier.raise_barrier(ns, tag, self.options.barrier_keep)

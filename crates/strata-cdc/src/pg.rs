@@ -184,6 +184,10 @@ const BUSY_TERMINATE_AFTER: Duration = Duration::from_secs(2);
 const BUSY_FAST_FOR: Duration = Duration::from_secs(10);
 /// How often a standby refreshes who holds the slot.
 const HOLDER_REFRESH: Duration = Duration::from_secs(2);
+/// How often the holder marks its feed (see [`PgCdc::emit_mark`]): well under the nodes' change-feed bound.
+const MARK_EVERY: Duration = Duration::from_millis(100);
+/// Marks emitted and not yet seen in the stream, at most.
+const MARKS_KEPT: usize = 256;
 
 /// The session that holds the slot (or, between its replication sessions, the slot's advisory lock).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,6 +310,42 @@ pub struct PgCdc {
     busy_since: Option<Instant>,
     /// A takeover to log once the session streams: when the standby's wait began, and the holder it waited for.
     takeover: Option<(Instant, Instant, Option<Holder>)>,
+}
+
+/// The feed marks this holder emitted and has not seen back yet: id → when (taken before the emit).
+#[derive(Default)]
+struct Marks {
+    next: u64,
+    pending: std::collections::VecDeque<(u64, Instant)>,
+}
+
+impl Marks {
+    fn next(&mut self) -> (u64, Instant) {
+        self.next += 1;
+        (self.next, Instant::now())
+    }
+
+    fn emitted(&mut self, id: u64, at: Instant) {
+        if self.pending.len() >= MARKS_KEPT {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((id, at));
+    }
+
+    /// Mark `id` came back: when it was emitted (older pending marks are dropped: the stream is in order).
+    fn seen(&mut self, id: u64) -> Option<Instant> {
+        while let Some(&(first, at)) = self.pending.front() {
+            self.pending.pop_front();
+            if first == id {
+                return Some(at);
+            }
+            if first > id {
+                self.pending.push_front((first, at));
+                return None;
+            }
+        }
+        None
+    }
 }
 
 /// How a replication session ended.
@@ -1013,6 +1053,9 @@ impl PgCdc {
         }
         let mut relations: HashMap<u32, Relation> = HashMap::new();
         let mut tx: Option<Tx> = None;
+        let mut marks = Marks::default();
+        let mut mark_tick = tokio::time::interval(MARK_EVERY);
+        mark_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lock_check =
             tokio::time::interval(self.options.status_interval.max(Duration::from_millis(100)));
         lock_check.reset();
@@ -1025,6 +1068,10 @@ impl PgCdc {
                 }
                 _ = lock_check.tick() => {
                     self.check_lock().await?;
+                    continue;
+                }
+                _ = mark_tick.tick() => {
+                    self.emit_mark(&mut marks).await;
                     continue;
                 }
             };
@@ -1072,8 +1119,53 @@ impl PgCdc {
                         self.counters.acked_lsn.store(applied, Ordering::Relaxed);
                     }
                 }
+                ReplicationEvent::Message {
+                    prefix, content, ..
+                } if prefix == self.mark_prefix() => {
+                    // Every transaction that committed before the mark was emitted came (and was applied) before
+                    // it: tell the nodes, so they keep trusting their caches.
+                    let Some(emitted) = std::str::from_utf8(&content)
+                        .ok()
+                        .and_then(|id| id.parse().ok())
+                        .and_then(|id| marks.seen(id))
+                    else {
+                        continue; // another holder's mark, or one from before a restart
+                    };
+                    if let Err(e) = self
+                        .applier
+                        .mark(&self.options.slot, emitted.elapsed())
+                        .await
+                    {
+                        tracing::debug!(error = %e, "CDC: publishing a feed mark failed");
+                    }
+                }
                 ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
             }
+        }
+    }
+
+    /// The prefix of this feed's marks in the WAL.
+    fn mark_prefix(&self) -> String {
+        format!("strata-cdc-mark:{}", self.options.slot)
+    }
+
+    /// Writes a mark into the WAL (a non-transactional logical message, so it lands after every commit that
+    /// completed before this call) and remembers when. When the stream delivers it, everything committed
+    /// earlier has been applied.
+    async fn emit_mark(&self, marks: &mut Marks) {
+        let (id, at) = marks.next();
+        let emitted = tokio::time::timeout(
+            MARK_EVERY * 5,
+            sqlx::query("select pg_logical_emit_message(false, $1, $2)")
+                .bind(self.mark_prefix())
+                .bind(id.to_string())
+                .execute(&self.pool),
+        )
+        .await;
+        match emitted {
+            Ok(Ok(_)) => marks.emitted(id, at),
+            Ok(Err(e)) => tracing::debug!(error = %e, "CDC: emitting a feed mark failed"),
+            Err(_) => tracing::debug!("CDC: emitting a feed mark timed out"),
         }
     }
 

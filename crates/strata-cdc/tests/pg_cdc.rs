@@ -463,6 +463,22 @@ impl<B: Bus> Recording<B> {
     }
 }
 
+impl<B: Bus> Recording<B> {
+    /// Whether a mark of `feed` was published after the `Delete` of `key`.
+    fn marked_after_delete_of(&self, key: &str, feed: &str) -> bool {
+        let sent = self.sent.lock().unwrap();
+        let Some(at) = sent
+            .iter()
+            .position(|m| matches!(&m.what, Invalidation::Delete { key: k } if k == key))
+        else {
+            return false;
+        };
+        sent[at..]
+            .iter()
+            .any(|m| matches!(&m.what, Invalidation::FeedMark { feed: f, .. } if f == feed))
+    }
+}
+
 impl<B: Bus> Bus for Recording<B> {
     fn publish(&self, msg: BusMessage) -> BoxFuture<'_, Result<(), Error>> {
         self.sent.lock().unwrap().push(msg.clone());
@@ -508,6 +524,15 @@ async fn under_replica_identity_full_an_update_evicts_the_primary_key_the_cache_
     }
     // Exactly `<ns>:<pk>`: "tv", not every column of the row ("tv:129:TV 55:video:2").
     assert_eq!(bus.deleted_keys(), vec!["tv".to_owned()]);
+    // The holder marks its feed, and a mark emitted after the commit follows the commit's invalidation.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !bus.marked_after_delete_of("tv", &w.slot) {
+        assert!(
+            Instant::now() < deadline,
+            "no feed mark followed the invalidation"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert!(w.l2_tombstoned("tv").await, "L2 tombstones price:tv");
     w.wait_evicted("tv", 99).await;
     assert_eq!(w.read_all("tv").await, vec![129, 129, 129]);

@@ -47,6 +47,16 @@ pub enum Invalidation {
         /// The key.
         key: String,
     },
+    /// Not an invalidation: the change feed `feed` (a CDC consumer's slot) has applied — in L2 and on the bus,
+    /// before this message — every source commit made more than `age_ms` before this message was sent. The
+    /// message's `namespace` is the feed's name too. Namespaces fed by it trust their caches only while such a
+    /// mark is recent.
+    FeedMark {
+        /// The feed.
+        feed: String,
+        /// How old the confirmation already was when sent.
+        age_ms: u64,
+    },
 }
 
 /// One bus message.
@@ -120,6 +130,9 @@ impl BusMessage {
                 invalid("key", "must not be empty")
             }
             Invalidation::Tag { tag } if tag.is_empty() => invalid("tag", "must not be empty"),
+            Invalidation::FeedMark { feed, .. } if feed.is_empty() => {
+                invalid("feed", "must not be empty")
+            }
             _ => Ok(msg),
         }
     }

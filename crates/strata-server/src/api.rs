@@ -649,6 +649,10 @@ pub fn stats_json(state: &AppState) -> Value {
         "uptime_s": state.started.elapsed().as_secs_f64(),
         "l2": state.has_l2,
         "namespaces": namespaces,
+        "feeds": state.cache.feeds().iter().map(|f| json!({
+            "feed": f.feed, "mark_age_ms": f.mark_age_ms, "bound_ms": f.bound_ms,
+            "untrusted_reads": f.untrusted_reads,
+        })).collect::<Vec<_>>(),
         "bus": bus.map(|b| json!({
             "published": b.published, "applied": b.applied, "gaps": b.gaps, "backlog": b.backlog,
             "last_lag_ms": b.last_lag_ms, "duplicates": b.duplicates,

@@ -262,6 +262,15 @@ impl AppState {
                 .with_policy(policy)
                 .with_codec(Json)
                 .with_weigher(|v: &Value| v.to_string().len());
+            // Fed by CDC: the caches are trusted only while the consumer's feed marks are recent (a stalled or
+            // dead consumer makes reads go to the source instead of serving what a commit replaced).
+            if let Some(cdc) = config
+                .cdc
+                .as_ref()
+                .filter(|c| c.rules.iter().any(|r| r.namespace == *name))
+            {
+                b = b.with_change_feed(cdc.slot.clone());
+            }
             let mut schema = None;
             if let (Some(src), Some(query)) = (&n.source, &n.query) {
                 let query = query.get_ref();

@@ -410,6 +410,7 @@ fn target(m: &BusMessage) -> (String, String) {
         }
         Invalidation::Tag { tag } => format!("t:{tag}"),
         Invalidation::Clear => "*".to_owned(),
+        Invalidation::FeedMark { feed, .. } => format!("f:{feed}"),
     };
     (m.namespace.clone(), t)
 }

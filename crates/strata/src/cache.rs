@@ -9,7 +9,10 @@ use std::sync::OnceLock;
 
 use futures::StreamExt;
 use parking_lot::RwLock;
-use strata_core::{Clock, Error, Policy, SharedTier, Sink, Source, SystemClock, WriteMode};
+use strata_core::{
+    BusMessage, Clock, Error, Invalidation, Policy, SharedTier, Sink, Source, SystemClock,
+    WriteMode,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::behind::{BehindNs, WriteBehind};
@@ -54,6 +57,9 @@ struct CacheInner {
     /// How long a source write waits for its invalidation to reach L2 and the bus before it reports
     /// [`Error::NotPropagated`].
     propagation_timeout: std::time::Duration,
+    /// Change feeds by name (see [`NamespaceBuilder::with_change_feed`]), and the bound they are trusted under.
+    feeds: parking_lot::Mutex<HashMap<String, Arc<Liveness>>>,
+    feed_bound: std::time::Duration,
     shared: Option<Arc<SharedLink>>,
 }
 
@@ -81,6 +87,7 @@ impl Cache {
             shared: None,
             breaker: BreakerOptions::default(),
             propagation_timeout: DEFAULT_PROPAGATION_TIMEOUT,
+            feed_bound: DEFAULT_FEED_BOUND,
         }
     }
 
@@ -180,6 +187,15 @@ impl Cache {
     fn apply_bus_event(&self, ev: BusEvent, tracker: &mut SeqTracker, counters: &BusCounters) {
         use std::sync::atomic::Ordering::Relaxed;
         match ev {
+            BusEvent::Message(BusMessage {
+                what: Invalidation::FeedMark { feed, age_ms },
+                ..
+            }) => {
+                // Ordered after the feed's invalidations (one origin): those are applied already.
+                if let Some(f) = self.inner.feeds.lock().get(&feed) {
+                    f.confirm(self.inner.clock.now().saturating_sub(age_ms + 1));
+                }
+            }
             BusEvent::Message(m) => {
                 let lag_ms = self.inner.clock.now().saturating_sub(m.ts);
                 metrics::histogram!("strata_bus_lag_seconds").record(lag_ms as f64 / 1000.0);
@@ -252,6 +268,7 @@ impl Cache {
             source: None,
             sink: None,
             write_behind: None,
+            feed: None,
             _v: PhantomData,
         }
     }
@@ -291,6 +308,26 @@ impl Cache {
         Ok(())
     }
 
+    /// Every change feed a namespace depends on: its name, how old its last mark is (ms; `None` before the
+    /// first), its bound, and the reads it made skip L1 and L2.
+    pub fn feeds(&self) -> Vec<FeedStats> {
+        let now = self.inner.clock.now();
+        let mut all: Vec<FeedStats> = self
+            .inner
+            .feeds
+            .lock()
+            .iter()
+            .map(|(name, l)| FeedStats {
+                feed: name.clone(),
+                mark_age_ms: (l.confirmed() > 0).then(|| now.saturating_sub(l.confirmed())),
+                bound_ms: l.bound_ms(),
+                untrusted_reads: l.untrusted_reads.load(std::sync::atomic::Ordering::Relaxed),
+            })
+            .collect();
+        all.sort_by(|a, b| a.feed.cmp(&b.feed));
+        all
+    }
+
     /// The shared tier link's counters, when the cache has a shared tier.
     pub fn shared_stats(&self) -> Option<SharedStats> {
         self.inner.shared.as_ref().map(|l| l.stats())
@@ -318,6 +355,14 @@ impl Cache {
     /// a scrape renders).
     pub fn publish_metrics(&self) {
         self.stats().iter().for_each(publish);
+        for f in self.feeds() {
+            if let Some(age) = f.mark_age_ms {
+                metrics::gauge!("strata_feed_mark_age_seconds", "feed" => f.feed.clone())
+                    .set(age as f64 / 1000.0);
+            }
+            metrics::counter!("strata_feed_untrusted_reads_total", "feed" => f.feed)
+                .absolute(f.untrusted_reads);
+        }
         if let Some(link) = &self.inner.shared {
             let s = link.stats();
             for (event, v) in [
@@ -367,6 +412,20 @@ impl Cache {
             .map(|r| r.erased.clone())
             .ok_or_else(|| Error::UnknownNamespace(namespace.to_owned()))
     }
+}
+
+/// A change feed as a node sees it (see [`Cache::feeds`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FeedStats {
+    /// The feed (a CDC slot).
+    pub feed: String,
+    /// Age of its last mark in ms; `None` before the first.
+    pub mark_age_ms: Option<u64>,
+    /// Its namespaces trust their caches while the mark is younger than this.
+    pub bound_ms: u64,
+    /// Reads that skipped L1 and L2 because the mark was too old.
+    pub untrusted_reads: u64,
 }
 
 /// Resolves once `stop` is set. The `watch` guard is dropped here, not held by the caller across awaits.
@@ -432,7 +491,11 @@ pub struct CacheBuilder {
     shared: Option<Arc<dyn SharedTier>>,
     breaker: BreakerOptions,
     propagation_timeout: std::time::Duration,
+    feed_bound: std::time::Duration,
 }
+
+/// How recent a change feed's last mark must be for its namespaces to trust their caches, by default.
+pub const DEFAULT_FEED_BOUND: std::time::Duration = std::time::Duration::from_millis(750);
 
 /// How long a source write waits, by default, for its invalidation to reach L2 and the bus.
 pub const DEFAULT_PROPAGATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -466,6 +529,13 @@ impl CacheBuilder {
         self
     }
 
+    /// How recent a change feed's last mark must be for the namespaces it feeds to trust L1 and L2 (see
+    /// [`NamespaceBuilder::with_change_feed`]). Default: 750 ms.
+    pub fn with_change_feed_bound(mut self, bound: std::time::Duration) -> Self {
+        self.feed_bound = bound;
+        self
+    }
+
     /// Builds the cache.
     pub fn build(self) -> Cache {
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
@@ -486,6 +556,8 @@ impl CacheBuilder {
                 publisher,
                 bus_counters: OnceLock::new(),
                 propagation_timeout: self.propagation_timeout,
+                feeds: parking_lot::Mutex::new(HashMap::new()),
+                feed_bound: self.feed_bound,
                 shared,
             }),
         }
@@ -503,6 +575,7 @@ pub struct NamespaceBuilder<V> {
     source: Option<Arc<dyn Source<V>>>,
     sink: Option<Arc<dyn Sink<V>>>,
     write_behind: Option<WriteBehind>,
+    feed: Option<String>,
     _v: PhantomData<fn() -> V>,
 }
 
@@ -544,6 +617,17 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
     /// writes recovered from the journal for this namespace are replayed.
     pub fn with_write_behind(mut self, wb: WriteBehind) -> Self {
         self.write_behind = Some(wb);
+        self
+    }
+
+    /// The namespace's source is also changed behind the cache's back, and the change feed `feed` (a CDC
+    /// consumer publishing on this cache's bus — its slot name) tells of those changes. The consumer marks the
+    /// feed on the bus when it has applied every commit up to an instant (`Invalidation::FeedMark`); the
+    /// namespace answers from L1 or L2 only while the last mark is younger than the cache's change-feed bound,
+    /// and reads the source otherwise (coalesced), so a stalled or dead consumer can delay invalidations but never
+    /// make a superseded value outlive the bound.
+    pub fn with_change_feed(mut self, feed: impl Into<String>) -> Self {
+        self.feed = Some(feed.into());
         self
     }
 
@@ -622,6 +706,15 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
             weigher: self.weigher,
             publisher: self.cache.inner.publisher.clone(),
             propagation_timeout: self.cache.inner.propagation_timeout,
+            feed: self.feed.map(|f| {
+                self.cache
+                    .inner
+                    .feeds
+                    .lock()
+                    .entry(f)
+                    .or_insert_with(|| Arc::new(Liveness::new(self.cache.inner.feed_bound)))
+                    .clone()
+            }),
             l2,
             source: self.source,
             sink: self.sink,

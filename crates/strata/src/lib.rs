@@ -47,7 +47,7 @@ mod namespace;
 mod shared;
 mod stats;
 
-pub use cache::{Cache, CacheBuilder, NamespaceBuilder};
+pub use cache::{Cache, CacheBuilder, FeedStats, NamespaceBuilder};
 pub use lookup::{Lookup, StaleReason, Status};
 pub use namespace::{Namespace, WarmReport, Weigher, BARRIER_STALENESS};
 pub use shared::{BreakerOptions, SharedStats};

@@ -173,6 +173,82 @@ async fn a_write_is_acknowledged_only_once_the_bus_has_its_invalidation() {
     a.listener.close().await;
 }
 
+fn fed_node(shared: &InProcessBus, table: &Arc<Table>) -> (Namespace<u32>, BusListener, Cache) {
+    let cache = Cache::builder()
+        .with_clock(tokio_clock())
+        .with_change_feed_bound(BOUND)
+        .build();
+    let ns = cache
+        .namespace::<u32>("price")
+        .with_policy(
+            strata::Policy::builder()
+                .with_ttl(Duration::from_secs(600))
+                .build()
+                .unwrap(),
+        )
+        .with_store(table.clone())
+        .with_change_feed("slot_a")
+        .build()
+        .unwrap();
+    let listener = cache
+        .attach_bus(Arc::new(shared.clone()) as Arc<dyn Bus>)
+        .unwrap();
+    (ns, listener, cache)
+}
+
+async fn mark(shared: &InProcessBus, seq: u64, age_ms: u64) {
+    shared
+        .publish(strata_core::BusMessage {
+            namespace: "slot_a".into(),
+            what: strata_core::Invalidation::FeedMark {
+                feed: "slot_a".into(),
+                age_ms,
+            },
+            version: None,
+            origin: "cdc-test".into(),
+            seq,
+            ts: 0,
+        })
+        .await
+        .unwrap();
+}
+
+/// A namespace fed by a change feed (CDC) trusts its caches only while the feed's marks are recent: a stalled or
+/// dead consumer means source commits may be unseen, so reads go to the source.
+#[tokio::test(start_paused = true)]
+async fn a_namespace_fed_by_a_silent_change_feed_reads_the_source() {
+    let shared = InProcessBus::new().with_heartbeat(HEARTBEAT);
+    let table = table_with(1);
+    let (ns, _listener, cache) = fed_node(&shared, &table);
+    settle().await;
+    let read = || async {
+        let l = ns.fetch("sku").await.unwrap();
+        (*l.value().unwrap(), l.status())
+    };
+    // No mark yet: every read is a load.
+    read().await;
+    assert_eq!(read().await, (1, Status::Miss));
+    mark(&shared, 1, 0).await;
+    settle().await;
+    read().await;
+    assert_eq!(read().await, (1, Status::Hit(Tier::L1)));
+    // A commit the feed will never report (its consumer is stopped): once the last mark is older than the bound,
+    // the source answers.
+    table.set("sku", 2);
+    assert_eq!(read().await, (1, Status::Hit(Tier::L1)), "within the bound");
+    tokio::time::sleep(BOUND).await;
+    assert_eq!(read().await, (2, Status::Miss));
+    let f = &cache.feeds()[0];
+    assert!(
+        f.untrusted_reads >= 1 && f.mark_age_ms.unwrap() >= BOUND.as_millis() as u64,
+        "{f:?}"
+    );
+    // A mark that was already old when sent does not restore trust.
+    mark(&shared, 2, BOUND.as_millis() as u64 * 2).await;
+    settle().await;
+    assert_eq!(read().await.1, Status::Miss);
+}
+
 /// Writers racing on many threads used to queue their messages out of sequence order (the number was taken
 /// before, not with, the enqueue): receivers then saw a gap, flushed their L1, and dropped the late message as a
 /// duplicate.

@@ -95,6 +95,9 @@ pub(crate) struct Inner<V> {
     publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
     /// How long a source write waits for its invalidation to reach L2 and the bus.
     propagation_timeout: Duration,
+    /// The change feed (CDC) that tells this namespace of writes made behind the cache's back, when it has one:
+    /// L1 and L2 are trusted only while the feed's last mark is younger than its bound.
+    feed: Option<Arc<Liveness>>,
     /// The shared tier, when the cache has one and the policy enables it.
     l2: Option<NsL2<V>>,
     /// Hot-key detection, when the policy enables it.
@@ -146,6 +149,7 @@ pub(crate) struct Parts<V> {
     pub weigher: Weigher<V>,
     pub publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
     pub propagation_timeout: Duration,
+    pub feed: Option<Arc<Liveness>>,
     pub l2: Option<NsL2<V>>,
     pub source: Option<Arc<dyn Source<V>>>,
     pub sink: Option<Arc<dyn Sink<V>>>,
@@ -161,6 +165,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             weigher,
             publisher,
             propagation_timeout,
+            feed,
             l2,
             source,
             sink,
@@ -197,6 +202,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 load_seconds,
                 publisher,
                 propagation_timeout,
+                feed,
                 l2,
                 hot,
                 pins_only,
@@ -733,8 +739,36 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 false
             }
+            _ => self.feed_trusted(now),
+        }
+    }
+
+    /// Whether the change feed (when the namespace has one) confirmed recently enough that L1 and L2 hold no
+    /// value a source commit older than the bound has replaced.
+    #[inline]
+    fn feed_trusted(&self, now: UnixMillis) -> bool {
+        match &self.feed {
+            Some(f) if !f.trusted(now) => {
+                f.untrusted_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
             _ => true,
         }
+    }
+
+    /// The tightest bound the caches are untrusted under at `now`, if any: fills are kept no longer.
+    fn untrusted_bound(&self, now: UnixMillis) -> Option<u64> {
+        let bus = self
+            .liveness()
+            .filter(|l| !l.trusted(now))
+            .map(|l| l.bound_ms());
+        let feed = self
+            .feed
+            .as_ref()
+            .filter(|f| !f.trusted(now))
+            .map(|f| f.bound_ms());
+        bus.into_iter().chain(feed).min()
     }
 
     fn find(&self, key: &str, now: UnixMillis) -> Found<V> {
@@ -861,7 +895,13 @@ impl<V: Send + Sync + 'static> Inner<V> {
         fallback: Option<Arc<Entry<V>>>,
         refreshing: HashMap<String, l2::Refreshing>,
     ) {
-        let pending: Vec<l2::Pending<V>> = match &self.l2 {
+        // While the change feed is silent, L2 may still hold what a source commit replaced: go to the source (and
+        // do not fill L2 without a fence).
+        let l2 = self
+            .l2
+            .as_ref()
+            .filter(|_| self.feed_trusted(self.clock.now()));
+        let pending: Vec<l2::Pending<V>> = match l2 {
             None => flights
                 .into_iter()
                 .map(|(key, flight)| l2::Pending {
@@ -1010,10 +1050,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
             return false;
         }
         let now = self.clock.now();
-        if let Some(l) = self.liveness().filter(|l| !l.trusted(now)) {
-            // Filled while the bus is not confirmed live: a write elsewhere may not have reached this node, so the
-            // copy lives no longer than the bound.
-            entry = Arc::new(entry.expiring_by(now + l.bound_ms()));
+        if let Some(bound) = self.untrusted_bound(now) {
+            // Filled while the bus or the change feed is not confirmed live: a write elsewhere may not have
+            // reached this node, so the copy lives no longer than the bound.
+            entry = Arc::new(entry.expiring_by(now + bound));
         }
         if let (Some(existing), Some(new)) = (l1.peek(key), entry.version) {
             if !existing.is_expired(self.clock.now())
@@ -1309,6 +1349,8 @@ impl<V: Send + Sync + 'static> ErasedNamespace for Namespace<V> {
                 }
                 false
             }
+            // Handled by the cache (it owns the feeds), never routed to a namespace.
+            Invalidation::FeedMark { .. } => false,
         }
     }
     fn flush_local(&self) {
