@@ -13,7 +13,11 @@
 //!   a load that began before the write can never fill the cache after it (the "x=42 lands after x=43" race),
 //!   and callers arriving after the write start a new load instead of joining the old one;
 //! - the fill and the removal happen in one critical section, so there is no instant at which the key is neither
-//!   in flight nor filled (which would let a second load start).
+//!   in flight nor filled (which would let a second load start);
+//! - while the node cannot trust its caches (its bus or change feed is silent), a caller does not join a flight
+//!   older than the bound: that flight read L2 or the source before writes this node has not heard of, so it is
+//!   poisoned and replaced (see [`Flights::join_or_register`]). A process that wakes from a stall would otherwise
+//!   hand its new callers the answer of a load it began before the stall.
 //!
 //! The shard locks are `parking_lot` mutexes: nothing is awaited while holding one.
 
@@ -47,6 +51,8 @@ pub(crate) type Outcome<V> = Result<(Arc<Entry<V>>, Origin), Error>;
 pub(crate) struct Flight<V> {
     tx: watch::Sender<Option<Outcome<V>>>,
     poisoned: AtomicBool,
+    /// When it was registered (cache clock).
+    started: strata_core::UnixMillis,
 }
 
 impl<V> Flight<V> {
@@ -103,13 +109,22 @@ impl<V> Flights<V> {
         self.shards[(self.hasher.hash_one(key) as usize) % SHARDS].lock()
     }
 
-    /// Joins the key's flight, or registers a new one whose caller must start the load.
-    pub(crate) fn join_or_register(&self, key: &str) -> Role<V> {
+    /// Joins the key's flight, or registers a new one whose caller must start the load. With `older_than`, a
+    /// flight registered that many ms before `now` or earlier is not joined but poisoned and replaced.
+    pub(crate) fn join_or_register(
+        &self,
+        key: &str,
+        now: strata_core::UnixMillis,
+        older_than: Option<u64>,
+    ) -> Role<V> {
         let mut shard = self.lock(key);
         if let Some(f) = shard.get(key) {
-            return Role::Follower(f.clone());
+            match older_than {
+                Some(age) if now.saturating_sub(f.started) >= age => poison_locked(&mut shard, key),
+                _ => return Role::Follower(f.clone()),
+            }
         }
-        Role::Leader(register_locked(&mut shard, key))
+        Role::Leader(register_locked(&mut shard, key, now))
     }
 
     /// Poisons and forgets every flight (namespace-wide invalidation). The caller clears L1 while this runs.
@@ -125,10 +140,15 @@ impl<V> Flights<V> {
 }
 
 /// Registers a new flight for `key` under an already held shard lock (the key must have none).
-pub(crate) fn register_locked<V>(shard: &mut Shard<V>, key: &str) -> Arc<Flight<V>> {
+pub(crate) fn register_locked<V>(
+    shard: &mut Shard<V>,
+    key: &str,
+    now: strata_core::UnixMillis,
+) -> Arc<Flight<V>> {
     let flight = Arc::new(Flight {
         tx: watch::Sender::new(None),
         poisoned: AtomicBool::new(false),
+        started: now,
     });
     shard.insert(key.to_owned(), flight.clone());
     flight

@@ -148,6 +148,43 @@ async fn a_node_that_wakes_from_a_stall_does_not_answer_from_l1_before_it_caught
     b.listener.close().await;
 }
 
+/// A load that began before a stall read the world as it was then: a caller arriving after the node woke must
+/// not be handed its answer.
+#[tokio::test(start_paused = true)]
+async fn a_caller_after_a_stall_does_not_join_a_load_from_before_it() {
+    let shared = InProcessBus::new().with_heartbeat(HEARTBEAT);
+    let table = table_with(1);
+    let b_clock = ManualClock::new(TokioClock::new().now());
+    let b = node(&shared, &table, Arc::new(b_clock.clone()));
+    settle().await;
+    let (release, gate) = tokio::sync::oneshot::channel::<()>();
+    let before = {
+        let ns = b.ns.clone();
+        tokio::spawn(async move {
+            ns.get_or_load("k", || async move {
+                let _ = gate.await;
+                Some(1u32) // what the source held when the load began
+            })
+            .await
+            .unwrap()
+        })
+    };
+    tokio::task::yield_now().await;
+    // The process stops for 5 s (its bus falls silent), the row changes meanwhile, and it wakes.
+    b.bus.cut();
+    b_clock.advance(Duration::from_secs(5));
+    let after = b.ns.get_or_load("k", || async { Some(2u32) }).await.unwrap();
+    assert_eq!((after.value(), after.status()), (Some(&2), Status::Miss));
+    release.send(()).unwrap();
+    assert_eq!(before.await.unwrap().value(), Some(&1));
+    // The old load's answer did not land in L1 over the newer one.
+    b.bus.restore();
+    settle().await;
+    let again = b.ns.get_or_load("k", || async { Some(3u32) }).await.unwrap();
+    assert_eq!(again.value(), Some(&2));
+    b.listener.close().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_write_is_acknowledged_only_once_the_bus_has_its_invalidation() {
     let shared = InProcessBus::new().with_heartbeat(HEARTBEAT);

@@ -440,7 +440,11 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             let fallback = match inner.triage(key, now) {
                 Triage::Answer(lookup, refresh) => {
                     if let Some(early) = refresh {
-                        if let Role::Leader(f) = inner.flights.join_or_register(key) {
+                        if let Role::Leader(f) =
+                            inner
+                                .flights
+                                .join_or_register(key, now, inner.untrusted_bound(now))
+                        {
                             inner.count_refresh(early);
                             refreshing.insert(key.to_owned(), l2::Refreshing::of(lookup.entry()));
                             leaders.push((key.to_owned(), f));
@@ -455,7 +459,10 @@ impl<V: Send + Sync + 'static> Namespace<V> {
                 hot.record(key);
             }
             ready.push(None);
-            match inner.flights.join_or_register(key) {
+            match inner
+                .flights
+                .join_or_register(key, now, inner.untrusted_bound(now))
+            {
                 Role::Leader(f) => {
                     inner.counters.misses.inc();
                     leaders.push((key.to_owned(), f.clone()));
@@ -529,6 +536,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             .await
             .map_err(|source| Error::Write {
                 key: key.to_owned(),
+                kind: sink.classify(&source),
                 source,
             })?;
         let seq = match mode {
@@ -553,6 +561,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         }
         let version = sink.delete(key).await.map_err(|source| Error::Write {
             key: key.to_owned(),
+            kind: sink.classify(&source),
             source,
         })?;
         if self.inner.policy.write == WriteMode::Around {
@@ -578,12 +587,14 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             // What the source must refuse is refused now, not after the ack.
             sink.check(key, v).map_err(|source| Error::Write {
                 key: key.to_owned(),
+                kind: sink.classify(&source),
                 source,
             })?;
         }
         let op = match value.as_ref() {
             Some(v) => Op::Upsert(b.codec.encode(v).map_err(|e| Error::Write {
                 key: key.to_owned(),
+                kind: strata_core::WriteErrorKind::rejected(None, format!("the value does not encode: {e}")),
                 source: Arc::new(std::io::Error::other(format!(
                     "the value does not encode: {e}"
                 ))),
@@ -682,7 +693,8 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         make: impl FnOnce() -> BoxFuture<'static, Result<Fetched<V>, SharedError>>,
     ) -> Result<Lookup<V>, Error> {
         let inner = &self.inner;
-        let fallback = match inner.triage(key, inner.clock.now()) {
+        let now = inner.clock.now();
+        let fallback = match inner.triage(key, now) {
             Triage::Answer(lookup, refresh) => {
                 if let Some(early) = refresh {
                     inner.refresh(key, make, early, l2::Refreshing::of(lookup.entry()));
@@ -694,22 +706,26 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         if let Some(hot) = &inner.hot {
             hot.record(key);
         }
-        let (flight, status) = match inner.flights.join_or_register(key) {
-            Role::Leader(f) => {
-                inner.counters.misses.inc();
-                inner.spawn_load(
-                    vec![(key.to_owned(), f.clone())],
-                    single(key, make()),
-                    fallback.clone(),
-                    HashMap::new(),
-                );
-                (f, Status::Miss)
-            }
-            Role::Follower(f) => {
-                inner.counters.coalesced.inc();
-                (f, Status::Coalesced)
-            }
-        };
+        let (flight, status) =
+            match inner
+                .flights
+                .join_or_register(key, now, inner.untrusted_bound(now))
+            {
+                Role::Leader(f) => {
+                    inner.counters.misses.inc();
+                    inner.spawn_load(
+                        vec![(key.to_owned(), f.clone())],
+                        single(key, make()),
+                        fallback.clone(),
+                        HashMap::new(),
+                    );
+                    (f, Status::Miss)
+                }
+                Role::Follower(f) => {
+                    inner.counters.coalesced.inc();
+                    (f, Status::Coalesced)
+                }
+            };
         inner.await_flight(&flight, status, fallback).await
     }
 }
@@ -861,7 +877,11 @@ impl<V: Send + Sync + 'static> Inner<V> {
         early: bool,
         current: l2::Refreshing,
     ) {
-        if let Role::Leader(f) = self.flights.join_or_register(key) {
+        let now = self.clock.now();
+        if let Role::Leader(f) = self
+            .flights
+            .join_or_register(key, now, self.untrusted_bound(now))
+        {
             self.count_refresh(early);
             let refreshing = HashMap::from([(key.to_owned(), current)]);
             self.spawn_load(
@@ -1030,7 +1050,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
             remove_locked(&mut shard, key, flight);
             (go_on && !flight.is_poisoned() && !shard.contains_key(key))
-                .then(|| register_locked(&mut shard, key))
+                .then(|| register_locked(&mut shard, key, self.clock.now()))
         };
         flight.publish(outcome);
         next
