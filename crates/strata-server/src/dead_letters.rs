@@ -65,13 +65,15 @@ fn find(wb: &WriteBehind, seq: u64) -> Result<DeadLetter, ApiError> {
         .map_err(store_error)?
         .into_iter()
         .find(|d| d.seq == seq)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no_such_dead_letter",
-                format!("there is no dead letter with seq {seq}"),
-            )
-        })
+        .ok_or_else(|| no_such(seq))
+}
+
+fn no_such(seq: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_such_dead_letter",
+        format!("there is no dead letter with seq {seq}"),
+    )
 }
 
 async fn list(
@@ -129,11 +131,7 @@ async fn discard(
     let seq = parse_seq(&seq)?;
     let wb = queue(&state)?;
     if !wb.discard_dead_letter(seq).map_err(store_error)? {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_such_dead_letter",
-            format!("there is no dead letter with seq {seq}"),
-        ));
+        return Err(no_such(seq));
     }
     Ok(Json(json!({"discarded": seq})).into_response())
 }

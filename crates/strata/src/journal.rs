@@ -889,24 +889,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_torn_tail_is_cut_and_counted_and_the_rest_is_kept() {
-        let d = dir("torn");
-        let (j, _) = Journal::open(&d, JournalOptions::default()).unwrap();
-        for i in 0..5u8 {
-            j.append("n", &format!("k{i}"), Op::Upsert(vec![i; 100]))
-                .await
-                .unwrap();
-        }
-        j.close();
-        drop(j);
-        let file = fs::read_dir(&d)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .find(|p| {
-                fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false)
-                    && p.extension().is_some_and(|x| x == "log")
-            })
-            .unwrap();
+        let (d, file) = five_records("torn").await;
         let len = fs::metadata(&file).unwrap().len();
         OpenOptions::new()
             .write(true)

@@ -70,15 +70,8 @@ fn dir(name: &str) -> std::path::PathBuf {
     d
 }
 
-#[tokio::test]
-async fn a_value_the_source_must_refuse_is_refused_before_the_ack() {
-    let strict = Arc::new(Strict {
-        table: VersionedTable::new(),
-        failing: AtomicBool::new(false),
-    });
-    let wb = WriteBehind::open(dir("check"), WriteBehindOptions::default()).unwrap();
-    let cache = Cache::new();
-    let ns = cache
+fn counters(cache: &Cache, strict: &Arc<Strict>, wb: &WriteBehind) -> strata::Namespace<i64> {
+    cache
         .namespace::<i64>("counter")
         .with_policy(
             Policy::builder()
@@ -90,7 +83,18 @@ async fn a_value_the_source_must_refuse_is_refused_before_the_ack() {
         .with_store(strict.clone())
         .with_write_behind(wb.clone())
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_value_the_source_must_refuse_is_refused_before_the_ack() {
+    let strict = Arc::new(Strict {
+        table: VersionedTable::new(),
+        failing: AtomicBool::new(false),
+    });
+    let wb = WriteBehind::open(dir("check"), WriteBehindOptions::default()).unwrap();
+    let cache = Cache::new();
+    let ns = counters(&cache, &strict, &wb);
     let err = ns.write("views", -1).await.unwrap_err();
     assert!(matches!(err, Error::Write { .. }), "{err}");
     assert!(err.to_string().contains("must be ≥ 0"), "{err}");
@@ -117,19 +121,7 @@ async fn a_parked_write_leaves_the_caches_and_can_be_listed_retried_and_discarde
     };
     let wb = WriteBehind::open(dir("park"), options).unwrap();
     let cache = Cache::new();
-    let ns = cache
-        .namespace::<i64>("counter")
-        .with_policy(
-            Policy::builder()
-                .with_write_mode(WriteMode::Behind)
-                .build()
-                .unwrap(),
-        )
-        .with_codec(Json)
-        .with_store(strict.clone())
-        .with_write_behind(wb.clone())
-        .build()
-        .unwrap();
+    let ns = counters(&cache, &strict, &wb);
     ns.write("views", 7).await.unwrap();
     assert_eq!(ns.fetch("views").await.unwrap().value(), Some(&7));
     assert!(
