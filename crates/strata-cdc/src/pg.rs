@@ -19,6 +19,17 @@
 //! columns, PostgreSQL marks every column as identity. A mapped table without a primary key and a rule without a
 //! key template for it fail the start, naming both.
 //!
+//! # Feed marks: how nodes know the consumer is keeping up
+//! The holder calls `pg_logical_emit_message(false, 'strata-cdc-mark:<slot>', <id>)` every 100 ms on its pool (a
+//! superuser, or a role granted EXECUTE on it). A non-transactional message lands in the WAL after the commit
+//! record of every transaction that committed before the call, so when the stream delivers the mark, every such
+//! transaction has been received — and, the loop being sequential, applied (L2, then the bus). The holder then
+//! publishes `Invalidation::FeedMark { feed: <slot>, age_ms }` (age: since just before the emit) through the same
+//! [`Applier`], after those invalidations. Nodes whose namespaces are fed by this slot trust their caches only
+//! while the last mark is recent (`strata::NamespaceBuilder::with_change_feed`), so a consumer that stalls (a
+//! stopped process keeps its slot and its lock), cannot reach Redis, or dies makes readers go to the source
+//! instead of serving what a commit replaced. Marks of another holder or from before a restart are ignored.
+//!
 //! # Several nodes, one slot: failover
 //! Every node may run a consumer on the same slot; one streams, the others are standbys. The rule:
 //! - The streaming consumer holds a session-level advisory lock (key derived from the slot name) on a connection
