@@ -4,6 +4,7 @@
 
 #![allow(missing_docs)]
 
+pub mod api;
 pub mod behind_crash;
 pub mod cdc;
 pub mod cluster;

@@ -101,6 +101,25 @@ enum Scenario {
         #[arg(long, default_value_t = 500)]
         samples: usize,
     },
+    /// L1 hits through the data API (a `strata serve` child on its own core, the load generator on another) and
+    /// the server's memory with its L1 budget full.
+    Api {
+        /// The `strata` binary. Default: next to this one, else target/release/strata, else target/debug/strata.
+        #[arg(long)]
+        strata: Option<std::path::PathBuf>,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// The L1 budget, MiB.
+        #[arg(long, default_value_t = 256)]
+        budget_mib: u64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 1024)]
+        value_bytes: usize,
+    },
     /// A child writing through write-behind is SIGKILLed at random moments; no acknowledged write may be lost.
     WriteBehindCrash {
         /// Kill cycles.
@@ -310,6 +329,43 @@ fn main() {
                 Ok(report) => println!("{report}"),
                 Err(e) => {
                     eprintln!("invalidation: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Scenario::Api {
+            strata,
+            seconds,
+            connections,
+            budget_mib,
+            value_bytes,
+        } => {
+            // Next to this binary first: `strata bench api` from target/debug pairs debug with debug.
+            let sibling = std::env::current_exe()
+                .ok()
+                .map(|e| e.with_file_name(format!("strata{}", std::env::consts::EXE_SUFFIX)))
+                .filter(|p| p.is_file());
+            let strata = match strata.or(sibling) {
+                Some(p) => p,
+                None => strata_bench::consistency::locate_strata(None).unwrap_or_else(|e| {
+                    eprintln!("api: {e}");
+                    std::process::exit(1);
+                }),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            match rt.block_on(strata_bench::api::run(
+                &strata,
+                seconds,
+                connections,
+                budget_mib,
+                value_bytes,
+            )) {
+                Ok(report) => println!("{report}"),
+                Err(e) => {
+                    eprintln!("api: {e}");
                     std::process::exit(1);
                 }
             }

@@ -1,34 +1,19 @@
-//! `strata bench <scenario>`: the scenario benchmarks. Engine scenarios (`stampede`, `xfetch`, `l1`, `l2`,
-//! `invalidation`, `hotkey`, `write-behind-crash`, `writes`, `cdc`) run in the `strata-bench` binary — it counts
-//! allocations with its own global allocator and re-executes itself for crash tests, which a server binary must
-//! not do — found next to this executable or on `PATH`. `api` is the server's own scenario (see
-//! [`crate::bench_api`]).
+//! `strata bench <scenario>`: a thin launcher of the `strata-bench` binary (found next to this executable or on
+//! `PATH`), which runs every scenario (`api`, `stampede`, `xfetch`, `l1`, `l2`, `invalidation`, `hotkey`,
+//! `write-behind-crash`, `writes`, `cdc`, `consistency`): it counts allocations with its own global allocator and
+//! re-executes itself for crash tests, which a server binary must not do, and the server's production build
+//! carries no benchmark or test code.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
 
-/// A scenario.
+/// A scenario: every one runs in the `strata-bench` binary, e.g. `api`, `stampede`, `writes`, `cdc --nodes 4`,
+/// `consistency --faults` (see `strata-bench --help`).
 #[derive(Debug, Subcommand)]
 pub enum Scenario {
-    /// L1 hits through the data API (server and load generator on separate cores) and the server's memory with
-    /// its L1 budget full.
-    Api {
-        /// Seconds of load.
-        #[arg(long, default_value_t = 5.0)]
-        seconds: f64,
-        /// Concurrent keep-alive connections.
-        #[arg(long, default_value_t = 32)]
-        connections: usize,
-        /// The L1 budget, MiB.
-        #[arg(long, default_value_t = 256)]
-        budget_mib: u64,
-        /// Bytes per value.
-        #[arg(long, default_value_t = 1024)]
-        value_bytes: usize,
-    },
-    /// Any `strata-bench` scenario, e.g. `stampede`, `writes`, `cdc --nodes 4` (see `strata-bench --help`).
+    /// Any `strata-bench` scenario with its arguments.
     #[command(external_subcommand)]
     Engine(Vec<String>),
 }
@@ -49,32 +34,11 @@ fn strata_bench() -> anyhow::Result<PathBuf> {
 
 /// Runs a scenario; exits with the scenario's status.
 pub fn run(scenario: Scenario) -> anyhow::Result<()> {
-    match scenario {
-        Scenario::Api {
-            seconds,
-            connections,
-            budget_mib,
-            value_bytes,
-        } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let report = rt.block_on(crate::bench_api::run(
-                seconds,
-                connections,
-                budget_mib,
-                value_bytes,
-            ))?;
-            println!("{report}");
-            Ok(())
-        }
-        Scenario::Engine(args) => {
-            let bin = strata_bench()?;
-            let status = std::process::Command::new(&bin)
-                .args(&args)
-                .status()
-                .with_context(|| format!("running {}", bin.display()))?;
-            std::process::exit(status.code().unwrap_or(1));
-        }
-    }
+    let Scenario::Engine(args) = scenario;
+    let bin = strata_bench()?;
+    let status = std::process::Command::new(&bin)
+        .args(&args)
+        .status()
+        .with_context(|| format!("running {}", bin.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
 }

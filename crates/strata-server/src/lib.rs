@@ -14,7 +14,6 @@
 pub mod access;
 pub mod api;
 pub mod bench;
-pub mod bench_api;
 pub mod config;
 pub mod conn;
 pub mod dead_letters;

@@ -1,4 +1,6 @@
-//! `strata bench api`: L1 hits through the data API, and the server's memory with its L1 budget full.
+//! `strata bench api`: L1 hits through the data API, and the server's memory with its L1 budget full. It uses
+//! nothing of the server but its binary, so it lives here, not in the server (whose production build carries no
+//! benchmark or test code).
 //!
 //! The server runs as a child process (`strata serve` with a generated config: one namespace, no source, the
 //! whole L1 budget) pinned to the last core; this process — the load generator — pins itself to the first one
@@ -150,6 +152,7 @@ fn have_taskset() -> bool {
 
 /// Runs the scenario.
 pub async fn run(
+    strata: &std::path::Path,
     seconds: f64,
     connections: usize,
     budget_mib: u64,
@@ -166,7 +169,7 @@ pub async fn run(
             "[server]\nmax_body = \"4MiB\"\n\n[l1]\nbudget = \"{budget_mib}MiB\"\n\n[namespaces.blob]\nttl = \"1h\"\njitter = 0.0\n"
         ),
     )?;
-    let exe = std::env::current_exe()?;
+    let exe = strata.to_path_buf();
     let mut cmd = if pinned {
         let mut c = Command::new("taskset");
         c.args(["-c", &(cores - 1).to_string()]).arg(&exe);
