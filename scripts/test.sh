@@ -149,6 +149,34 @@ readme_tour() {
   echo "README tour: every step answered as written"
 }
 
+# Runs schemathesis (pinned; installed from PyPI into a venv under target/) against /openapi.json of a fresh
+# embedded-default server with a token on a free port, with every check on and a bounded number of examples per
+# operation: no 5xx on any input, every answer as documented (status, content type, schema). Any finding fails.
+schemathesis_api() {
+  local venv="$PWD/target/schemathesis-venv" dir port pid rc=0
+  if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -qF 4.32.5; then
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    fi
+    rm -rf "$venv" && python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet 'schemathesis==4.32.5'
+  fi
+  dir=$(mktemp -d /tmp/strata-schemathesis.XXXXXX)
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  target/debug/strata serve --listen "127.0.0.1:$port" --data-dir "$dir/data" --token st-token \
+    >/dev/null 2>"$dir/server.log" &
+  pid=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+  # From $dir: schemathesis keeps its example database in ./.schemathesis.
+  (cd "$dir" && "$venv/bin/schemathesis" --config-file "$OLDPWD/scripts/schemathesis.toml" run \
+    "http://127.0.0.1:$port/openapi.json" --checks all -H 'Authorization: Bearer st-token' --max-examples 20 \
+    --seed 1 --no-color --report-dir "$dir/report") >"$dir/out.txt" 2>&1 || rc=$?
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  if [ "$rc" -ne 0 ]; then cat "$dir/out.txt" >&2; echo "schemathesis found problems (above)" >&2; exit 1; fi
+  grep -E '^Test cases|passed|warning' "$dir/out.txt" | tail -2
+  rm -rf "$dir"
+}
+
 need_cargo
 say "toolchain: $(cargo --version)"
 need_redis
@@ -175,6 +203,7 @@ cargo build --release --quiet -p strata-bench -p strata-server --bins --examples
 
 say "the README's curl tour"
 readme_tour
+say "schemathesis against /openapi.json"; schemathesis_api
 
 say "strata bench api (smoke, debug binary: the figures are not meaningful here)"
 line=$(target/debug/strata bench api --seconds 1 --budget-mib 16 --connections 4)

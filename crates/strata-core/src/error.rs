@@ -42,6 +42,62 @@ impl std::fmt::Display for Tier {
 /// gets the same error.
 pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Why a write to the source failed, as the sink classifies its own error ([`crate::Sink::classify`]): the
+/// caller's fault ([`Rejected`](Self::Rejected): retrying the same write fails again) or the source's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteErrorKind {
+    /// The source refused the value (or key) by one of its rules: a type, `NOT NULL`, a `CHECK`, a unique or
+    /// foreign key, a value out of range.
+    Rejected {
+        /// The field (column) at fault, when the source says which.
+        field: Option<String>,
+        /// The rule, in the source's words (`"violates check constraint \"price_cents_check\""`).
+        rule: String,
+    },
+    /// The source could not be reached (connection refused or lost, no connection free in time).
+    Unavailable {
+        /// It did not answer in time (a pool or statement timeout) rather than refusing the connection.
+        timed_out: bool,
+    },
+    /// The source answered with an error that is not the value's fault (permissions, a bug, an internal
+    /// error); the log has the cause.
+    Failed,
+}
+
+impl WriteErrorKind {
+    /// A rejection of `field` (when known) by `rule`.
+    pub fn rejected(field: Option<&str>, rule: impl Into<String>) -> Self {
+        Self::Rejected {
+            field: field.map(str::to_owned),
+            rule: rule.into(),
+        }
+    }
+
+    /// Whether the source refused the value (the writer's fault).
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, Self::Rejected { .. })
+    }
+}
+
+/// An error that can say whether it is the source refusing a value: implemented by sinks' error types
+/// (`strata_sql::SqlError`), so that a sink's [`crate::Sink::classify`] is one call and the engine and the
+/// server see a [`WriteErrorKind`], never the sink's own error type.
+pub trait Rejection: std::error::Error + 'static {
+    /// What kind of write failure this error is.
+    fn write_error_kind(&self) -> WriteErrorKind;
+
+    /// Classifies a shared error that may be `Self`; any other error is [`WriteErrorKind::Failed`].
+    fn classify(error: &SharedError) -> WriteErrorKind
+    where
+        Self: Sized,
+    {
+        error
+            .downcast_ref::<Self>()
+            .map_or(WriteErrorKind::Failed, Self::write_error_kind)
+    }
+}
+
 /// The error type of Strata's engine.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -86,11 +142,16 @@ pub enum Error {
         /// What went wrong, with the address or command involved.
         message: String,
     },
-    /// Writing to the source (a sink) failed; the caches were not changed.
+    /// Writing to the source (a sink) failed; the caches were not changed. `kind` says whose fault it was: the
+    /// value's (the source refused it: the writer must change it) or the source's (down, slow, failing).
     #[error("writing {key:?} to the source failed: {source}")]
     Write {
         /// The key.
         key: String,
+        /// Whose fault: the value was refused, or the source could not take it ([`Sink::classify`]).
+        ///
+        /// [`Sink::classify`]: crate::Sink::classify
+        kind: WriteErrorKind,
         /// The sink's error.
         source: SharedError,
     },
@@ -151,10 +212,17 @@ impl Error {
             Error::Load { .. }
                 | Error::Timeout { .. }
                 | Error::Unavailable { .. }
-                | Error::Write { .. }
                 | Error::Overloaded(_)
                 | Error::NotPropagated { .. }
-        )
+        ) || matches!(self, Error::Write { kind, .. } if !kind.is_rejected())
+    }
+
+    /// The write's failure kind, when this is a write error.
+    pub fn write_kind(&self) -> Option<&WriteErrorKind> {
+        match self {
+            Error::Write { kind, .. } => Some(kind),
+            _ => None,
+        }
     }
 
     /// The tier the error came from, when it came from one.

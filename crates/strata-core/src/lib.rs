@@ -24,7 +24,7 @@ pub mod source;
 pub use bus::{Bus, BusError, BusEvent, BusMessage, Invalidation};
 pub use clock::{Clock, Hlc, ManualClock, SystemClock, TokioClock, UnixMillis};
 pub use envelope::{CodecError, Compression, Envelope, EnvelopeKind};
-pub use error::{Error, SharedError, Tier};
+pub use error::{Error, Rejection, SharedError, Tier, WriteErrorKind};
 pub use fetched::Fetched;
 pub use policy::{
     Coalescing, EarlyRefresh, Eviction, HotKeys, L1Policy, L2Policy, LoadTimeout, Policy,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use futures::future::BoxFuture;
 
-use crate::error::SharedError;
+use crate::error::{SharedError, WriteErrorKind};
 use crate::fetched::Fetched;
 
 /// Reads values (with version and tags) from the source of truth.
@@ -30,6 +30,15 @@ pub trait Sink<V>: Send + Sync + 'static {
 
     /// Deletes `key`; returns the version of the deletion when the source has one.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, SharedError>>;
+
+    /// Whose fault one of this sink's errors is: the value's ([`WriteErrorKind::Rejected`], naming the field and
+    /// the rule) or the source's (down, slow, failing). The engine puts it in [`crate::Error::Write`], so callers
+    /// never need the sink's own error type. The default says [`WriteErrorKind::Failed`] for everything; a sink
+    /// whose error type implements [`crate::Rejection`] answers `MyError::classify(error)`.
+    fn classify(&self, error: &SharedError) -> WriteErrorKind {
+        let _ = error;
+        WriteErrorKind::Failed
+    }
 
     /// Checks, without writing, that the source would accept `value` for `key` (columns, types, `NOT NULL`):
     /// write-behind calls it before it acknowledges, so what the source must refuse is refused at once. The

@@ -182,7 +182,7 @@ fn refuse(status: StatusCode, code: &'static str, message: String) -> Response {
     (status, Json(json!({"error": code, "message": message}))).into_response()
 }
 
-/// The middleware: Host, Origin and Content-Type checks (see the module docs).
+/// The middleware: Host and Origin checks (see the module docs); [`json_only`] is the Content-Type check.
 pub async fn check(State(access): State<Arc<Access>>, req: Request<Body>, next: Next) -> Response {
     let path = req.uri().path();
     if path == "/healthz" || path == "/readyz" {
@@ -219,7 +219,21 @@ pub async fn check(State(access): State<Arc<Access>>, req: Request<Body>, next: 
             );
         }
     }
-    if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
+    next.run(req).await
+}
+
+/// The Content-Type check (see the module docs), as a route layer: it runs once the route and method matched,
+/// so an unknown route is 404 and an undeclared method 405 whatever the body. A request without a body (no
+/// `Content-Type`, `Content-Length` 0 or none, no `Transfer-Encoding`: the dead-letter retry) carries no form to
+/// refuse.
+pub async fn json_only(req: Request<Body>, next: Next) -> Response {
+    let has_body = req.headers().contains_key(header::CONTENT_TYPE)
+        || req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body && matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
         let ct = req
             .headers()
             .get(header::CONTENT_TYPE)

@@ -12,8 +12,9 @@
 //! - Before any handler, [`crate::access::check`] refuses a foreign `Host` (every route but `/healthz` and
 //!   `/readyz`: DNS rebinding) or `Origin` with 403 `forbidden_host` / `forbidden_origin`, and a `POST` or `PUT`
 //!   without `Content-Type: application/json` with 415, so a web page cannot use a browser to reach the API.
-//! - Every 4xx carries `{"error": <code>, "message": <what was wrong>}`; a 5xx says only which dependency failed
-//!   (the cause is logged with the request id).
+//! - Every 4xx carries `{"error": <code>, "message": <what was wrong>}` (also the edge's: [`crate::edge`]); a
+//!   value the source refuses is 422 `rejected` with `field` and `rule` ([`engine_error`]); a 5xx says only which
+//!   dependency failed and whether it is down, slow or failing (the cause is logged with the request id).
 //! - Keys are at most `max_key_len` bytes, not empty, and do not start with `_` (reserved for routes such as
 //!   `_bulk`); bodies are at most `max_body` bytes.
 //! - One key, one row: in a namespace bound to a table or query, a key is the canonical spelling of the key
@@ -38,7 +39,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use strata::{Lookup, Status};
+use strata::{Lookup, Status, WriteErrorKind};
 
 use crate::state::{AppState, NsHandle};
 
@@ -87,27 +88,63 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Maps an engine error to a response: client mistakes are 400 with the reason; failures of the source are 502/503
-/// with the dependency named and the cause logged.
+/// Maps an engine error to a response, by the error's kind only (never the sink's own error type):
+/// - a value the source refuses (a type, `NOT NULL`, `CHECK`, unique, foreign key, out of range) is the writer's
+///   fault: 422 `rejected` naming the key, the field (`"field"`, when the source says which) and the rule
+///   (`"rule"`, in the source's words), logged at info level;
+/// - a source that is down is 503 `source_unavailable`, one that does not answer in time 504 `source_timeout` /
+///   `timeout`, one that fails otherwise 502 `source_failed` — each saying which dependency and that it failed;
+///   the cause is logged (with the request id) at warn or error level.
 pub(crate) fn engine_error(e: strata::Error) -> ApiError {
     match &e {
-        strata::Error::Write { key, source } => {
-            if let Some(sql) = source.downcast_ref::<strata_sql::SqlError>() {
-                match sql {
-                    strata_sql::SqlError::BadValue { .. } => {
-                        return ApiError::bad("bad_value", format!("key {key:?}: {sql}"))
-                    }
-                    strata_sql::SqlError::BadKey(k) => return bad_key(k),
-                    _ => {}
-                }
+        strata::Error::Write { key, kind, .. } => match kind {
+            WriteErrorKind::Rejected { field, rule } => {
+                tracing::info!(error = %e, "write refused by the source");
+                let at = field
+                    .as_deref()
+                    .map_or(String::new(), |f| format!(" (field {f:?})"));
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "rejected",
+                    format!("the source refused the value of {key:?}{at}: {rule}"),
+                )
+                .with("key", key.clone())
+                .with("field", field.clone().map_or(Value::Null, Value::String))
+                .with("rule", rule.clone())
             }
-            tracing::error!(error = %e, "write failed");
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "source_failed",
-                format!("the source refused or failed the write of {key:?}"),
-            )
-        }
+            WriteErrorKind::Unavailable { timed_out: true } => {
+                tracing::warn!(error = %e, "write timed out");
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "source_timeout",
+                    format!(
+                        "the source (database) did not take the write of {key:?} in time: it is slow or \
+                         overloaded; the write may not have happened, retry later"
+                    ),
+                )
+            }
+            WriteErrorKind::Unavailable { timed_out: false } => {
+                tracing::warn!(error = %e, "source unavailable for a write");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "source_unavailable",
+                    format!(
+                        "the source (database) is down or unreachable: {key:?} was not written; retry later"
+                    ),
+                )
+            }
+            _ => {
+                tracing::error!(error = %e, "write failed");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "source_failed",
+                    format!(
+                        "the source (database) failed the write of {key:?} with an error that is not the \
+                         value's; the cause is in the server log (x-request-id)"
+                    ),
+                )
+            }
+        },
         strata::Error::Overloaded(m) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", m.clone())
         }
@@ -125,15 +162,26 @@ pub(crate) fn engine_error(e: strata::Error) -> ApiError {
             ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
-                format!("the {tier} did not answer in time"),
+                format!("the {tier} did not answer in time (slow or overloaded); retry later"),
+            )
+        }
+        strata::Error::Unavailable { tier, .. } => {
+            tracing::warn!(error = %e, "tier unavailable");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the {tier} is down or unreachable; retry later"),
             )
         }
         _ => {
             tracing::error!(error = %e, "request failed");
+            let what = e
+                .tier()
+                .map_or("the source".to_owned(), |t| format!("the {t}"));
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "source_failed",
-                "the source failed; see the server log",
+                format!("{what} failed to answer; the cause is in the server log (x-request-id)"),
             )
         }
     }
@@ -157,6 +205,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(get_value).put(put_value).delete(delete_value),
         )
         .merge(crate::dead_letters::routes())
+        .route_layer(axum::middleware::from_fn(crate::access::json_only))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -311,12 +360,32 @@ async fn json_body<T: serde::de::DeserializeOwned>(
                 ),
             )
         })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let bad = |e: serde_json::Error| {
         ApiError::bad(
             "bad_json",
             format!("the body is not the expected JSON: {e}"),
         )
-    })
+    };
+    let mut value: Value = serde_json::from_slice(&bytes).map_err(bad)?;
+    integral_numbers(&mut value);
+    serde_json::from_value(value).map_err(bad)
+}
+
+/// JSON numbers are values, not spellings: `3000.0` is the integer `3000` (as JSON Schema's `integer` says), so
+/// a float without fraction (exactly representable: below 2^53) becomes an integer before any check.
+fn integral_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        Value::Object(map) => map.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
 }
 
 /// `Cache-Status` (RFC 9211) and `Age` of a lookup.
@@ -714,8 +783,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn openapi() -> Response {
-    Json(crate::openapi::document()).into_response()
+async fn openapi(State(state): State<Arc<AppState>>) -> Response {
+    Json(crate::openapi::document(&state)).into_response()
 }
 
 async fn dashboard() -> Html<&'static str> {

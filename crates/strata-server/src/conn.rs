@@ -148,10 +148,41 @@ impl Drop for InFlight {
     }
 }
 
-/// The socket, telling the watchdog when bytes arrive.
+/// The socket, telling the watchdog when bytes arrive, and giving hyper's automatic error answers (a head it
+/// could not take: 400, 414, 431 with an empty body) a JSON body ([`crate::edge::rewrite_automatic`]).
 struct Watched {
     stream: TcpStream,
     state: Arc<ConnState>,
+    /// A rewritten answer being written: the bytes, how many are written, and how many of hyper's it stands for.
+    rewrite: Option<(Vec<u8>, usize, usize)>,
+}
+
+impl Watched {
+    /// Writes `buf` — or, when it is hyper's automatic error answer, its JSON version — to the socket.
+    fn write_or_rewrite(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Option<Poll<io::Result<usize>>> {
+        if self.rewrite.is_none() {
+            let with_json = crate::edge::rewrite_automatic(buf)?;
+            self.rewrite = Some((with_json, 0, buf.len()));
+        }
+        let (bytes, done, claimed) = self.rewrite.as_mut()?;
+        while *done < bytes.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &bytes[*done..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => *done += n,
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => return Some(Poll::Pending),
+            }
+        }
+        let claimed = *claimed;
+        self.rewrite = None;
+        Some(Poll::Ready(Ok(claimed)))
+    }
 }
 
 impl AsyncRead for Watched {
@@ -175,6 +206,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(r) = self.write_or_rewrite(cx, buf) {
+            return r;
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -188,6 +222,15 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let first = bufs.iter().find(|b| !b.is_empty());
+        if let Some(first) = first {
+            if self.rewrite.is_some() || bufs.iter().map(|b| b.len()).sum::<usize>() == first.len()
+            {
+                if let Some(r) = self.write_or_rewrite(cx, first) {
+                    return r;
+                }
+            }
+        }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -262,7 +305,11 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.keep_alive(true).header_read_timeout(None);
+    builder
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_headers(crate::edge::HYPER_MAX_HEADERS)
+        .max_buf_size(crate::edge::HYPER_MAX_BUF);
     let builder = Arc::new(builder);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -294,6 +341,7 @@ pub async fn serve(
             let io = TokioIo::new(Watched {
                 stream,
                 state: state.clone(),
+                rewrite: None,
             });
             let per_conn = state.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {

@@ -18,6 +18,7 @@ pub mod config;
 pub mod conn;
 pub mod dead_letters;
 pub mod demo;
+pub mod edge;
 pub mod init;
 pub mod metrics;
 pub mod openapi;
@@ -55,13 +56,16 @@ pub async fn build(config: &Config, options: &RunOptions) -> anyhow::Result<Arc<
     AppState::build(config, options).await
 }
 
-/// The router with access checks ([`access`]: Host, Origin, JSON bodies), request ids and request logs around
+/// The router with access checks ([`access`]: Host, Origin, JSON bodies), head limits and JSON for every error
+/// answer ([`edge`]), request ids and request logs around
 /// it, for a server listening on `listen`.
 pub fn app(state: Arc<AppState>, listen: std::net::SocketAddr) -> axum::Router {
     let request_id = HeaderName::from_static("x-request-id");
     let rules = Arc::new(access::Access::new(listen, &state.server));
+    let head = edge::HeadLimits::for_key_len(state.max_key_len);
     api::router(state)
         .layer(axum::middleware::from_fn_with_state(rules, access::check))
+        .layer(axum::middleware::from_fn_with_state(head, edge::check))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

@@ -45,7 +45,7 @@ use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::{PgPool, Row, SqlitePool};
-use strata_core::{Fetched, SharedError, Sink, Source};
+use strata_core::{Fetched, Rejection, SharedError, Sink, Source, WriteErrorKind};
 
 pub mod schema;
 
@@ -106,14 +106,18 @@ pub enum SqlError {
     /// A write needs a version column.
     #[error("table {0:?} has no version column configured; writes need one")]
     NoVersionColumn(String),
-    /// A value does not serialize to a JSON object whose fields are columns.
+    /// A value does not serialize to a JSON object whose fields are columns, does not fit their types, or the
+    /// database refused it (a data exception, `NOT NULL`, `CHECK`, unique, foreign key).
     #[error("value for key {key:?} does not map onto table {table:?}: {problem}")]
     BadValue {
         /// The key written.
         key: String,
         /// The table.
         table: String,
-        /// What is wrong.
+        /// The field (column) at fault, when known (the database names it for `NOT NULL`, unique and foreign
+        /// keys; PostgreSQL not for a `CHECK` or a value out of range).
+        field: Option<String>,
+        /// What is wrong: the rule, in the database's words when it refused the value.
         problem: String,
     },
     /// A row does not deserialize into the value type.
@@ -289,16 +293,19 @@ impl Bound {
         key: &str,
         value: &V,
     ) -> Result<serde_json::Map<String, serde_json::Value>, SqlError> {
-        let bad = |problem: String| SqlError::BadValue {
+        let bad = |field: Option<String>, problem: String| SqlError::BadValue {
             key: key.to_owned(),
             table: self.spec.table.clone(),
+            field,
             problem,
         };
         self.schema.key_param(key)?;
-        let json = serde_json::to_value(value).map_err(|e| bad(e.to_string()))?;
-        self.schema.validate(&json).map_err(|e| bad(e.message))?;
+        let json = serde_json::to_value(value).map_err(|e| bad(None, e.to_string()))?;
+        self.schema
+            .validate(&json)
+            .map_err(|e| bad(e.field, e.message))?;
         let serde_json::Value::Object(mut map) = json else {
-            return Err(bad("it is not a struct or map".into()));
+            return Err(bad(None, "it is not a struct or map".into()));
         };
         map.remove(&self.spec.key_column);
         if let Some(v) = &self.spec.version_column {
@@ -325,6 +332,7 @@ impl Bound {
                     return Err(SqlError::BadValue {
                         key: (*key).to_owned(),
                         table: self.spec.table.clone(),
+                        field: None,
                         problem: "a batch needs the same fields in every value".into(),
                     })
                 }
@@ -339,6 +347,7 @@ impl Bound {
         i64::try_from(version).map_err(|_| SqlError::BadValue {
             key: key.to_owned(),
             table: self.spec.table.clone(),
+            field: Some(self.spec.version_column.clone().unwrap_or_default()),
             problem: format!("version {version} does not fit a 64-bit signed column"),
         })
     }
@@ -430,23 +439,100 @@ impl Bound {
         }
     }
 
-    /// A failed write: the database refusing the value (a data exception, `NOT NULL`, `CHECK`) is the value's
-    /// fault ([`SqlError::BadValue`]); anything else is the database's.
+    /// A failed write: the database refusing the value (a data exception, `NOT NULL`, `CHECK`, unique, foreign
+    /// key) is the value's fault ([`SqlError::BadValue`], naming the column when the database does); anything
+    /// else is the database's.
     fn write_error(&self, key: &str, source: sqlx::Error) -> SqlError {
         if let sqlx::Error::Database(d) = &source {
-            let code = d.code().unwrap_or_default();
-            // PostgreSQL: class 22 (data exception), 23502 (not null), 23514 (check). SQLite: 275 (CHECK),
-            // 1299 (NOT NULL), 3091 (STRICT table datatype).
-            if code.starts_with("22") || ["23502", "23514", "275", "1299", "3091"].contains(&&*code)
-            {
+            if let Some((field, problem)) = refusal(d.as_ref()) {
                 return SqlError::BadValue {
                     key: key.to_owned(),
                     table: self.spec.table.clone(),
-                    problem: format!("the database refused it: {}", d.message()),
+                    field,
+                    problem: format!("the database refused it: {problem}"),
                 };
             }
         }
         self.db(source)
+    }
+}
+
+/// The column and the rule of a database error that refuses a value, `None` when the error is not a refusal.
+///
+/// PostgreSQL: class 22 (data exception: out of range, numeric overflow, malformed input) and class 23 (integrity:
+/// `NOT NULL` 23502, foreign key 23503, unique 23505, `CHECK` 23514, exclusion 23P01). It names the column for
+/// `NOT NULL` and in the detail of unique and foreign keys (`Key (sku)=(x) already exists.`).
+/// SQLite (extended codes): 275 `CHECK`, 787 foreign key, 1299 `NOT NULL`, 1555 primary key, 2067 unique,
+/// 3091 `STRICT` datatype, 1811 a trigger's `RAISE(ABORT, …)`, 19 any other constraint; it names `table.column`
+/// after the colon for `NOT NULL` and unique.
+fn refusal(d: &dyn sqlx::error::DatabaseError) -> Option<(Option<String>, String)> {
+    let code = d.code().unwrap_or_default();
+    if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        if !(code.starts_with("22") || code.starts_with("23")) {
+            return None;
+        }
+        let detail = pg.detail().unwrap_or_default();
+        let field = pg.column().map(str::to_owned).or_else(|| {
+            let rest = detail.strip_prefix("Key (")?;
+            Some(rest.split_once(")=")?.0.to_owned())
+        });
+        let mut problem = d.message().to_owned();
+        if matches!(&*code, "23503" | "23505" | "23P01") && !detail.is_empty() {
+            problem = format!("{problem} ({detail})");
+        }
+        return Some((field, problem));
+    }
+    if !["19", "275", "787", "1299", "1555", "2067", "3091", "1811"].contains(&&*code) {
+        return None;
+    }
+    let message = d.message();
+    let field = match &*code {
+        "1299" | "1555" | "2067" => message.rsplit_once(": ").map(|(_, cols)| {
+            cols.split(", ")
+                .map(|c| c.rsplit_once('.').map_or(c, |(_, col)| col))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }),
+        _ => None,
+    };
+    Some((field, message.to_owned()))
+}
+
+impl strata_core::Rejection for SqlError {
+    fn write_error_kind(&self) -> WriteErrorKind {
+        match self {
+            SqlError::BadValue { field, problem, .. } => {
+                WriteErrorKind::rejected(field.as_deref(), problem.clone())
+            }
+            SqlError::BadKey(k) => {
+                WriteErrorKind::rejected(Some(&k.column), format!("the key must be {}", k.expected))
+            }
+            SqlError::Database { source, .. } => match source {
+                sqlx::Error::PoolTimedOut => WriteErrorKind::Unavailable { timed_out: true },
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => WriteErrorKind::Unavailable { timed_out: false },
+                sqlx::Error::Database(d) => {
+                    let code = d.code().unwrap_or_default();
+                    if code == "57014" {
+                        // query_canceled: a statement_timeout.
+                        WriteErrorKind::Unavailable { timed_out: true }
+                    } else if code.starts_with("08")
+                        || code.starts_with("53")
+                        || code.starts_with("57P")
+                        || ["5", "6"].contains(&&*code)
+                    {
+                        // Connection exceptions, out of resources, shutting down; SQLite BUSY/LOCKED.
+                        WriteErrorKind::Unavailable { timed_out: false }
+                    } else {
+                        WriteErrorKind::Failed
+                    }
+                }
+                _ => WriteErrorKind::Failed,
+            },
+            _ => WriteErrorKind::Failed,
+        }
     }
 }
 
@@ -646,6 +732,10 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for PgTable<V> {
             .map_err(|e| Arc::new(e) as SharedError)
     }
 
+    fn classify(&self, error: &SharedError) -> WriteErrorKind {
+        SqlError::classify(error)
+    }
+
     fn upsert<'a>(&'a self, key: &'a str, value: &'a V) -> BoxFuture<'a, Result<u64, SharedError>> {
         async move {
             let b = &self.bound;
@@ -695,7 +785,7 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for PgTable<V> {
             let row = pg_bind_key(sqlx::query(&sql), param)
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(|e| shared(b.db(e)))?;
+                .map_err(|e| shared(b.write_error(key, e)))?;
             Ok(row.map(|r| r.get::<i64, _>(0).max(0) as u64 + 1))
         }
         .boxed()
@@ -795,7 +885,7 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for PgTable<V> {
                 .bind(v)
                 .execute(&self.pool)
                 .await
-                .map_err(|e| shared(b.db(e)))?;
+                .map_err(|e| shared(b.write_error(key, e)))?;
             Ok(done.rows_affected() > 0)
         }
         .boxed()
@@ -942,6 +1032,10 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for SqliteTable<V> {
             .map_err(|e| Arc::new(e) as SharedError)
     }
 
+    fn classify(&self, error: &SharedError) -> WriteErrorKind {
+        SqlError::classify(error)
+    }
+
     fn upsert<'a>(&'a self, key: &'a str, value: &'a V) -> BoxFuture<'a, Result<u64, SharedError>> {
         async move {
             let b = &self.bound;
@@ -991,7 +1085,7 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for SqliteTable<V> {
             let row = sqlite_bind_key(sqlx::query(&sql), param)
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(|e| shared(b.db(e)))?;
+                .map_err(|e| shared(b.write_error(key, e)))?;
             Ok(row.map(|r| r.get::<i64, _>(0).max(0) as u64 + 1))
         }
         .boxed()
@@ -1081,7 +1175,7 @@ impl<V: Serialize + Send + Sync + 'static> Sink<V> for SqliteTable<V> {
                 .bind(v)
                 .execute(&self.pool)
                 .await
-                .map_err(|e| shared(b.db(e)))?;
+                .map_err(|e| shared(b.write_error(key, e)))?;
             Ok(done.rows_affected() > 0)
         }
         .boxed()

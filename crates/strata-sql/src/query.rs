@@ -56,6 +56,7 @@ fn check(query: &str) -> Result<&str, SqlError> {
         return Err(SqlError::BadValue {
             key: String::new(),
             table: label(query),
+            field: None,
             problem: "give one SELECT statement (no `;` inside)".into(),
         });
     }

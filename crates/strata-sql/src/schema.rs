@@ -430,6 +430,73 @@ impl TableSchema {
         &self.key
     }
 
+    /// A JSON Schema of the values [`validate`](Self::validate) accepts (for API documents): an object of the
+    /// columns with their JSON types and ranges, `null` where the column allows it, the `NOT NULL` columns
+    /// without a default required, no other fields. Rules only the database checks (`CHECK`, unique, foreign
+    /// keys) are not in it.
+    pub fn value_json_schema(&self) -> Value {
+        let mut props = serde_json::Map::new();
+        let mut required = Vec::new();
+        for c in self.columns.iter().filter(|c| !c.generated) {
+            let mut t = match &c.expect {
+                Expect::Integer { min, max } => {
+                    serde_json::json!({"type": "integer", "minimum": min, "maximum": max})
+                }
+                Expect::Number => serde_json::json!({"type": "number"}),
+                Expect::Bool { ints: false } => serde_json::json!({"type": "boolean"}),
+                Expect::Bool { ints: true } => {
+                    serde_json::json!({"anyOf": [{"type": "boolean"}, {"enum": [0, 1]}]})
+                }
+                Expect::Text { max_chars } => {
+                    let mut t = serde_json::json!({"type": "string", "pattern": "^[^\\u0000]*$"});
+                    if let Some(n) = max_chars {
+                        t["maxLength"] = (*n).into();
+                    }
+                    t
+                }
+                Expect::Uuid => serde_json::json!({"type": "string", "format": "uuid"}),
+                Expect::Any => serde_json::json!({}),
+            };
+            if !c.not_null && c.expect != Expect::Any {
+                t = serde_json::json!({"anyOf": [t, {"type": "null"}]});
+            }
+            if c.not_null && !c.has_default {
+                required.push(c.name.clone());
+            }
+            props.insert(c.name.clone(), t);
+        }
+        serde_json::json!({"type": "object", "properties": props, "required": required,
+                           "additionalProperties": false})
+    }
+
+    /// A JSON Schema of the canonical keys (for API documents; a path parameter): integers without sign, zeros
+    /// or spaces (at most the digits every value of the column's range has), text without NUL, lowercase uuids.
+    pub fn key_json_schema(&self) -> Value {
+        match &self.key {
+            KeyKind::Integer { min, max } => {
+                let digits = max
+                    .min(&min.unsigned_abs().try_into().unwrap_or(i64::MAX))
+                    .to_string()
+                    .len()
+                    - 1;
+                serde_json::json!({"type": "string",
+                    "pattern": format!("^(0|-?[1-9][0-9]{{0,{}}})$", digits.saturating_sub(1)),
+                    "description": self.key.expected()})
+            }
+            KeyKind::Uuid => serde_json::json!({"type": "string",
+                "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}),
+            KeyKind::Text { max_chars } => {
+                let mut t =
+                    serde_json::json!({"type": "string", "pattern": "^[^_\\u0000][^\\u0000]*$"});
+                if let Some(n) = max_chars {
+                    t["maxLength"] = (*n).into();
+                }
+                t
+            }
+            _ => serde_json::json!({"type": "string", "pattern": "^[^_]"}),
+        }
+    }
+
     /// The columns of a value (all but the key and version), unquoted.
     pub fn value_columns(&self) -> impl Iterator<Item = &str> {
         self.columns.iter().map(|c| c.name.as_str())

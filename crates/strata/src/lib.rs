@@ -55,5 +55,5 @@ pub use stats::NamespaceStats;
 pub use strata_core::{
     Clock, Coalescing, EarlyRefresh, Error, Eviction, Fetched, HotKeys, L1Policy, L2Policy,
     LoadTimeout, ManualClock, Policy, PolicyBuilder, PolicyError, SharedTier, Sink, Source,
-    SystemClock, Tier, TokioClock, UnixMillis, WriteMode,
+    SystemClock, Tier, TokioClock, UnixMillis, WriteErrorKind, WriteMode,
 };

@@ -594,7 +594,10 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         let op = match value.as_ref() {
             Some(v) => Op::Upsert(b.codec.encode(v).map_err(|e| Error::Write {
                 key: key.to_owned(),
-                kind: strata_core::WriteErrorKind::rejected(None, format!("the value does not encode: {e}")),
+                kind: strata_core::WriteErrorKind::rejected(
+                    None,
+                    format!("the value does not encode: {e}"),
+                ),
                 source: Arc::new(std::io::Error::other(format!(
                     "the value does not encode: {e}"
                 ))),
