@@ -359,6 +359,46 @@ impl Marks {
     }
 }
 
+/// Aborts a task when dropped (the mark emitter ends with its session).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Every [`MARK_EVERY`], writes a mark into the WAL (a non-transactional logical message, so it lands after every
+/// commit that completed before the call) and remembers when. When the stream delivers it, everything committed
+/// earlier has been applied.
+async fn emit_marks(pool: PgPool, prefix: String, marks: Arc<std::sync::Mutex<Marks>>) {
+    let mut tick = tokio::time::interval(MARK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // Recorded before the emit: the stream may deliver the mark before the query returns.
+        let id = {
+            let mut m = marks.lock().expect("marks lock");
+            let (id, at) = m.next();
+            m.emitted(id, at);
+            id
+        };
+        let emitted = tokio::time::timeout(
+            MARK_EVERY * 5,
+            sqlx::query("select pg_logical_emit_message(false, $1, $2)")
+                .bind(&prefix)
+                .bind(id.to_string())
+                .execute(&pool),
+        )
+        .await;
+        match emitted {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "CDC: emitting a feed mark failed"),
+            Err(_) => tracing::debug!("CDC: emitting a feed mark timed out"),
+        }
+    }
+}
+
 /// How a replication session ended.
 enum SessionError {
     /// The slot is active in another session (the previous holder's walsender, still exiting).
@@ -1064,9 +1104,13 @@ impl PgCdc {
         }
         let mut relations: HashMap<u32, Relation> = HashMap::new();
         let mut tx: Option<Tx> = None;
-        let mut marks = Marks::default();
-        let mut mark_tick = tokio::time::interval(MARK_EVERY);
-        mark_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Marks are written by a task of their own, so the stream is never held up by the emitting query.
+        let marks = Arc::new(std::sync::Mutex::new(Marks::default()));
+        let _emitter = AbortOnDrop(tokio::spawn(emit_marks(
+            self.pool.clone(),
+            self.mark_prefix(),
+            marks.clone(),
+        )));
         let mut lock_check =
             tokio::time::interval(self.options.status_interval.max(Duration::from_millis(100)));
         lock_check.reset();
@@ -1079,10 +1123,6 @@ impl PgCdc {
                 }
                 _ = lock_check.tick() => {
                     self.check_lock().await?;
-                    continue;
-                }
-                _ = mark_tick.tick() => {
-                    self.emit_mark(&mut marks).await;
                     continue;
                 }
             };
@@ -1138,7 +1178,7 @@ impl PgCdc {
                     let Some(emitted) = std::str::from_utf8(&content)
                         .ok()
                         .and_then(|id| id.parse().ok())
-                        .and_then(|id| marks.seen(id))
+                        .and_then(|id| marks.lock().expect("marks lock").seen(id))
                     else {
                         continue; // another holder's mark, or one from before a restart
                     };
@@ -1158,26 +1198,6 @@ impl PgCdc {
     /// The prefix of this feed's marks in the WAL.
     fn mark_prefix(&self) -> String {
         format!("strata-cdc-mark:{}", self.options.slot)
-    }
-
-    /// Writes a mark into the WAL (a non-transactional logical message, so it lands after every commit that
-    /// completed before this call) and remembers when. When the stream delivers it, everything committed
-    /// earlier has been applied.
-    async fn emit_mark(&self, marks: &mut Marks) {
-        let (id, at) = marks.next();
-        let emitted = tokio::time::timeout(
-            MARK_EVERY * 5,
-            sqlx::query("select pg_logical_emit_message(false, $1, $2)")
-                .bind(self.mark_prefix())
-                .bind(id.to_string())
-                .execute(&self.pool),
-        )
-        .await;
-        match emitted {
-            Ok(Ok(_)) => marks.emitted(id, at),
-            Ok(Err(e)) => tracing::debug!(error = %e, "CDC: emitting a feed mark failed"),
-            Err(_) => tracing::debug!("CDC: emitting a feed mark timed out"),
-        }
     }
 
     fn on_data(&self, data: &[u8], t: &mut Tx, relations: &mut HashMap<u32, Relation>) {

@@ -173,14 +173,20 @@ async fn a_caller_after_a_stall_does_not_join_a_load_from_before_it() {
     // The process stops for 5 s (its bus falls silent), the row changes meanwhile, and it wakes.
     b.bus.cut();
     b_clock.advance(Duration::from_secs(5));
-    let after = b.ns.get_or_load("k", || async { Some(2u32) }).await.unwrap();
+    let after =
+        b.ns.get_or_load("k", || async { Some(2u32) })
+            .await
+            .unwrap();
     assert_eq!((after.value(), after.status()), (Some(&2), Status::Miss));
     release.send(()).unwrap();
     assert_eq!(before.await.unwrap().value(), Some(&1));
     // The old load's answer did not land in L1 over the newer one.
     b.bus.restore();
     settle().await;
-    let again = b.ns.get_or_load("k", || async { Some(3u32) }).await.unwrap();
+    let again =
+        b.ns.get_or_load("k", || async { Some(3u32) })
+            .await
+            .unwrap();
     assert_eq!(again.value(), Some(&2));
     b.listener.close().await;
 }
