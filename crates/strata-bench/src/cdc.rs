@@ -119,7 +119,7 @@ pub async fn run(redis: &str, pg: &str, nodes: usize, samples: usize) -> Result<
             .execute(&pool)
             .await
             .map_err(fail)?;
-        while cluster.iter().any(|(ns, _)| ns.get(&key).is_some()) {
+        while cluster.iter().any(|(ns, _)| ns.l1_holds(&key)) {
             if started.elapsed() > Duration::from_secs(10) {
                 return Err(Error::Timeout {
                     tier: Tier::Source,

@@ -66,7 +66,7 @@ pub async fn run(
         }
         let started = Instant::now();
         cluster[0].0.invalidate(&key).await;
-        while cluster[1..].iter().any(|(ns, _)| ns.get(&key).is_some()) {
+        while cluster[1..].iter().any(|(ns, _)| ns.l1_holds(&key)) {
             if started.elapsed() > Duration::from_secs(5) {
                 return Err(strata_core::Error::Timeout {
                     tier: strata_core::Tier::L2,

@@ -1,19 +1,19 @@
 //! The bus on Redis: a capped Stream carries every invalidation.
 //!
 //! - `publish` is `XADD <stream> MAXLEN ~ <max_len> * m <json>`.
-//! - A subscription reads with `XREAD BLOCK <heartbeat>` on its own connection (a blocking read would stall the
+//! - A subscription reads with `XREAD BLOCK <heartbeat / 2>` on its own connection (a blocking read would stall the
 //!   shared multiplexed one). It starts one second in the past, because re-applying a few invalidations is
 //!   harmless while missing one is not; this covers the moments between subscribing and the first read and small
 //!   clock differences.
-//! - The BLOCK timeout is the heartbeat: a healthy link answers at least once per heartbeat. A read that fails or
+//! - A healthy link answers at least twice per heartbeat. A read that fails or
 //!   hangs past heartbeat + timeout yields one [`BusEvent::Gap`] (the node flushes its L1) and the subscription
 //!   reconnects with backoff, resuming after the last entry it saw. Entries trimmed away meanwhile show up as a
 //!   jump in their origin's sequence, which the listener treats as a gap too.
 //! - An entry whose bytes are not a valid message yields [`BusEvent::Malformed`].
 //! - Contact is confirmed after each read that came back with everything the stream held ([`BusEvent::Live`],
 //!   after the read's messages): a read issued at `t` that returns fewer entries than it asked for has seen
-//!   every entry added before `t`; one that returns empty after blocking for the whole heartbeat has seen every
-//!   entry added before `t + heartbeat`. So a healthy subscription confirms contact at least once per heartbeat
+//!   every entry added before `t`; one that returns empty after blocking (half a heartbeat) has seen every entry
+//!   added before `t + heartbeat / 2`. So a healthy subscription confirms contact at least every half heartbeat
 //!   plus a round trip, and [`Bus::liveness_bound`] is `heartbeat + timeout`: the node's L1 staleness bound. Only
 //!   a read that follows an empty one blocks (the first after (re)connecting does not), so contact is confirmed
 //!   one round trip after a burst of messages and one round trip after the link is back.
@@ -219,8 +219,11 @@ impl Reader {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT").arg(READ_COUNT);
         let blocking = self.block_next;
+        // Half the heartbeat: a healthy idle link confirms contact twice per heartbeat, which leaves the node half
+        // a heartbeat plus the timeout of slack for a busy scheduler before it stops trusting its L1.
+        let block = (heartbeat / 2).max(Duration::from_millis(1));
         if blocking {
-            cmd.arg("BLOCK").arg(heartbeat.as_millis() as u64);
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
         cmd.arg("STREAMS")
             .arg(&self.options.stream)
@@ -253,11 +256,11 @@ impl Reader {
             }
         }
         // Fewer than asked for: the stream held nothing more when the read was answered. An empty answer to a
-        // blocking read came after the whole block, at `issued + heartbeat` at the earliest (and before now).
+        // blocking read came after the whole block, at `issued + block` at the earliest (and before now).
         self.block_next = got == 0;
         if got < READ_COUNT {
             let as_of = if got == 0 && blocking {
-                (issued + heartbeat).min(tokio::time::Instant::now())
+                (issued + block).min(tokio::time::Instant::now())
             } else {
                 issued
             };

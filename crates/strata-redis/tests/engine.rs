@@ -233,7 +233,7 @@ async fn with_a_bus_barriers_apply_at_once_including_l1() {
         .await
         .unwrap();
     assert_eq!(got.status(), Status::Hit(Tier::L2));
-    assert!(nss[1].get("tv-1").is_some(), "node 1 keeps it in L1");
+    assert!(nss[1].l1_holds("tv-1"), "node 1 keeps it in L1");
     nss[0].invalidate_tag("tv").await;
     assert!(
         eventually(Duration::from_secs(3), || nss[1].get("tv-1").is_none()).await,

@@ -140,7 +140,34 @@ impl Cluster {
                 listener,
             });
         }
-        Ok(Self { nodes, prefix })
+        let cluster = Self { nodes, prefix };
+        cluster.wait_for_contact().await?;
+        Ok(cluster)
+    }
+
+    /// Waits (up to 5 s) until every node has confirmed contact with the bus, so that its L1 is trusted and what it
+    /// fills is not capped at the bus's bound (see `strata::bus`).
+    pub async fn wait_for_contact(&self) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let live = self.nodes.iter().all(|n| {
+                n.bus_stats()
+                    .is_none_or(|s| match (s.contact_age_ms, s.bound_ms) {
+                        (Some(age), Some(bound)) => age < bound / 2,
+                        _ => s.bound_ms.is_none(),
+                    })
+            });
+            if live {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable {
+                    tier: strata::Tier::L2,
+                    message: "the nodes did not confirm bus contact within 5 s".into(),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Registers the namespace on every node; returns the handles in node order.

@@ -10,8 +10,7 @@ use std::sync::OnceLock;
 use futures::StreamExt;
 use parking_lot::RwLock;
 use strata_core::{
-    BusMessage, Clock, Error, Invalidation, Policy, SharedTier, Sink, Source, SystemClock,
-    WriteMode,
+    Clock, Error, Invalidation, Policy, SharedTier, Sink, Source, SystemClock, WriteMode,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -187,15 +186,6 @@ impl Cache {
     fn apply_bus_event(&self, ev: BusEvent, tracker: &mut SeqTracker, counters: &BusCounters) {
         use std::sync::atomic::Ordering::Relaxed;
         match ev {
-            BusEvent::Message(BusMessage {
-                what: Invalidation::FeedMark { feed, age_ms },
-                ..
-            }) => {
-                // Ordered after the feed's invalidations (one origin): those are applied already.
-                if let Some(f) = self.inner.feeds.lock().get(&feed) {
-                    f.confirm(self.inner.clock.now().saturating_sub(age_ms + 1));
-                }
-            }
             BusEvent::Message(m) => {
                 let lag_ms = self.inner.clock.now().saturating_sub(m.ts);
                 metrics::histogram!("strata_bus_lag_seconds").record(lag_ms as f64 / 1000.0);
@@ -214,6 +204,13 @@ impl Cache {
                         self.flush_all_local();
                     }
                     Seen::First | Seen::InOrder => {}
+                }
+                if let Invalidation::FeedMark { feed, age_ms } = &m.what {
+                    // In sequence after the feed's invalidations (one origin): those are applied already.
+                    if let Some(f) = self.inner.feeds.lock().get(feed) {
+                        f.confirm(self.inner.clock.now().saturating_sub(age_ms + 1));
+                    }
+                    return;
                 }
                 match self.erased(&m.namespace) {
                     Ok(ns) => {

@@ -256,13 +256,27 @@ async fn mark(shared: &InProcessBus, seq: u64, age_ms: u64) {
         .unwrap();
 }
 
+async fn cdc_delete(shared: &InProcessBus, seq: u64, key: &str) {
+    shared
+        .publish(strata_core::BusMessage {
+            namespace: "price".into(),
+            what: strata_core::Invalidation::Delete { key: key.into() },
+            version: None,
+            origin: "cdc-test".into(),
+            seq,
+            ts: 0,
+        })
+        .await
+        .unwrap();
+}
+
 /// A namespace fed by a change feed (CDC) trusts its caches only while the feed's marks are recent: a stalled or
 /// dead consumer means source commits may be unseen, so reads go to the source.
 #[tokio::test(start_paused = true)]
 async fn a_namespace_fed_by_a_silent_change_feed_reads_the_source() {
     let shared = InProcessBus::new().with_heartbeat(HEARTBEAT);
     let table = table_with(1);
-    let (ns, _listener, cache) = fed_node(&shared, &table);
+    let (ns, listener, cache) = fed_node(&shared, &table);
     settle().await;
     let read = || async {
         let l = ns.fetch("sku").await.unwrap();
@@ -271,7 +285,8 @@ async fn a_namespace_fed_by_a_silent_change_feed_reads_the_source() {
     // No mark yet: every read is a load.
     read().await;
     assert_eq!(read().await, (1, Status::Miss));
-    mark(&shared, 1, 0).await;
+    cdc_delete(&shared, 1, "other").await;
+    mark(&shared, 2, 0).await;
     settle().await;
     read().await;
     assert_eq!(read().await, (1, Status::Hit(Tier::L1)));
@@ -287,9 +302,14 @@ async fn a_namespace_fed_by_a_silent_change_feed_reads_the_source() {
         "{f:?}"
     );
     // A mark that was already old when sent does not restore trust.
-    mark(&shared, 2, BOUND.as_millis() as u64 * 2).await;
+    mark(&shared, 3, BOUND.as_millis() as u64 * 2).await;
     settle().await;
     assert_eq!(read().await.1, Status::Miss);
+    // Marks take their place in the feed's sequence: an invalidation after them is in order, not a gap (a gap
+    // would flush L1 on every node at every mark).
+    cdc_delete(&shared, 4, "sku").await;
+    settle().await;
+    assert_eq!(listener.stats().gaps, 0);
 }
 
 /// Writers racing on many threads used to queue their messages out of sequence order (the number was taken

@@ -267,6 +267,18 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         hit
     }
 
+    /// Whether L1 holds an unexpired value or absence for `key` — whether or not the node may trust it now (see
+    /// [`crate::bus`]): what measurements of eviction look at, where [`get`](Self::get) would also say `None`
+    /// for an untrusted copy.
+    pub fn l1_holds(&self, key: &str) -> bool {
+        let now = self.inner.clock.now();
+        self.inner
+            .l1
+            .as_ref()
+            .and_then(|l1| l1.peek(key))
+            .is_some_and(|e| e.kind != EntryKind::Tombstone && !e.is_expired(now))
+    }
+
     /// [`get`](Self::get) for several keys; results are in the order of `keys`.
     pub fn get_many<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Vec<Option<Lookup<V>>> {
         keys.into_iter().map(|k| self.get(k)).collect()
