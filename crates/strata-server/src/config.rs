@@ -1019,10 +1019,7 @@ impl Config {
         self.policy_checked(n).map_err(|e| e.to_string())
     }
 
-    fn policy_checked(
-        &self,
-        n: &NamespaceConfig,
-    ) -> Result<strata::Policy, strata_core::PolicyError> {
+    fn policy_checked(&self, n: &NamespaceConfig) -> Result<strata::Policy, strata::PolicyError> {
         let mut b = strata::Policy::builder()
             .with_ttl(n.ttl.map_or(Duration::from_secs(60), |d| d.0))
             .with_write_mode(match n.write.get_ref() {

@@ -13,10 +13,11 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 use strata::behind::{WriteBehind, WriteBehindOptions};
+use strata::bus::Bus;
 use strata::bus::{BusListener, InProcessBus};
 use strata::codec::Json;
 use strata::{Cache, Namespace};
-use strata_core::{Bus, SharedTier, Sink, Source};
+use strata::{SharedTier, Sink, Source};
 use strata_sql::{PgTable, SqliteTable, TableSchema, TableSpec, TypedSource};
 
 use crate::config::{parse_fsync, Config, WriteModeConfig};
