@@ -13,7 +13,7 @@
 //!   `/readyz`: DNS rebinding) or `Origin` with 403 `forbidden_host` / `forbidden_origin`, and a `POST` or `PUT`
 //!   without `Content-Type: application/json` with 415, so a web page cannot use a browser to reach the API.
 //! - Every 4xx carries `{"error": <code>, "message": <what was wrong>}` (also the edge's: [`crate::edge`]); a
-//!   value the source refuses is 422 `rejected` with `field` and `rule` ([`engine_error`]); a 5xx says only which
+//!   value the source refuses is 422 `rejected` with `field` and `rule` (`engine_error`); a 5xx says only which
 //!   dependency failed and whether it is down, slow or failing (the cause is logged with the request id).
 //! - Keys are at most `max_key_len` bytes, not empty, and do not start with `_` (reserved for routes such as
 //!   `_bulk`); bodies are at most `max_body` bytes.
