@@ -6,8 +6,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod common;
+
+use common::InProcess;
 use serde_json::Value;
-use strata_server::{Config, RunOptions};
+use strata_server::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -16,23 +19,9 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-async fn start(config: Config) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = strata_server::build(
-        &config,
-        &RunOptions {
-            seed_demo: true,
-            ..RunOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(strata_server::serve(listener, state, async move {
-        let _ = rx.await;
-    }));
-    (addr, stop)
+async fn start(config: Config) -> (SocketAddr, InProcess) {
+    let server = InProcess::start(&config).await;
+    (server.addr, server)
 }
 
 /// One request with exactly these headers (plus content-length and connection: close): (status, body).
@@ -201,7 +190,7 @@ async fn cross_site_and_rebinding_requests_cannot_write_invalidate_warm_or_read(
         let (status, body) = raw(addr, m, p, &[("host", &own), json], b).await;
         assert!(status < 300, "{m} {p}: {status} {body}");
     }
-    let _ = stop.send(());
+    stop.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,5 +245,5 @@ async fn configured_hosts_and_origins_are_allowed() {
     )
     .await;
     assert_eq!(status, 403);
-    let _ = stop.send(());
+    stop.stop().await;
 }

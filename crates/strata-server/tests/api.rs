@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+mod common;
+
+use common::InProcess;
 use serde_json::{json, Value};
-use strata_server::{Config, RunOptions};
-use tokio::sync::oneshot;
+use strata_server::Config;
 
 fn temp_dir(name: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -24,34 +26,17 @@ fn temp_dir(name: &str) -> PathBuf {
 
 struct Server {
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    join: tokio::task::JoinHandle<anyhow::Result<()>>,
+    inner: InProcess,
     dir: PathBuf,
 }
 
 impl Server {
     async fn start(config: Config) -> Self {
-        let dir = config.server.data_dir.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = strata_server::build(
-            &config,
-            &RunOptions {
-                seed_demo: true,
-                ..RunOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let join = tokio::spawn(strata_server::serve(listener, state, async move {
-            let _ = rx.await;
-        }));
+        let inner = InProcess::start(&config).await;
         Self {
-            addr,
-            stop: Some(stop),
-            join,
-            dir,
+            addr: inner.addr,
+            inner,
+            dir: config.server.data_dir.clone(),
         }
     }
 
@@ -59,9 +44,8 @@ impl Server {
         Self::start(Config::embedded(&temp_dir(name))).await
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.join.await.unwrap().unwrap();
+    async fn stop(self) {
+        self.inner.stop().await;
     }
 }
 

@@ -5,7 +5,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use strata_server::{Config, RunOptions};
+mod common;
+
+use common::InProcess;
+use strata_server::Config;
 
 fn chromium() -> String {
     for c in ["chromium", "chromium-browser", "google-chrome"] {
@@ -26,21 +29,8 @@ async fn the_dashboard_renders_live_charts_in_a_browser() {
     let dir = std::env::temp_dir().join(format!("strata-dashboard-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let config = Config::embedded(&dir);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = strata_server::build(
-        &config,
-        &RunOptions {
-            seed_demo: true,
-            ..RunOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(strata_server::serve(listener, state, async move {
-        let _ = rx.await;
-    }));
+    let server = InProcess::start(&config).await;
+    let addr = server.addr;
 
     // Traffic while the page polls: reads of a few hot products (hits) and some new ones (loads).
     let running = Arc::new(AtomicBool::new(true));
@@ -133,7 +123,6 @@ async fn the_dashboard_renders_live_charts_in_a_browser() {
             "{ns} not in the table"
         );
     }
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+mod common;
+
+use common::InProcess;
 use serde_json::Value;
-use strata_server::{Config, RunOptions};
-use tokio::sync::oneshot;
+use strata_server::Config;
 
 fn temp_dir(name: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -27,37 +29,20 @@ fn temp_dir(name: &str) -> PathBuf {
 
 struct Server {
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    join: tokio::task::JoinHandle<anyhow::Result<()>>,
+    inner: InProcess,
 }
 
 impl Server {
     async fn start(config: Config) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = strata_server::build(
-            &config,
-            &RunOptions {
-                seed_demo: true,
-                ..RunOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let join = tokio::spawn(strata_server::serve(listener, state, async move {
-            let _ = rx.await;
-        }));
+        let inner = InProcess::start(&config).await;
         Self {
-            addr,
-            stop: Some(stop),
-            join,
+            addr: inner.addr,
+            inner,
         }
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.join.await.unwrap().unwrap();
+    async fn stop(self) {
+        self.inner.stop().await;
     }
 
     /// One raw HTTP/1.1 request (`head` without the trailing blank line); `(status, content type, body)`.

@@ -1,4 +1,5 @@
-//! Helpers of the tests that run the `strata` binary on the embedded default (no services needed).
+//! Helpers of the server's tests: a server in this process ([`InProcess`], on port 0), or the `strata` binary on
+//! the embedded default ([`serve`]; no services needed).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -82,4 +83,44 @@ pub fn call(method: &str, url: &str, body: &str) -> (u16, String) {
     let mut resp = agent.run(req).unwrap();
     let status = resp.status().as_u16();
     (status, resp.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// A server in this test's process on `127.0.0.1:0`, with the demo catalog seeded.
+pub struct InProcess {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    join: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    /// Builds and serves `config`.
+    pub async fn start(config: &strata_server::Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = strata_server::build(
+            config,
+            &strata_server::RunOptions {
+                seed_demo: true,
+                ..strata_server::RunOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let join = tokio::spawn(strata_server::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            join,
+        }
+    }
+
+    /// Shuts it down gracefully and checks that it stopped cleanly.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().expect("stopped once").send(());
+        (&mut self.join).await.unwrap().unwrap();
+    }
 }
