@@ -5,7 +5,7 @@
 //! (pipelining without a pool), reconnecting in the background after a drop, with connect and response timeouts.
 //! fred was the alternative; redis-rs was chosen because its connection manager gives exactly the
 //! multiplexing-plus-reconnect behaviour the engine needs with fewer moving parts, its Lua `Script` helper
-//! (EVALSHA with EVAL fallback) fits the fenced fills to come, and it has a Cluster client behind a feature for when
+//! (EVALSHA with EVAL fallback) carries the fenced fills, writes and invalidations (see [`fence`]), and it has a Cluster client behind a feature for when
 //! users outgrow one node. Every call is additionally bounded by [`L2Options::timeout`] here, because commands
 //! issued while the manager reconnects wait for the reconnect: no caller waits past its timeout.
 //!
@@ -17,8 +17,11 @@
 //! compression threshold are lz4-compressed by the envelope codec.
 //!
 //! # Leases
-//! [`RedisL2::try_lease`] takes `SET lease token NX PX ttl`; the holder loads and fills with its token; an
-//! invalidation deletes the lease, so the holder's fill is refused; a dead holder's lease expires.
+//! [`RedisL2::lease`] (what the engine uses, through `SharedTier::lease`) runs the `LEASE` script: one holder per
+//! key, and at most one grant per `min_interval` (a grant marker), so a burst of misses after a holder finished
+//! does not start a second load. [`RedisL2::try_lease`] is the plain `SET lease token NX PX ttl`, without the
+//! marker. The holder loads and fills with its token; an invalidation deletes the lease, so the holder's fill is
+//! refused; a dead holder's lease expires.
 //!
 //! # Bad bytes
 //! Bytes that do not decode (corrupt, truncated, another program's value under our key) are a miss and a count in

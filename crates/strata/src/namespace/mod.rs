@@ -81,17 +81,29 @@ mod l2;
 pub(crate) use l2::NsL2;
 pub use l2::BARRIER_STALENESS;
 
+/// The namespace's shared state. Nothing here is behind one big lock: each part is synchronised the way its access
+/// pattern needs, and no lock is held across an `.await`.
 pub(crate) struct Inner<V> {
     name: String,
+    /// Immutable after build: read on every operation without synchronisation.
     policy: Policy,
     clock: Arc<dyn Clock>,
+    /// Its own concurrency (quick_cache's sharded store, or sharded mutex maps for LRU/LFU/FIFO): a hit is one
+    /// shard read and never waits on a load.
     l1: Option<L1<V>>,
+    /// 64 sharded `parking_lot` mutexes: the key's shard lock orders a fill against writes to the same key (poison,
+    /// tombstone, fill and flight removal happen in one critical section; see `crate::flight`), while keys of
+    /// other shards never contend.
     flights: Flights<V>,
+    /// An atomic fast path (no barrier, or an entry without tags: one relaxed load) in front of a lock taken only
+    /// when tags are invalidated.
     barriers: TagBarriers,
+    /// Striped atomic counters: every hit increments one, so they must not share a cache line across threads.
     counters: Counters,
     weigher: Weigher<V>,
     load_seconds: metrics::Histogram,
-    /// Set once the cache is attached to a bus: this node's writes are published through it.
+    /// Set once the cache is attached to a bus: this node's writes are published through it. A `OnceLock`
+    /// because namespaces may be built before `attach_bus`; after that, reading it is one atomic load.
     publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
     /// How long a source write waits for its invalidation to reach L2 and the bus.
     propagation_timeout: Duration,
