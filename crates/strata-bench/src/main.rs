@@ -226,17 +226,10 @@ fn main() {
             redis,
             reads,
         } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            match rt.block_on(strata_bench::cluster::hotkey(&redis, nodes, reads)) {
-                Ok(report) => println!("{report}"),
-                Err(e) => {
-                    eprintln!("hotkey: {e}");
-                    std::process::exit(1);
-                }
-            }
+            report(
+                "hotkey",
+                strata_bench::cluster::hotkey(&redis, nodes, reads),
+            );
         }
         Scenario::Stampede {
             requests, load_ms, ..
@@ -282,17 +275,10 @@ fn main() {
                 std::env::var("STRATA_PG_URL")
                     .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
             });
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            match rt.block_on(strata_bench::writes::run(&pg, writers, keys, seconds)) {
-                Ok(report) => println!("{report}"),
-                Err(e) => {
-                    eprintln!("writes: {e}");
-                    std::process::exit(1);
-                }
-            }
+            report(
+                "writes",
+                strata_bench::writes::run(&pg, writers, keys, seconds),
+            );
         }
         Scenario::Cdc {
             nodes,
@@ -304,34 +290,17 @@ fn main() {
                 std::env::var("STRATA_PG_URL")
                     .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
             });
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            match rt.block_on(strata_bench::cdc::run(&redis, &pg, nodes, samples)) {
-                Ok(report) => println!("{report}"),
-                Err(e) => {
-                    eprintln!("cdc: {e}");
-                    std::process::exit(1);
-                }
-            }
+            report("cdc", strata_bench::cdc::run(&redis, &pg, nodes, samples));
         }
         Scenario::Invalidation {
             nodes,
             redis,
             samples,
         } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            match rt.block_on(strata_bench::invalidation::run(&redis, nodes, samples)) {
-                Ok(report) => println!("{report}"),
-                Err(e) => {
-                    eprintln!("invalidation: {e}");
-                    std::process::exit(1);
-                }
-            }
+            report(
+                "invalidation",
+                strata_bench::invalidation::run(&redis, nodes, samples),
+            );
         }
         Scenario::Api {
             strata,
@@ -352,23 +321,10 @@ fn main() {
                     std::process::exit(1);
                 }),
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            match rt.block_on(strata_bench::api::run(
-                &strata,
-                seconds,
-                connections,
-                budget_mib,
-                value_bytes,
-            )) {
-                Ok(report) => println!("{report}"),
-                Err(e) => {
-                    eprintln!("api: {e}");
-                    std::process::exit(1);
-                }
-            }
+            report(
+                "api",
+                strata_bench::api::run(&strata, seconds, connections, budget_mib, value_bytes),
+            );
         }
         Scenario::Consistency {
             strata,
@@ -426,6 +382,24 @@ fn main() {
             if run("memory") {
                 strata_bench::l1::memory(&ALLOC);
             }
+        }
+    }
+}
+
+/// Runs a scenario on a multi-threaded runtime and prints its report line, or says why it failed and exits 1.
+fn report<R: std::fmt::Display, E: std::fmt::Display>(
+    scenario: &str,
+    run: impl std::future::Future<Output = Result<R, E>>,
+) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match rt.block_on(run) {
+        Ok(report) => println!("{report}"),
+        Err(e) => {
+            eprintln!("{scenario}: {e}");
+            std::process::exit(1);
         }
     }
 }
