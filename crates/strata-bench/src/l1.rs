@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::Zipf;
-use strata::l1::{Entry, L1};
+use strata::l1::{Entry, EntryParts, L1};
 use strata::{Cache, Eviction, L1Policy, Policy};
 
 const KEYS: usize = 1_000_000;
@@ -48,14 +48,16 @@ struct StrataSim {
 fn entry_for(key: &str) -> Arc<Entry<u64>> {
     Arc::new(Entry::new(
         key,
-        Some(Arc::new(0)),
-        0,
-        u64::MAX,
-        u64::MAX,
-        None,
-        Vec::new(),
-        0,
-        8,
+        EntryParts {
+            value: Some(Arc::new(0)),
+            created_at: 0,
+            fresh_until: u64::MAX,
+            stale_until: u64::MAX,
+            version: None,
+            tags: Vec::new(),
+            delta_ms: 0,
+            value_weight: 8,
+        },
     ))
 }
 

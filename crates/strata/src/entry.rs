@@ -22,6 +22,27 @@ pub enum EntryKind {
     Tombstone,
 }
 
+/// What a value or negative [`Entry`] is made of: the fields [`Entry::new`] takes by name.
+#[derive(Debug)]
+pub struct EntryParts<V> {
+    /// The value; `None`: the source said the key does not exist (a negative entry).
+    pub value: Option<Arc<V>>,
+    /// When the entry was created.
+    pub created_at: UnixMillis,
+    /// Fresh until.
+    pub fresh_until: UnixMillis,
+    /// Kept until (raised to `fresh_until` if earlier).
+    pub stale_until: UnixMillis,
+    /// The source version, if any.
+    pub version: Option<u64>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// The load's duration in milliseconds (XFetch's delta).
+    pub delta_ms: u32,
+    /// The caller's estimate of the value's bytes.
+    pub value_weight: u64,
+}
+
 /// One cached entry. Immutable except for the fail-safe retry throttle.
 #[derive(Debug)]
 pub struct Entry<V> {
@@ -41,20 +62,19 @@ pub struct Entry<V> {
 }
 
 impl<V> Entry<V> {
-    /// A value or negative entry. `weight` is the caller's estimate of the value's bytes; the key and
-    /// [`ENTRY_OVERHEAD`] are added here.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        key: &str,
-        value: Option<Arc<V>>,
-        created_at: UnixMillis,
-        fresh_until: UnixMillis,
-        stale_until: UnixMillis,
-        version: Option<u64>,
-        tags: Vec<String>,
-        delta_ms: u32,
-        value_weight: u64,
-    ) -> Self {
+    /// A value or negative entry (negative when `parts.value` is `None`). The key and [`ENTRY_OVERHEAD`] are
+    /// added to the value's weight here.
+    pub fn new(key: &str, parts: EntryParts<V>) -> Self {
+        let EntryParts {
+            value,
+            created_at,
+            fresh_until,
+            stale_until,
+            version,
+            tags,
+            delta_ms,
+            value_weight,
+        } = parts;
         let kind = if value.is_some() {
             EntryKind::Value
         } else {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use quick_cache::sync::Cache as QuickCache;
 use strata_core::{Eviction, L1Policy};
 
-pub use crate::entry::{Entry, EntryKind, ENTRY_OVERHEAD};
+pub use crate::entry::{Entry, EntryKind, EntryParts, ENTRY_OVERHEAD};
 use sharded::Sharded;
 
 /// Share of the adaptive store kept for the hot (re-referenced) queue. quick_cache's default is 0.97; 0.99 was
@@ -191,14 +191,16 @@ mod tests {
     fn entry(key: &str, bytes: u64) -> Arc<Entry<Vec<u8>>> {
         Arc::new(Entry::new(
             key,
-            Some(Arc::new(vec![])),
-            0,
-            10,
-            10,
-            None,
-            vec![],
-            0,
-            bytes,
+            EntryParts {
+                value: Some(Arc::new(vec![])),
+                created_at: 0,
+                fresh_until: 10,
+                stale_until: 10,
+                version: None,
+                tags: vec![],
+                delta_ms: 0,
+                value_weight: bytes,
+            },
         ))
     }
 
