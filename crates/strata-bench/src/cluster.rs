@@ -113,7 +113,7 @@ pub async fn stampede(
                     etag: None,
                     kind: EnvelopeKind::Value(v.into_bytes()),
                 };
-                l2.set("naive", "tv-55", &env, Compression::None, 1)
+                l2.write("naive", "tv-55", &env, Compression::None, 1)
                     .await
                     .expect("SET");
             }

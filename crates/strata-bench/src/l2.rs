@@ -76,7 +76,7 @@ pub async fn run(url: &str, samples: usize) -> Result<L2Report, strata_core::Err
         etag: None,
         kind: EnvelopeKind::Value(value.clone()),
     };
-    l2.set("bench", "k", &env, Compression::Lz4Above(1024), now)
+    l2.write("bench", "k", &env, Compression::Lz4Above(1024), now)
         .await?;
     let raw_key = l2.redis_key("bench", "raw");
     let mut conn = l2.connection();

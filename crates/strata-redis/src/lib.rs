@@ -19,8 +19,7 @@
 //! # Leases
 //! [`RedisL2::lease`] (what the engine uses, through `SharedTier::lease`) runs the `LEASE` script: one holder per
 //! key, and at most one grant per `min_interval` (a grant marker), so a burst of misses after a holder finished
-//! does not start a second load. [`RedisL2::try_lease`] is the plain `SET lease token NX PX ttl`, without the
-//! marker. The holder loads and fills with its token; an invalidation deletes the lease, so the holder's fill is
+//! does not start a second load. The holder loads and fills with its token; an invalidation deletes the lease, so the holder's fill is
 //! refused; a dead holder's lease expires.
 //!
 //! # Bad bytes
@@ -240,22 +239,10 @@ impl RedisL2 {
         .await
     }
 
-    /// Stores a write (write-through, explicit insert): refused only by a greater stored version.
+    /// Stores a write (write-through, explicit insert) until its `stale_until`: refused only by a greater stored
+    /// version. An entry already past its `stale_until` is not stored, and any older one is removed so that it
+    /// cannot outlive the write.
     pub async fn write(
-        &self,
-        namespace: &str,
-        key: &str,
-        envelope: &Envelope,
-        compression: Compression,
-        now: UnixMillis,
-    ) -> Result<FillOutcome, Error> {
-        self.store(namespace, key, envelope, compression, now, -1, None)
-            .await
-    }
-
-    /// Stores an entry until its `stale_until` ([`write`](Self::write) semantics). An entry already past it is not
-    /// stored, and any older one is removed so it cannot outlive the write.
-    pub async fn set(
         &self,
         namespace: &str,
         key: &str,
@@ -267,7 +254,8 @@ impl RedisL2 {
             self.delete(namespace, key).await?;
             return Ok(FillOutcome::Superseded);
         }
-        self.write(namespace, key, envelope, compression, now).await
+        self.store(namespace, key, envelope, compression, now, -1, None)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -365,33 +353,6 @@ impl RedisL2 {
                 .await
         })
         .await
-    }
-
-    /// Takes the key's lease for `ttl` if nobody holds it.
-    pub async fn try_lease(
-        &self,
-        namespace: &str,
-        key: &str,
-        ttl: Duration,
-    ) -> Result<Option<LeaseToken>, Error> {
-        let token = format!("{:032x}", rand::random::<u128>());
-        let lkey = self.lease_key(namespace, key);
-        let ttl_ms = (ttl.as_millis() as u64).max(1);
-        let mut conn = self.conn.clone();
-        let t = token.clone();
-        let ok: Option<String> = self
-            .call("SET NX", async move {
-                redis::cmd("SET")
-                    .arg(lkey)
-                    .arg(t)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(ok.map(|_| LeaseToken::new(token)))
     }
 
     /// The entries under `keys` (in order) with their stamps, and the server time now, in one script call.
@@ -667,7 +628,7 @@ impl SharedTier for RedisL2 {
         compression: Compression,
         now: UnixMillis,
     ) -> BoxFuture<'a, Result<FillOutcome, Error>> {
-        RedisL2::set(self, namespace, key, envelope, compression, now).boxed()
+        RedisL2::write(self, namespace, key, envelope, compression, now).boxed()
     }
 
     fn invalidate<'a>(

@@ -104,6 +104,33 @@ async fn a_dead_lease_holder_is_taken_over_after_its_lease_expires() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_fails_or_panics_gives_its_lease_back_before_anyone_hears_of_it() {
+    let c = cluster("lease-back", 1, |_| {}).await;
+    let p = policy()
+        .with_distributed_coalescing(true)
+        .with_lease_grant_interval(Duration::ZERO)
+        .build()
+        .unwrap();
+    let ns = c.namespace::<u64>("price", p, Json).remove(0);
+    let source = FaultyLoader::<u64>::new();
+    for fault in [Fault::Fail("down".into()), Fault::Panic] {
+        source.set_fault(fault);
+        assert!(ns.try_get_or_load("k", || source.load("k")).await.is_err());
+        // The failed load held the key's lease; had it kept it, every node would wait it out.
+        let grant = c.nodes[0]
+            .l2
+            .lease("price", "k", Duration::from_secs(1), Duration::ZERO)
+            .await
+            .unwrap();
+        let LeaseGrant::Granted(token) = grant else {
+            panic!("the lease was not given back: {grant:?}");
+        };
+        c.nodes[0].l2.release("price", "k", &token).await.unwrap();
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_that_began_before_an_invalidation_never_lands() {
     let c = cluster("stale-set", 3, |_| {}).await;
     let p = policy().with_distributed_coalescing(true).build().unwrap();
@@ -165,7 +192,7 @@ async fn corrupt_l2_bytes_are_a_miss_and_a_count() {
         etag: None,
         kind: EnvelopeKind::Value(b"{not json".to_vec()),
     };
-    l2.set("price", "b", &env, Compression::None, 1)
+    l2.write("price", "b", &env, Compression::None, 1)
         .await
         .unwrap();
     let source = FaultyLoader::new();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{envelope, l2, now_ms};
 use strata_core::{Compression, EnvelopeKind};
-use strata_redis::{Fence, FillOutcome};
+use strata_redis::{Fence, FillOutcome, LeaseGrant, LeaseToken, RedisL2};
 
 const HOLD: Duration = Duration::from_secs(5);
 
@@ -241,19 +241,20 @@ async fn the_tombstone_expires_after_its_hold_off() {
     );
 }
 
+/// The lease of `p/k` for `ttl`, if nobody holds it (no grant interval).
+async fn take_lease(l2: &RedisL2, ttl: Duration) -> Option<LeaseToken> {
+    match l2.lease("p", "k", ttl, Duration::ZERO).await.unwrap() {
+        LeaseGrant::Granted(token) => Some(token),
+        LeaseGrant::Held | LeaseGrant::RateLimited => None,
+    }
+}
+
 #[tokio::test]
 async fn one_lease_per_key_released_by_the_fill_voided_by_invalidate() {
     let node_a = l2("lease").await;
     let ttl = Duration::from_secs(5);
-    let lease = node_a
-        .try_lease("p", "k", ttl)
-        .await
-        .unwrap()
-        .expect("first lease");
-    assert!(
-        node_a.try_lease("p", "k", ttl).await.unwrap().is_none(),
-        "a second holder"
-    );
+    let lease = take_lease(&node_a, ttl).await.expect("first lease");
+    assert!(take_lease(&node_a, ttl).await.is_none(), "a second holder");
     let (_, started) = node_a.lookup("p", "k").await.unwrap();
     let fence = Fence {
         started_at: Some(started),
@@ -274,10 +275,8 @@ async fn one_lease_per_key_released_by_the_fill_voided_by_invalidate() {
         FillOutcome::Stored
     );
     // The fill released the lease.
-    let lease2 = node_a
-        .try_lease("p", "k", ttl)
+    let lease2 = take_lease(&node_a, ttl)
         .await
-        .unwrap()
         .expect("lease after the fill");
     node_a
         .invalidate("p", "k", None, HOLD, now_ms())
@@ -306,29 +305,19 @@ async fn one_lease_per_key_released_by_the_fill_voided_by_invalidate() {
 #[tokio::test]
 async fn a_dead_holders_lease_expires_and_the_next_reader_takes_over() {
     let l2 = l2("dead_holder").await;
-    let _dead = l2
-        .try_lease("p", "k", Duration::from_millis(100))
+    let _dead = take_lease(&l2, Duration::from_millis(100))
         .await
-        .unwrap()
         .expect("lease");
-    assert!(l2
-        .try_lease("p", "k", Duration::from_millis(100))
-        .await
-        .unwrap()
-        .is_none());
+    assert!(take_lease(&l2, Duration::from_millis(100)).await.is_none());
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(
-        l2.try_lease("p", "k", Duration::from_secs(5))
-            .await
-            .unwrap()
-            .is_some(),
+        take_lease(&l2, Duration::from_secs(5)).await.is_some(),
         "expired lease not taken over"
     );
 }
 
 #[tokio::test]
 async fn lease_grants_are_rate_limited_per_key_and_release_checks_the_token() {
-    use strata_redis::LeaseGrant;
     let l2 = l2("lease_rate").await;
     let interval = Duration::from_millis(300);
     let ttl = Duration::from_secs(5);

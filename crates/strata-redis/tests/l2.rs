@@ -17,7 +17,7 @@ async fn round_trip_keeps_the_envelope_and_expires_at_stale_until() {
     let l2 = l2("round_trip").await;
     let now = now_ms();
     let env = envelope(b"{\"price\":129}", now, 60_000);
-    l2.set("price", "sku-1", &env, Compression::None, now)
+    l2.write("price", "sku-1", &env, Compression::None, now)
         .await
         .unwrap();
     assert_eq!(l2.get("price", "sku-1").await.unwrap(), Some(env));
@@ -38,7 +38,7 @@ async fn get_many_is_one_mget_in_key_order() {
     let l2 = l2("get_many").await;
     let now = now_ms();
     for k in ["a", "c"] {
-        l2.set(
+        l2.write(
             "p",
             k,
             &envelope(k.as_bytes(), now, 60_000),
@@ -94,7 +94,7 @@ async fn corrupt_and_foreign_bytes_are_a_miss_and_a_count() {
 async fn an_entry_past_stale_until_is_not_stored_and_removes_the_older_one() {
     let l2 = l2("expired").await;
     let now = now_ms();
-    l2.set(
+    l2.write(
         "p",
         "k",
         &envelope(b"old", now, 60_000),
@@ -104,7 +104,7 @@ async fn an_entry_past_stale_until_is_not_stored_and_removes_the_older_one() {
     .await
     .unwrap();
     let dead = envelope(b"new", now - 10_000, 5_000);
-    l2.set("p", "k", &dead, Compression::None, now)
+    l2.write("p", "k", &dead, Compression::None, now)
         .await
         .unwrap();
     assert_eq!(l2.get("p", "k").await.unwrap(), None);
@@ -116,7 +116,7 @@ async fn large_values_are_stored_compressed() {
     let now = now_ms();
     let value = "{\"description\":\"a very repetitive product text\"}".repeat(200);
     let env = envelope(value.as_bytes(), now, 60_000);
-    l2.set("p", "big", &env, Compression::Lz4Above(1024), now)
+    l2.write("p", "big", &env, Compression::Lz4Above(1024), now)
         .await
         .unwrap();
     let mut conn = l2.connection();
@@ -167,7 +167,7 @@ async fn a_silent_link_times_out_within_the_bound_and_recovers() {
     .await
     .unwrap();
     let now = now_ms();
-    l2.set(
+    l2.write(
         "p",
         "k",
         &envelope(b"v", now, 60_000),
