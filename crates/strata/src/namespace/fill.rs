@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata_core::{Envelope, EnvelopeKind, Fence, Fetched, FillOutcome, LeaseToken, UnixMillis};
+use strata_core::{
+    Envelope, EnvelopeKind, Error, Fence, Fetched, FillOutcome, LeaseToken, UnixMillis,
+};
 
 use super::state::millis;
 use super::Inner;
@@ -110,15 +112,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
             lease,
         };
         let now = l2.link.to_tier(self.clock.now());
-        let outcome = l2
-            .link
-            .call(
-                l2.link
-                    .tier
-                    .fill(&self.name, key, &env, l2.compression, now, fence),
-            )
-            .await;
-        let stored = matches!(outcome, Ok(FillOutcome::Stored));
+        let stored = matches!(
+            self.fill_at(key, &env, now, fence).await,
+            Ok(FillOutcome::Stored)
+        );
         if !stored {
             self.counters.fills_refused.inc();
         }
@@ -128,7 +125,6 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// Copies a fresh entry to a replica for at most `pin_ttl`, fenced by the entry's own stamp: a replica write
     /// that lands after an invalidation of the key (which tombstones every replica) is refused.
     pub(super) async fn copy_to_replica(&self, replica: &str, e: &Entry<V>, tier_now: UnixMillis) {
-        let l2 = self.ns_l2();
         let Some(mut env) = self.envelope(e) else {
             return;
         };
@@ -139,14 +135,25 @@ impl<V: Send + Sync + 'static> Inner<V> {
             started_at: Some(e.stamp),
             lease: None,
         };
-        let _ = l2
-            .link
+        let _ = self.fill_at(replica, &env, tier_now, fence).await;
+    }
+
+    /// One fenced fill of the L2 key `at` (the key itself or a replica), at tier time `now`.
+    async fn fill_at(
+        &self,
+        at: &str,
+        env: &Envelope,
+        now: UnixMillis,
+        fence: Fence<'_>,
+    ) -> Result<FillOutcome, Error> {
+        let l2 = self.ns_l2();
+        l2.link
             .call(
                 l2.link
                     .tier
-                    .fill(&self.name, replica, &env, l2.compression, tier_now, fence),
+                    .fill(&self.name, at, env, l2.compression, now, fence),
             )
-            .await;
+            .await
     }
 
     /// The envelope of an L1 entry, in tier time. `None` if the value does not encode (counted as corrupt).
