@@ -18,7 +18,9 @@ use strata::bus::{BusListener, InProcessBus};
 use strata::codec::Json;
 use strata::{Cache, Namespace};
 use strata::{SharedTier, Sink, Source};
-use strata_sql::{PgTable, SqliteTable, TableSchema, TableSpec, TypedSource};
+use strata_sql::{
+    Dialect, Postgres, Query, SqlError, Sqlite, Table, TableSchema, TableSpec, TypedSource,
+};
 
 use crate::config::{parse_fsync, Config, WriteModeConfig};
 
@@ -29,6 +31,65 @@ pub enum Pool {
     Sqlite(SqlitePool),
     /// PostgreSQL.
     Postgres(PgPool),
+}
+
+/// What a namespace reads, as configured: a table (read and written) or a query (read only).
+enum Binding<'a> {
+    /// A table: a source and a sink.
+    Table(TableSpec),
+    /// A `SELECT` with its key (and, when it has one, version) column: a source.
+    Query {
+        sql: &'a str,
+        key_column: &'a str,
+        version_column: &'a str,
+    },
+}
+
+/// A bound table or query: what the namespace reads through, what it writes through (a table only), and the
+/// catalog's types every request's key and every PUT's value is checked against.
+struct BoundSource {
+    source: Arc<dyn Source<Value>>,
+    sink: Option<Arc<dyn Sink<Value>>>,
+    schema: Arc<TableSchema>,
+}
+
+impl Pool {
+    /// Binds a table or query on this pool, in the pool's dialect: the one place a namespace's source is bound.
+    async fn bind(&self, binding: Binding<'_>) -> Result<BoundSource, SqlError> {
+        match self {
+            Pool::Sqlite(p) => bind::<Sqlite>(p, binding).await,
+            Pool::Postgres(p) => bind::<Postgres>(p, binding).await,
+        }
+    }
+}
+
+/// [`Pool::bind`] for dialect `D`.
+async fn bind<D: Dialect>(
+    pool: &sqlx::Pool<D::Db>,
+    binding: Binding<'_>,
+) -> Result<BoundSource, SqlError> {
+    Ok(match binding {
+        Binding::Table(spec) => {
+            let t = Arc::new(Table::<D, Value>::bind(pool.clone(), spec).await?);
+            BoundSource {
+                schema: t.schema().clone(),
+                source: t.clone(),
+                sink: Some(t),
+            }
+        }
+        Binding::Query {
+            sql,
+            key_column,
+            version_column,
+        } => {
+            let q = Query::<D, Value>::bind(pool.clone(), sql, key_column, version_column).await?;
+            BoundSource {
+                schema: q.schema().clone(),
+                source: Arc::new(q),
+                sink: None,
+            }
+        }
+    })
 }
 
 /// One namespace as the API serves it.
@@ -273,63 +334,33 @@ impl AppState {
                 b = b.with_change_feed(cdc.slot.clone());
             }
             let mut schema = None;
-            if let (Some(src), Some(query)) = (&n.source, &n.query) {
-                let query = query.get_ref();
-                let source: Arc<dyn Source<Value>> = match &pools[src.get_ref()] {
-                    Pool::Sqlite(p) => {
-                        let q = strata_sql::SqliteQuery::<Value>::bind(
-                            p.clone(),
-                            query,
-                            &n.key_column,
-                            &n.version_column,
-                        )
+            if let Some(src) = &n.source {
+                let pool = &pools[src.get_ref()];
+                let bound = match &n.query {
+                    Some(query) => pool
+                        .bind(Binding::Query {
+                            sql: query.get_ref(),
+                            key_column: &n.key_column,
+                            version_column: &n.version_column,
+                        })
                         .await
-                        .with_context(|| format!("namespace {name}: its query"))?;
-                        schema = Some(q.schema().clone());
-                        Arc::new(q)
-                    }
-                    Pool::Postgres(p) => {
-                        let q = strata_sql::PgQuery::<Value>::bind(
-                            p.clone(),
-                            query,
-                            &n.key_column,
-                            &n.version_column,
-                        )
-                        .await
-                        .with_context(|| format!("namespace {name}: its query"))?;
-                        schema = Some(q.schema().clone());
-                        Arc::new(q)
+                        .with_context(|| format!("namespace {name}: its query"))?,
+                    None => {
+                        let table = n.table.clone().unwrap_or_else(|| name.clone());
+                        let spec = TableSpec::new(&table, &n.key_column, &n.version_column);
+                        pool.bind(Binding::Table(spec))
+                            .await
+                            .with_context(|| format!("namespace {name}: table {table}"))?
                     }
                 };
-                b = b.with_source(source);
-            } else if let Some(src) = &n.source {
-                let table = n.table.clone().unwrap_or_else(|| name.clone());
-                let spec = TableSpec::new(&table, &n.key_column, &n.version_column);
-                let (source, sink): (Arc<dyn Source<Value>>, Arc<dyn Sink<Value>>) =
-                    match &pools[src.get_ref()] {
-                        Pool::Sqlite(p) => {
-                            let t = Arc::new(
-                                SqliteTable::<Value>::bind(p.clone(), spec)
-                                    .await
-                                    .with_context(|| format!("namespace {name}: table {table}"))?,
-                            );
-                            schema = Some(t.schema().clone());
-                            (t.clone(), t)
+                schema = Some(bound.schema);
+                b = b.with_source(bound.source);
+                if let Some(sink) = bound.sink {
+                    b = b.with_sink(sink);
+                    if let Some(wb) = &write_behind {
+                        if *n.write.get_ref() == WriteModeConfig::Behind {
+                            b = b.with_write_behind(wb.clone());
                         }
-                        Pool::Postgres(p) => {
-                            let t = Arc::new(
-                                PgTable::<Value>::bind(p.clone(), spec)
-                                    .await
-                                    .with_context(|| format!("namespace {name}: table {table}"))?,
-                            );
-                            schema = Some(t.schema().clone());
-                            (t.clone(), t)
-                        }
-                    };
-                b = b.with_source(source).with_sink(sink);
-                if let Some(wb) = &write_behind {
-                    if *n.write.get_ref() == WriteModeConfig::Behind {
-                        b = b.with_write_behind(wb.clone());
                     }
                 }
             }

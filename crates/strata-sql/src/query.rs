@@ -3,12 +3,13 @@
 //! like the version column, when the query has one, is the version. There is no [`strata_core::Sink`]: a
 //! query-bound namespace is written through the tables it reads, and learns of changes by TTL, invalidation or CDC.
 //!
-//! The query is wrapped, never rewritten: `SELECT … FROM (<query>) q WHERE q.<key> = ANY(…)`. Its columns and the
-//! key column's type are read once at bind time (`describe`), so a query that does not parse or lacks the key
-//! column is an error then, not on the first read. Keys follow the key column's type like a table's (canonical
-//! integers, text, lowercase uuids; see [`crate::schema`]) and are compared as parameters of that type; a key
-//! column of any other type is compared by its text output (`q.key::text`, `CAST(q.key AS TEXT)`), exactly, so
-//! only the spelling the database prints names a row.
+//! The query is wrapped, never rewritten: `SELECT … FROM (<query>) q WHERE q.<key> = ANY(…)` (the dialect's load,
+//! the same one a table's rows are read with). Its columns and the key column's type are read once at bind time
+//! (`describe`), so a query that does not parse or lacks the key column is an error then, not on the first read.
+//! Keys follow the key column's type like a table's (canonical integers, text, lowercase uuids; see
+//! [`crate::schema`]) and are compared as parameters of that type; a key column of any other type is compared by
+//! its text output (`q.key::text`, `CAST(q.key AS TEXT)`), exactly, so only the spelling the database prints names
+//! a row. A single-key load runs the batch statement with one key.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -16,27 +17,24 @@ use std::marker::PhantomData;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
-use sqlx::{Column, Executor, PgPool, Row, SqlitePool};
+use sqlx::Pool;
 use strata_core::{Fetched, SharedError, Source};
 
-use crate::schema::{query_key_kind, ColumnInfo, KeyKind};
-use crate::{
-    pg_bind_keys, pg_casts, quote_ident, shared, Bound, SqlError, TableSchema, TypedSource,
-};
+use crate::bound::Bound;
+use crate::dialect::{Dialect, Driver, Postgres, Sqlite};
+use crate::schema::{query_key_kind, ColumnInfo};
+use crate::table::Reader;
+use crate::{SqlError, TableSchema, TypedSource};
 
 /// A query bound to a PostgreSQL pool.
-pub struct PgQuery<V> {
-    pool: PgPool,
-    sql: String,
-    bound: Bound,
-    _v: PhantomData<fn() -> V>,
-}
+pub type PgQuery<V> = Query<Postgres, V>;
 
 /// A query bound to a SQLite pool.
-pub struct SqliteQuery<V> {
-    pool: SqlitePool,
-    sql: String,
-    bound: Bound,
+pub type SqliteQuery<V> = Query<Sqlite, V>;
+
+/// A query of dialect `D` as a [`Source`] of `V` ([`PgQuery`], [`SqliteQuery`]).
+pub struct Query<D: Dialect, V> {
+    read: Reader<D>,
     _v: PhantomData<fn() -> V>,
 }
 
@@ -65,47 +63,31 @@ fn check(query: &str) -> Result<&str, SqlError> {
 
 /// The columns of `query`'s rows, with the key form of each column's type, from the database's own description of
 /// the statement (nothing runs).
-async fn columns_of<'e, E: Executor<'e>>(
-    executor: E,
+async fn columns_of<DB: Driver>(
+    pool: &Pool<DB>,
     query: &str,
 ) -> Result<Vec<ColumnInfo>, sqlx::Error> {
-    use sqlx::TypeInfo;
     let sql = format!("SELECT * FROM ({query}) q");
-    let described = executor.describe(&sql).await?;
-    Ok(described
-        .columns()
-        .iter()
-        .map(|c| {
-            let ty = c.type_info().name().to_owned();
+    Ok(DB::describe(pool, &sql)
+        .await?
+        .into_iter()
+        .map(|(name, ty)| {
             let kind = query_key_kind(&ty);
-            ColumnInfo::of_query(c.name().to_owned(), ty, kind)
+            ColumnInfo::of_query(name, ty, kind)
         })
         .collect())
 }
 
-/// One key through the source's batch query (the statement is the same either way).
-async fn load_one<V, S: Source<V>>(source: &S, key: &str) -> Result<Fetched<V>, SharedError> {
-    let keys = [key.to_owned()];
-    let mut all = source.load_many(&keys).await?;
-    Ok(all.remove(key).unwrap_or_else(Fetched::absent))
-}
-
-impl<V> TypedSource for PgQuery<V> {
+impl<D: Dialect, V> TypedSource for Query<D, V> {
     fn schema(&self) -> &std::sync::Arc<TableSchema> {
-        &self.bound.schema
+        &self.read.bound.schema
     }
 }
 
-impl<V> TypedSource for SqliteQuery<V> {
-    fn schema(&self) -> &std::sync::Arc<TableSchema> {
-        &self.bound.schema
-    }
-}
-
-impl<V> PgQuery<V> {
+impl<D: Dialect, V> Query<D, V> {
     /// Binds `query` (its rows have `key_column`; `version_column` is used when present).
     pub async fn bind(
-        pool: PgPool,
+        pool: Pool<D::Db>,
         query: &str,
         key_column: &str,
         version_column: &str,
@@ -117,139 +99,31 @@ impl<V> PgQuery<V> {
             source,
         };
         let columns = columns_of(&pool, q).await.map_err(db)?;
+        // A row's document: every column of the query, in its order.
+        let document: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
         let bound = Bound::for_query(&label, key_column, version_column, columns)?;
-        let kind = bound.schema.key_kind().clone();
-        let sql = if kind == KeyKind::TextOutput {
-            format!(
-                "SELECT q.{key}::text, to_jsonb(q) FROM ({q}) q WHERE q.{key}::text = ANY($1::text[])",
-                key = bound.key
-            )
-        } else {
-            format!(
-                "SELECT q.{key}::text, to_jsonb(q) FROM ({q}) q WHERE q.{key} = ANY($1{cast})",
-                key = bound.key,
-                cast = pg_casts(&kind).1
-            )
-        };
         Ok(Self {
-            pool,
-            sql,
-            bound,
+            read: Reader::new(pool, bound, &format!("({q})"), "q", &document)?,
             _v: PhantomData,
         })
     }
 }
 
-impl<V> SqliteQuery<V> {
-    /// Binds `query` (its rows have `key_column`; `version_column` is used when present).
-    pub async fn bind(
-        pool: SqlitePool,
-        query: &str,
-        key_column: &str,
-        version_column: &str,
-    ) -> Result<Self, SqlError> {
-        let label = label(query);
-        let q = check(query)?;
-        let db = |source| SqlError::Database {
-            table: label.clone(),
-            source,
-        };
-        let columns = columns_of(&pool, q).await.map_err(db)?;
-        let mut pairs = Vec::with_capacity(columns.len());
-        for c in &columns {
-            pairs.push(format!(
-                "'{}', q.{}",
-                c.name,
-                quote_ident("column", &c.name)?
-            ));
-        }
-        let bound = Bound::for_query(&label, key_column, version_column, columns)?;
-        // Typed keys compare as themselves (integers travel as JSON numbers); others by their text.
-        let filter = if *bound.schema.key_kind() == KeyKind::TextOutput {
-            format!("CAST(q.{} AS TEXT)", bound.key)
-        } else {
-            format!("q.{}", bound.key)
-        };
-        let sql = format!(
-            "SELECT CAST(q.{key} AS TEXT), json_object({pairs}) FROM ({q}) q \
-             WHERE {filter} IN (SELECT value FROM json_each(?1))",
-            key = bound.key,
-            pairs = pairs.join(", ")
-        );
-        Ok(Self {
-            pool,
-            sql,
-            bound,
-            _v: PhantomData,
-        })
-    }
-}
-
-impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for PgQuery<V> {
+impl<D: Dialect, V: DeserializeOwned + Send + Sync + 'static> Source<V> for Query<D, V> {
+    /// One key through the batch statement (the statement is the same either way).
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<V>, SharedError>> {
-        load_one(self, key).boxed()
+        async move {
+            let keys = [key.to_owned()];
+            let mut all = self.read.all(&keys).await?;
+            Ok(all.remove(key).unwrap_or_else(Fetched::absent))
+        }
+        .boxed()
     }
 
     fn load_many<'a>(
         &'a self,
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<HashMap<String, Fetched<V>>, SharedError>> {
-        async move {
-            let params = self
-                .bound
-                .schema
-                .key_params(keys)
-                .map_err(|e| shared(e.into()))?;
-            let rows = pg_bind_keys(sqlx::query(&self.sql), params)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| shared(self.bound.db(e)))?;
-            let rows = rows
-                .iter()
-                .map(|r| (r.get::<String, _>(0), r.get::<serde_json::Value, _>(1)))
-                .collect();
-            self.bound.all(keys, rows)
-        }
-        .boxed()
-    }
-}
-
-impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for SqliteQuery<V> {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<V>, SharedError>> {
-        load_one(self, key).boxed()
-    }
-
-    fn load_many<'a>(
-        &'a self,
-        keys: &'a [String],
-    ) -> BoxFuture<'a, Result<HashMap<String, Fetched<V>>, SharedError>> {
-        async move {
-            let keys_json = self
-                .bound
-                .schema
-                .key_params(keys)
-                .map_err(|e| shared(e.into()))?
-                .json();
-            let rows = sqlx::query(&self.sql)
-                .bind(keys_json)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| shared(self.bound.db(e)))?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let k: String = r.get(0);
-                let text: String = r.get(1);
-                let json = serde_json::from_str(&text).map_err(|e| {
-                    shared(SqlError::BadRow {
-                        key: k.clone(),
-                        table: self.bound.spec.table.clone(),
-                        problem: e.to_string(),
-                    })
-                })?;
-                out.push((k, json));
-            }
-            self.bound.all(keys, out)
-        }
-        .boxed()
+        self.read.all(keys).boxed()
     }
 }
