@@ -637,13 +637,8 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         let entry = value.map(|v| {
             Arc::new(inner.make_entry(key, Fetched::value(v).with_version(version), Duration::ZERO))
         });
-        {
-            let mut overlay = b.overlay.lock();
-            if overlay.get(key).is_none_or(|(s, _)| *s < seq) {
-                let value = entry.as_ref().and_then(|e| e.value.clone());
-                overlay.insert(key.to_owned(), (seq, value));
-            }
-        }
+        b.overlay
+            .record(key, seq, entry.as_ref().and_then(|e| e.value.clone()));
         match entry {
             Some(e) => {
                 self.insert_entry(key.to_owned(), e, None).await;
@@ -659,7 +654,7 @@ impl<V: Send + Sync + 'static> Namespace<V> {
     /// A write-behind write of `key` not yet in the source, as readers must see it.
     fn pending_write(&self, key: &str) -> Option<Lookup<V>> {
         let inner = &*self.inner;
-        let (_, value) = inner.behind.as_ref()?.overlay.lock().get(key).cloned()?;
+        let value = inner.behind.as_ref()?.overlay.pending(key)?;
         let now = inner.clock.now();
         let fresh = now + millis(inner.policy.ttl);
         let status = if value.is_some() {
