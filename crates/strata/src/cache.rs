@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::behind::{BehindNs, WriteBehind};
 use crate::bus::{
-    Backlog, Bus, BusCounters, BusEvent, BusListener, Liveness, Publisher, Seen, SeqTracker,
-    RETRY_EVERY,
+    Backlog, Bus, BusCounters, BusEvent, BusListener, BusTarget, Liveness, Publisher, Seen,
+    SeqTracker, Waiting, BACKLOG_CAP, RETRY_EVERY,
 };
 use crate::codec::Codec;
 use crate::namespace::{ErasedNamespace, Namespace, NsL2, Parts, Weigher};
@@ -124,7 +124,7 @@ impl Cache {
             let (bus, counters, mut stop) = (bus.clone(), counters.clone(), stop_rx.clone());
             tokio::spawn(async move {
                 let mut out = Outbound {
-                    backlog: Backlog::default(),
+                    backlog: Backlog::new(BACKLOG_CAP),
                     last_seq: 0,
                     publisher,
                 };
@@ -442,7 +442,7 @@ impl Outbound {
     fn enqueue(&mut self, counters: &BusCounters, m: strata_core::BusMessage) {
         use std::sync::atomic::Ordering::Relaxed;
         self.last_seq = self.last_seq.max(m.seq);
-        let superseded = self.backlog.push(m);
+        let superseded = self.backlog.push(BusTarget::of(&m), Waiting::new(m));
         counters.superseded.fetch_add(superseded as u64, Relaxed);
         counters.backlog.store(self.backlog.len() as u64, Relaxed);
     }
@@ -452,21 +452,21 @@ impl Outbound {
     /// published.
     async fn drain(&mut self, bus: &dyn Bus, counters: &BusCounters) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        let mut msgs = self.backlog.take().into_iter();
         let mut all = true;
-        while let Some((m, covers)) = msgs.next() {
-            if bus.publish(m.clone()).await.is_ok() {
+        let mut cursor = None;
+        while let Some((ticket, target, w)) = self.backlog.next_after(cursor) {
+            cursor = Some(ticket);
+            if bus.publish(w.msg).await.is_ok() {
                 counters.published.fetch_add(1, Relaxed);
+                self.backlog.settle(&target, ticket);
             } else {
                 counters.publish_errors.fetch_add(1, Relaxed);
-                self.backlog
-                    .put_back(std::iter::once((m, covers)).chain(msgs).collect());
                 all = false;
                 break;
             }
         }
         counters.backlog.store(self.backlog.len() as u64, Relaxed);
-        let out_to = match self.backlog.lowest_waiting() {
+        let out_to = match self.backlog.payloads().map(|w| w.covers).min() {
             Some(lowest) => lowest - 1,
             None => self.last_seq,
         };

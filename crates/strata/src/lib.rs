@@ -43,6 +43,7 @@ pub mod keys;
 pub mod l1;
 mod lookup;
 mod namespace;
+mod retry;
 mod shared;
 mod stats;
 mod stop;

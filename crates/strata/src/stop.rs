@@ -39,6 +39,11 @@ impl Stop {
             .send_modify(|d| *d = Some(d.map_or(deadline, |old| old.min(deadline))));
     }
 
+    /// Whether a stop has been asked for.
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
     /// Another receiver (for a task started later).
     pub(crate) fn subscribe(&self) -> Stopping {
         Stopping(self.0.subscribe())

@@ -37,6 +37,8 @@ pub use strata_core::bus::{Bus, BusEvent};
 use strata_core::{BusMessage, Error, Invalidation};
 use tokio::sync::{broadcast, mpsc};
 
+use crate::retry::{self, Coalescing};
+
 /// The embedded-mode bus: a Tokio broadcast channel. A subscriber that falls more than `capacity` messages behind
 /// gets a [`BusEvent::Gap`].
 #[derive(Clone)]
@@ -394,109 +396,80 @@ pub const BACKLOG_CAP: usize = 10_000;
 /// How often a publisher retries its backlog.
 pub const RETRY_EVERY: Duration = Duration::from_millis(100);
 
-/// Messages the transport refused, waiting for retry: one per target, newest wins, in sequence order. Each
-/// waiting message also answers for the messages it superseded: `covers` is the lowest sequence number among
-/// them, so the publisher knows how far everything is out.
-#[derive(Debug, Default)]
-pub struct Backlog {
-    msgs: Vec<(BusMessage, u64)>,
-    index: HashMap<(String, String), usize>,
+/// What a waiting message is about: a key, tag or feed of a namespace, or the whole namespace (its clear).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct BusTarget {
+    namespace: String,
+    scope: Scope,
 }
 
-fn target(m: &BusMessage) -> (String, String) {
-    let t = match &m.what {
-        Invalidation::Delete { key } | Invalidation::Set { key } | Invalidation::Filled { key } => {
-            format!("k:{key}")
-        }
-        Invalidation::Tag { tag } => format!("t:{tag}"),
-        Invalidation::Clear => "*".to_owned(),
-        Invalidation::FeedMark { feed, .. } => format!("f:{feed}"),
-    };
-    (m.namespace.clone(), t)
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Scope {
+    /// `Delete`, `Set` and `Filled` of one key: the newest of them says what the receivers must do.
+    Key(String),
+    Tag(String),
+    Feed(String),
+    All,
 }
 
-impl Backlog {
-    /// Messages waiting.
-    pub fn len(&self) -> usize {
-        self.msgs.len()
-    }
-
-    /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.msgs.is_empty()
-    }
-
-    /// The lowest sequence number not yet out: of a waiting message, or of one a waiting message superseded.
-    pub fn lowest_waiting(&self) -> Option<u64> {
-        self.msgs.iter().map(|(_, covers)| *covers).min()
-    }
-
-    /// Adds a message; returns how many waiting messages it superseded.
-    pub fn push(&mut self, m: BusMessage) -> usize {
-        let covers = m.seq;
-        self.push_covering(m, covers)
-    }
-
-    fn push_covering(&mut self, m: BusMessage, covers: u64) -> usize {
-        let t = target(&m);
-        if let Some(&i) = self.index.get(&t) {
-            // The newer message goes to the end, so the backlog stays in sequence order (receivers drop a
-            // message whose sequence number is below one they have seen).
-            let (_, old) = self.msgs.remove(i);
-            self.msgs.push((m, covers.min(old)));
-            self.reindex();
-            return 1;
+impl BusTarget {
+    pub(crate) fn of(m: &BusMessage) -> Self {
+        let scope = match &m.what {
+            Invalidation::Delete { key }
+            | Invalidation::Set { key }
+            | Invalidation::Filled { key } => Scope::Key(key.clone()),
+            Invalidation::Tag { tag } => Scope::Tag(tag.clone()),
+            Invalidation::Clear => Scope::All,
+            Invalidation::FeedMark { feed, .. } => Scope::Feed(feed.clone()),
+        };
+        Self {
+            namespace: m.namespace.clone(),
+            scope,
         }
-        let clear = matches!(m.what, Invalidation::Clear);
-        if clear || self.msgs.len() >= BACKLOG_CAP {
-            // A clear covers every message of its namespace; so does the clear that replaces them when full.
-            let before = self.msgs.len();
-            let mut covers = covers;
-            self.msgs.retain(|(old, c)| {
-                let keep = old.namespace != m.namespace;
-                if !keep {
-                    covers = covers.min(*c);
-                }
-                keep
-            });
-            let dropped = before - self.msgs.len();
-            let m = BusMessage {
-                what: Invalidation::Clear,
-                ..m
-            };
-            self.msgs.push((m, covers));
-            self.reindex();
-            return dropped;
-        }
-        self.index.insert(t, self.msgs.len());
-        self.msgs.push((m, covers));
-        0
-    }
-
-    /// Removes and returns the messages in order, each with the lowest sequence number it answers for.
-    pub fn take(&mut self) -> Vec<(BusMessage, u64)> {
-        self.index.clear();
-        std::mem::take(&mut self.msgs)
-    }
-
-    /// Puts back messages that could not be published (ahead of anything pushed since `take`).
-    pub fn put_back(&mut self, msgs: Vec<(BusMessage, u64)>) {
-        let newer = std::mem::replace(&mut self.msgs, msgs);
-        self.reindex();
-        for (m, covers) in newer {
-            self.push_covering(m, covers);
-        }
-    }
-
-    fn reindex(&mut self) {
-        self.index = self
-            .msgs
-            .iter()
-            .enumerate()
-            .map(|(i, (m, _))| (target(m), i))
-            .collect();
     }
 }
+
+impl retry::Target for BusTarget {
+    /// A clear covers every message of its namespace.
+    fn widest(&self) -> Self {
+        Self {
+            namespace: self.namespace.clone(),
+            scope: Scope::All,
+        }
+    }
+}
+
+/// A refused message, and the lowest sequence number it answers for: its own, or that of a message it superseded
+/// (so the publisher knows how far everything is out).
+#[derive(Debug, Clone)]
+pub(crate) struct Waiting {
+    pub(crate) msg: BusMessage,
+    pub(crate) covers: u64,
+}
+
+impl Waiting {
+    pub(crate) fn new(msg: BusMessage) -> Self {
+        Self {
+            covers: msg.seq,
+            msg,
+        }
+    }
+}
+
+impl retry::Payload<BusTarget> for Waiting {
+    /// The newest message is the one sent; it answers for everything it replaced.
+    fn absorb(&mut self, older: Self) {
+        self.covers = self.covers.min(older.covers);
+    }
+
+    fn widen(&mut self, _: &BusTarget) {
+        self.msg.what = Invalidation::Clear;
+    }
+}
+
+/// Messages the transport refused, waiting for retry (see `crate::retry` for how they coalesce): in sequence
+/// order, because the queue is fed in sequence order and a replaced message moves to the back.
+pub(crate) type Backlog = Coalescing<BusTarget, Waiting>;
 
 /// The running bus attachment of a node. [`close`](Self::close) publishes what is queued and stops listening.
 pub struct BusListener {
@@ -551,23 +524,36 @@ mod tests {
         }
     }
 
+    fn push(b: &mut Backlog, m: BusMessage) -> usize {
+        b.push(BusTarget::of(&m), Waiting::new(m))
+    }
+
+    /// Publishes everything: the messages in order, each with the lowest sequence number it answers for.
+    fn take(b: &mut Backlog) -> Vec<(BusMessage, u64)> {
+        let mut out = Vec::new();
+        while let Some((ticket, target, w)) = b.next_after(None) {
+            b.settle(&target, ticket);
+            out.push((w.msg, w.covers));
+        }
+        out
+    }
+
     #[test]
     fn backlog_keeps_the_newest_message_per_target_and_a_clear_covers_its_namespace() {
         let del = |k: &str| Invalidation::Delete { key: k.into() };
-        let mut b = Backlog::default();
-        assert_eq!(b.push(msg("a", del("1"), 1)), 0);
-        assert_eq!(b.push(msg("a", del("2"), 2)), 0);
-        assert_eq!(b.push(msg("a", del("1"), 3)), 1);
-        assert_eq!(b.push(msg("b", del("1"), 4)), 0);
-        let seqs: Vec<u64> = b.take().iter().map(|(m, _)| m.seq).collect();
+        let mut b = Backlog::new(BACKLOG_CAP);
+        assert_eq!(push(&mut b, msg("a", del("1"), 1)), 0);
+        assert_eq!(push(&mut b, msg("a", del("2"), 2)), 0);
+        assert_eq!(push(&mut b, msg("a", del("1"), 3)), 1);
+        assert_eq!(push(&mut b, msg("b", del("1"), 4)), 0);
+        let seqs: Vec<u64> = take(&mut b).iter().map(|(m, _)| m.seq).collect();
         assert_eq!(seqs, vec![2, 3, 4]);
         for (i, k) in ["1", "2", "3"].iter().enumerate() {
-            b.push(msg("a", del(k), i as u64));
+            push(&mut b, msg("a", del(k), i as u64));
         }
-        b.push(msg("b", del("9"), 10));
-        assert_eq!(b.push(msg("a", Invalidation::Clear, 11)), 3);
-        let left: Vec<(String, u64)> = b
-            .take()
+        push(&mut b, msg("b", del("9"), 10));
+        assert_eq!(push(&mut b, msg("a", Invalidation::Clear, 11)), 3);
+        let left: Vec<(String, u64)> = take(&mut b)
             .into_iter()
             .map(|(m, _)| (m.namespace, m.seq))
             .collect();
@@ -576,12 +562,18 @@ mod tests {
 
     #[test]
     fn a_full_backlog_collapses_a_namespace_into_one_clear() {
-        let mut b = Backlog::default();
+        let mut b = Backlog::new(BACKLOG_CAP);
         for i in 0..BACKLOG_CAP as u64 {
-            b.push(msg("a", Invalidation::Delete { key: i.to_string() }, i));
+            push(
+                &mut b,
+                msg("a", Invalidation::Delete { key: i.to_string() }, i),
+            );
         }
-        b.push(msg("a", Invalidation::Delete { key: "new".into() }, 99_999));
-        let all = b.take();
+        push(
+            &mut b,
+            msg("a", Invalidation::Delete { key: "new".into() }, 99_999),
+        );
+        let all = take(&mut b);
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].0.what, Invalidation::Clear);
         assert_eq!(
@@ -591,17 +583,16 @@ mod tests {
     }
 
     #[test]
-    fn put_back_keeps_the_unsent_ahead_of_newer_messages() {
+    fn a_published_message_leaves_and_the_unsent_keep_their_place_ahead_of_newer_ones() {
         let del = |k: &str| Invalidation::Delete { key: k.into() };
-        let mut b = Backlog::default();
-        b.push(msg("a", del("1"), 1));
-        b.push(msg("a", del("2"), 2));
-        let mut taken = b.take();
-        taken.remove(0); // "1" was published
-        b.push(msg("a", del("3"), 3));
-        b.push(msg("a", del("2"), 4));
-        b.put_back(taken);
-        let seqs: Vec<u64> = b.take().iter().map(|(m, _)| m.seq).collect();
+        let mut b = Backlog::new(BACKLOG_CAP);
+        push(&mut b, msg("a", del("1"), 1));
+        push(&mut b, msg("a", del("2"), 2));
+        let (ticket, target, _) = b.next_after(None).unwrap();
+        assert!(b.settle(&target, ticket)); // "1" was published
+        push(&mut b, msg("a", del("3"), 3));
+        push(&mut b, msg("a", del("2"), 4));
+        let seqs: Vec<u64> = take(&mut b).iter().map(|(m, _)| m.seq).collect();
         assert_eq!(seqs, vec![3, 4]);
     }
 
