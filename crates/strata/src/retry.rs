@@ -190,11 +190,18 @@ mod tests {
         out
     }
 
+    /// A queue of `cap` after these pushes (an item of a group, and a value).
+    fn filled(cap: usize, pushes: &[(u8, u8, u32)]) -> Coalescing<T, Max> {
+        let mut q = Coalescing::new(cap);
+        for &(group, item, v) in pushes {
+            q.push((group, Some(item)), Max(v, false));
+        }
+        q
+    }
+
     #[test]
     fn a_target_keeps_one_entry_the_strongest_and_moves_to_the_back() {
-        let mut q = Coalescing::new(100);
-        assert_eq!(q.push((1, Some(1)), Max(5, false)), 0);
-        assert_eq!(q.push((1, Some(2)), Max(1, false)), 0);
+        let mut q = filled(100, &[(1, 1, 5), (1, 2, 1)]);
         assert_eq!(q.push((1, Some(1)), Max(3, false)), 1);
         assert_eq!(
             drain(&q),
@@ -204,10 +211,7 @@ mod tests {
 
     #[test]
     fn the_widest_target_absorbs_its_group_and_only_its_group() {
-        let mut q = Coalescing::new(100);
-        q.push((1, Some(1)), Max(7, false));
-        q.push((2, Some(1)), Max(1, false));
-        q.push((1, Some(2)), Max(2, false));
+        let mut q = filled(100, &[(1, 1, 7), (2, 1, 1), (1, 2, 2)]);
         assert_eq!(q.push((1, None), Max(0, false)), 2);
         assert_eq!(
             drain(&q),
@@ -218,10 +222,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_collapses_the_new_targets_group() {
-        let mut q = Coalescing::new(3);
-        q.push((1, Some(1)), Max(1, false));
-        q.push((1, Some(2)), Max(2, false));
-        q.push((2, Some(1)), Max(9, false));
+        let mut q = filled(3, &[(1, 1, 1), (1, 2, 2), (2, 1, 9)]);
         // Full: a waiting target still coalesces in place …
         assert_eq!(q.push((1, Some(2)), Max(3, false)), 1);
         assert_eq!(q.len(), 3);
@@ -235,9 +236,7 @@ mod tests {
 
     #[test]
     fn settle_removes_only_what_was_read() {
-        let mut q = Coalescing::new(100);
-        q.push((1, Some(1)), Max(1, false));
-        q.push((1, Some(2)), Max(2, false));
+        let mut q = filled(100, &[(1, 1, 1), (1, 2, 2)]);
         let (t1, k1, _) = q.next_after(None).unwrap();
         let (t2, k2, _) = q.next_after(Some(t1)).unwrap();
         // Delivering 1 raced a newer push to it: the newer one stays.

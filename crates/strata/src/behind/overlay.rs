@@ -14,12 +14,15 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+/// A key's newest pending write: its journal seq and its value (`None`: a pending delete).
+type Write<V> = (u64, Option<Arc<V>>);
+
 /// The pending write-behind writes of one namespace, as readers must see them (see the module docs).
 pub(crate) struct Overlay<V> {
-    /// key → (journal seq of the newest pending write, its value; `None`: a pending delete). One `parking_lot`
-    /// mutex: written by every write-behind write and by the flusher after each flush, read by `fetch`; each
-    /// critical section is one map operation, never held across an `.await`.
-    pending: Mutex<HashMap<String, (u64, Option<Arc<V>>)>>,
+    /// Each key's newest pending write. One `parking_lot` mutex: written by every write-behind write and by the
+    /// flusher after each flush, read by `fetch`; each critical section is one map operation, never held across
+    /// an `.await`.
+    pending: Mutex<HashMap<String, Write<V>>>,
 }
 
 impl<V> Default for Overlay<V> {
