@@ -25,7 +25,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -139,7 +139,7 @@ pub(crate) struct SharedLink {
     /// Set by `close`: no replay task starts any more, and the running one stops before its next round.
     stop: Stop,
     /// This node's bus publisher, when it has a bus: replayed invalidations are published again.
-    publisher: Arc<OnceLock<Arc<Publisher>>>,
+    publisher: Option<Arc<Publisher>>,
     /// Relaxed atomic counters: statistics only.
     errors: AtomicU64,
     short_circuited: AtomicU64,
@@ -153,7 +153,7 @@ impl SharedLink {
         tier: Arc<dyn SharedTier>,
         clock: Arc<dyn Clock>,
         breaker: BreakerOptions,
-        publisher: Arc<OnceLock<Arc<Publisher>>>,
+        publisher: Option<Arc<Publisher>>,
     ) -> Self {
         Self {
             tier,
@@ -348,7 +348,7 @@ impl SharedLink {
     }
 
     fn republish(&self, target: &Target, version: Option<u64>) {
-        let Some(p) = self.publisher.get() else {
+        let Some(p) = self.publisher.as_ref() else {
             return;
         };
         let (ns, what) = match target {

@@ -216,13 +216,12 @@ async fn run(
                 _ = stop.requested() => continue,
             }
         }
-        let gather = Instant::now() + o.linger.max(backoff);
         match deadline {
-            // Draining: keep the backoff (a failing source must not burn through `max_attempts` and park every
-            // write), but never wait past the deadline.
-            Some(d) => tokio::time::sleep_until(gather.min(d)).await,
+            // Draining: no lingering to gather more, but keep the backoff (a failing source must not burn through
+            // `max_attempts` and park every write), and never wait past the deadline.
+            Some(d) => tokio::time::sleep_until((Instant::now() + backoff).min(d)).await,
             None => tokio::select! {
-                _ = tokio::time::sleep_until(gather) => {}
+                _ = tokio::time::sleep(o.linger.max(backoff)) => {}
                 _ = stop.requested() => continue,
             },
         }

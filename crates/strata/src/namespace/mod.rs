@@ -77,6 +77,7 @@ impl<V> std::fmt::Debug for Namespace<V> {
 }
 
 mod l2;
+mod remote;
 
 pub(crate) use l2::NsL2;
 pub use l2::BARRIER_STALENESS;
@@ -102,9 +103,10 @@ pub(crate) struct Inner<V> {
     counters: Counters,
     weigher: Weigher<V>,
     load_seconds: metrics::Histogram,
-    /// Set once the cache is attached to a bus: this node's writes are published through it. A `OnceLock`
-    /// because namespaces may be built before `attach_bus`; after that, reading it is one atomic load.
-    publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
+    /// The cache's bus node's sending side, when the cache was built with a bus: this node's writes are published
+    /// through it. Fixed at build (the cache takes its bus before any namespace exists), so reading it needs no
+    /// synchronisation.
+    publisher: Option<Arc<Publisher>>,
     /// How long a source write waits for its invalidation to reach L2 and the bus.
     propagation_timeout: Duration,
     /// The change feed (CDC) that tells this namespace of writes made behind the cache's back, when it has one:
@@ -159,7 +161,7 @@ pub(crate) struct Parts<V> {
     pub policy: Policy,
     pub clock: Arc<dyn Clock>,
     pub weigher: Weigher<V>,
-    pub publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
+    pub publisher: Option<Arc<Publisher>>,
     pub propagation_timeout: Duration,
     pub feed: Option<Arc<Liveness>>,
     pub l2: Option<NsL2<V>>,
@@ -764,7 +766,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// The node's contact with the bus, when the transport confirms it (see [`crate::bus`]'s `Liveness`).
     #[inline]
     fn liveness(&self) -> Option<&Liveness> {
-        self.publisher.get().and_then(|p| p.liveness.as_deref())
+        self.publisher.as_ref().and_then(|p| p.liveness.as_deref())
     }
 
     /// Whether L1 may answer at `now`: always, unless the bus confirms contact and the last confirmation is
@@ -1155,7 +1157,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
             tokio::time::sleep(PROPAGATION_POLL).await;
         }
-        if let (Some(seq), Some(p)) = (seq, self.publisher.get()) {
+        if let (Some(seq), Some(p)) = (seq, self.publisher.as_ref()) {
             if !p.published(seq, deadline).await {
                 return Err(not_propagated());
             }
@@ -1201,7 +1203,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// Queues a bus message (when a bus is attached) and returns its sequence number.
     fn publish(&self, what: Invalidation, version: Option<u64>) -> Option<u64> {
         self.publisher
-            .get()
+            .as_ref()
             .map(|p| p.send(&self.name, what, version, self.clock.now()))
     }
 
@@ -1343,64 +1345,12 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
-/// Type-erased namespace operations for the [`crate::Cache`] registry (invalidation by name, stats).
+/// Type-erased namespace operations for the [`crate::Cache`] registry (invalidation by name, stats); implemented
+/// in `remote`, with what the bus node applies.
 pub(crate) trait ErasedNamespace: Send + Sync {
     fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()>;
     fn invalidate_all(&self) -> BoxFuture<'_, ()>;
     fn stats(&self) -> NamespaceStats;
-    /// Applies another node's invalidation without publishing it again. Returns `true` for a tag invalidation.
-    fn apply_remote(&self, what: &Invalidation, version: Option<u64>) -> bool;
-    /// Drops every entry without publishing (a bus gap).
-    fn flush_local(&self);
-}
-
-impl<V: Send + Sync + 'static> ErasedNamespace for Namespace<V> {
-    fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(Namespace::invalidate(self, key))
-    }
-    fn invalidate_all(&self) -> BoxFuture<'_, ()> {
-        Box::pin(Namespace::bump_generation(self))
-    }
-    fn stats(&self) -> NamespaceStats {
-        self.inner.stats()
-    }
-    fn apply_remote(&self, what: &Invalidation, version: Option<u64>) -> bool {
-        let inner = &*self.inner;
-        match what {
-            Invalidation::Delete { key } | Invalidation::Set { key } => {
-                inner.invalidate_key(key, version);
-                false
-            }
-            Invalidation::Clear => {
-                inner.invalidate_all_local();
-                if let Some(l2) = &inner.l2 {
-                    l2.forget_barriers();
-                }
-                false
-            }
-            Invalidation::Tag { tag } => {
-                inner.invalidate_tag_local(tag);
-                if let Some(l2) = &inner.l2 {
-                    l2.forget_barriers();
-                }
-                true
-            }
-            Invalidation::Filled { key } => {
-                if let Some(l2) = &inner.l2 {
-                    l2.wake(key);
-                }
-                false
-            }
-            // Handled by the cache (it owns the feeds), never routed to a namespace.
-            Invalidation::FeedMark { .. } => false,
-        }
-    }
-    fn flush_local(&self) {
-        self.inner.invalidate_all_local();
-        if let Some(l2) = &self.inner.l2 {
-            l2.forget_barriers();
-        }
-    }
 }
 
 #[cfg(test)]
