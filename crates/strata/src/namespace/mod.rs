@@ -643,7 +643,11 @@ impl<V: Send + Sync + 'static> Namespace<V> {
             .record(key, seq, entry.as_ref().and_then(|e| e.value.clone()));
         match entry {
             Some(e) => {
-                self.insert_entry(key.to_owned(), e, None).await;
+                // The bus message carries the version, as a delete's does: receivers tombstone the key with it and
+                // so refuse fills older than this write while the tombstone lives. Until the flusher has run, the
+                // source still holds the row this write replaces (older version), and without the version a
+                // receiver reading the source would cache that row as if it were current.
+                self.insert_entry(key.to_owned(), e, Some(version)).await;
             }
             None => {
                 self.inner.invalidate(key, Some(version)).await;
