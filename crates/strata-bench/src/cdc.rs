@@ -72,10 +72,14 @@ pub async fn run(redis: &str, pg: &str, nodes: usize, samples: usize) -> Result<
         stream: format!("{prefix}:bus"),
         ..RedisBusOptions::default()
     };
-    let mut cluster: Vec<(Namespace<i64>, strata::bus::BusListener)> = Vec::new();
+    let mut cluster: Vec<(Namespace<i64>, Cache)> = Vec::new();
     for _ in 0..nodes.max(1) {
         let l2 = RedisL2::connect(redis, l2_options.clone()).await?;
-        let cache = Cache::builder().with_shared_tier(Arc::new(l2)).build();
+        let bus = RedisBus::connect(redis, bus_options.clone()).await?;
+        let cache = Cache::builder()
+            .with_shared_tier(Arc::new(l2))
+            .with_bus(Arc::new(bus))
+            .build();
         let ns = cache
             .namespace::<i64>("price")
             .with_policy(
@@ -85,9 +89,7 @@ pub async fn run(redis: &str, pg: &str, nodes: usize, samples: usize) -> Result<
             )
             .with_codec(Json)
             .build()?;
-        let bus = RedisBus::connect(redis, bus_options.clone()).await?;
-        let listener = cache.attach_bus(Arc::new(bus))?;
-        cluster.push((ns, listener));
+        cluster.push((ns, cache));
     }
     let tier: Arc<dyn SharedTier> = Arc::new(RedisL2::connect(redis, l2_options).await?);
     let bus = RedisBus::connect(redis, bus_options).await?;
@@ -140,8 +142,8 @@ pub async fn run(redis: &str, pg: &str, nodes: usize, samples: usize) -> Result<
         max_ms: hist.max() as f64 / 1000.0,
     };
     cdc.stop().await;
-    for (_, listener) in cluster {
-        listener.close().await;
+    for (_, cache) in cluster {
+        cache.close().await;
     }
     for _ in 0..50 {
         let dropped = sqlx::query("SELECT pg_drop_replication_slot($1)")

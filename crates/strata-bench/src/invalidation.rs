@@ -41,7 +41,7 @@ pub async fn run(
         .unwrap_or_default()
         .as_nanos();
     let stream = format!("strata-bench:bus:{}:{nanos}", std::process::id());
-    let mut cluster: Vec<(Namespace<u64>, strata::bus::BusListener)> = Vec::new();
+    let mut cluster: Vec<(Namespace<u64>, Cache)> = Vec::new();
     for _ in 0..nodes.max(2) {
         let bus = RedisBus::connect(
             url,
@@ -51,10 +51,9 @@ pub async fn run(
             },
         )
         .await?;
-        let cache = Cache::new();
+        let cache = Cache::builder().with_bus(Arc::new(bus)).build();
         let ns = cache.namespace::<u64>("price").build()?;
-        let listener = cache.attach_bus(Arc::new(bus))?;
-        cluster.push((ns, listener));
+        cluster.push((ns, cache));
     }
     // Let every reader issue its first XREAD.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -86,8 +85,8 @@ pub async fn run(
         p99_ms: ms(0.99),
         max_ms: hist.max() as f64 / 1000.0,
     };
-    for (_, listener) in cluster {
-        listener.close().await;
+    for (_, cache) in cluster {
+        cache.close().await;
     }
     Ok(report)
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{prefix, redis_addr, redis_url};
-use strata::bus::BusListener;
 use strata::{Cache, Namespace};
 use strata_redis::{RedisBus, RedisBusOptions};
 use strata_testkit::proxy::{FaultProxy, LinkMode};
@@ -19,16 +18,21 @@ fn options(stream: &str) -> RedisBusOptions {
     }
 }
 
-async fn node(url: &str, stream: &str) -> (Cache, Namespace<u32>, BusListener) {
+/// A node: its cache (twice: the tests name the second one after the bus), and its namespace.
+async fn node(url: &str, stream: &str) -> (Cache, Namespace<u32>, Cache) {
     let bus = RedisBus::connect(url, options(stream))
         .await
         .unwrap_or_else(|e| panic!("Redis must be running for these tests ({url}): {e}"));
-    let cache = Cache::new();
+    let cache = Cache::builder().with_bus(Arc::new(bus)).build();
     let ns = cache.namespace::<u32>("price").build().unwrap();
-    let listener = cache.attach_bus(Arc::new(bus)).unwrap();
+    let listener = cache.clone();
     // L1 answers only once the node has confirmed contact (the first read does not block).
     eventually("contact confirmed", Duration::from_secs(2), || {
-        listener.stats().contact_age_ms.is_some_and(|a| a < 300)
+        listener
+            .bus_stats()
+            .unwrap()
+            .contact_age_ms
+            .is_some_and(|a| a < 300)
     })
     .await;
     (cache, ns, listener)
@@ -72,10 +76,10 @@ async fn invalidations_cross_nodes_through_redis() {
     })
     .await;
     eventually("A hears its echoes", Duration::from_secs(2), || {
-        bus_a.stats().echoes >= 2
+        bus_a.bus_stats().unwrap().echoes >= 2
     })
     .await;
-    assert_eq!(bus_a.stats().applied, 0);
+    assert_eq!(bus_a.bus_stats().unwrap().applied, 0);
     bus_a.close().await;
     bus_b.close().await;
 }
@@ -104,7 +108,7 @@ async fn a_malformed_stream_entry_is_counted_and_skipped() {
         .await
         .unwrap();
     eventually("malformed counted", Duration::from_secs(2), || {
-        bus_b.stats().malformed == 2
+        bus_b.bus_stats().unwrap().malformed == 2
     })
     .await;
     assert!(price_b.l1_holds("k"), "a malformed message must not flush");
@@ -137,7 +141,7 @@ async fn a_cut_link_flushes_within_a_heartbeat_and_recovers() {
         "L1 still answered after {took:?}"
     );
     eventually("B flushes its L1", Duration::from_secs(3), || {
-        bus_b.stats().gaps >= 1
+        bus_b.bus_stats().unwrap().gaps >= 1
     })
     .await;
     proxy.set_mode(LinkMode::Cut);

@@ -701,12 +701,7 @@ async fn ns_stats(
 /// Everything the dashboard and `strata stats` show.
 pub fn stats_json(state: &AppState) -> Value {
     let namespaces: Vec<Value> = state.namespaces.values().map(ns_stats_json).collect();
-    let bus = state
-        .bus
-        .lock()
-        .expect("bus lock")
-        .as_ref()
-        .map(|b| b.stats());
+    let bus = state.cache.bus_stats();
     let wb = state.write_behind.as_ref().map(|w| w.stats());
     let cdc = state
         .cdc

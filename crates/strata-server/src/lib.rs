@@ -7,9 +7,10 @@
 //! Consistency: as the engine's (see the `strata` crate): a write through any node is in L2 before its response,
 //! and other nodes drop their L1 copies within the bus latency; with `[cdc]`, changes made outside Strata do too.
 //!
-//! Shutdown ([`run`] after `shutdown` resolves): readiness turns false, in-flight requests finish, the
-//! write-behind queue drains (up to 30 s; what remains stays journaled for the next start), the CDC consumer
-//! stops after its current transaction, and the bus listener publishes what it has queued and closes.
+//! Shutdown ([`run`] after `shutdown` resolves): readiness turns false, in-flight requests finish, the cache
+//! closes — the write-behind queue drains (up to 30 s; what remains stays journaled for the next start), the L2
+//! replay task stops and the bus node publishes what it has queued and closes — and the CDC consumer stops after
+//! its current transaction.
 
 pub mod access;
 pub mod api;
@@ -135,20 +136,13 @@ pub async fn serve(
     Ok(())
 }
 
-/// Drains write-behind, stops CDC, closes the bus.
+/// Closes the cache (write-behind drains for up to 30 s, the bus node publishes what it has queued), then stops
+/// CDC.
 pub async fn close(state: &AppState) {
-    if let Some(wb) = &state.write_behind {
-        if !wb.drain(Duration::from_secs(30)).await {
-            tracing::warn!(stats = ?wb.stats(), "write-behind did not drain in 30 s; the rest stays journaled for the next start");
-        }
-    }
+    state.cache.close().await;
     let cdc = state.cdc.lock().expect("cdc lock").take();
     if let Some(cdc) = cdc {
         cdc.stop().await;
-    }
-    let bus = state.bus.lock().expect("bus lock").take();
-    if let Some(bus) = bus {
-        bus.close().await;
     }
     tracing::info!("strata stopped");
 }

@@ -1,5 +1,6 @@
 //! What a running server holds: the cache with its namespaces (values are JSON documents), the sources they read
-//! and write, and the background parts (bus listener, write-behind queue, CDC consumer) that shutdown closes.
+//! and write, and the background parts that shutdown closes: the cache (its bus node, L2 replay task and
+//! write-behind flushers) and the CDC consumer.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,8 +14,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 use strata::behind::{WriteBehind, WriteBehindOptions};
-use strata::bus::Bus;
-use strata::bus::{BusListener, InProcessBus};
+use strata::bus::{Bus, InProcessBus};
 use strata::codec::Json;
 use strata::{Cache, Namespace};
 use strata::{SharedTier, Sink, Source};
@@ -126,10 +126,8 @@ pub struct AppState {
     pub max_body: usize,
     /// When the server started.
     pub started: Instant,
-    /// The write-behind queue, when a namespace writes behind.
+    /// The write-behind queue, when a namespace writes behind (its flushers belong to the cache's namespaces).
     pub write_behind: Option<WriteBehind>,
-    /// The bus listener (taken at shutdown to close it).
-    pub bus: Mutex<Option<BusListener>>,
     /// The sources, for readiness checks.
     pub pools: BTreeMap<String, Pool>,
     /// The CDC consumer (taken at shutdown to stop it).
@@ -283,12 +281,11 @@ impl AppState {
             }
             None => (None, Arc::new(InProcessBus::new())),
         };
-        let mut builder = Cache::builder();
+        let mut builder = Cache::builder().with_bus(bus.clone());
         if let Some(l2) = &shared {
             builder = builder.with_shared_tier(l2.clone());
         }
         let cache = builder.build();
-        let listener = cache.attach_bus(bus.clone())?;
 
         // Write-behind, when needed.
         let needs_behind = config
@@ -437,7 +434,6 @@ impl AppState {
             max_body: config.server.max_body.0 as usize,
             started: Instant::now(),
             write_behind,
-            bus: Mutex::new(Some(listener)),
             pools,
             cdc: Mutex::new(cdc),
             ready: AtomicBool::new(true),

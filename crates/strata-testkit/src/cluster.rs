@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use strata::bus::BusListener;
 use strata::codec::Codec;
 use strata::{BreakerOptions, Cache, Error, Namespace, Policy};
 use strata_redis::{L2Options, RedisBus, RedisBusOptions, RedisL2};
@@ -63,7 +62,6 @@ pub struct Node {
     pub l2: RedisL2,
     /// The proxy in front of the node's Redis links, if the cluster is proxied.
     pub proxy: Option<FaultProxy>,
-    listener: Option<BusListener>,
 }
 
 impl Node {
@@ -77,7 +75,7 @@ impl Node {
 
     /// The node's bus counters, if it has a bus.
     pub fn bus_stats(&self) -> Option<strata::bus::BusStats> {
-        self.listener.as_ref().map(|l| l.stats())
+        self.cache.bus_stats()
     }
 }
 
@@ -114,11 +112,10 @@ impl Cluster {
                 },
             )
             .await?;
-            let cache = Cache::builder()
+            let mut builder = Cache::builder()
                 .with_shared_tier(Arc::new(l2.clone()))
-                .with_breaker(options.breaker)
-                .build();
-            let listener = if options.bus {
+                .with_breaker(options.breaker);
+            if options.bus {
                 let bus = RedisBus::connect(
                     &url,
                     RedisBusOptions {
@@ -129,15 +126,12 @@ impl Cluster {
                     },
                 )
                 .await?;
-                Some(cache.attach_bus(Arc::new(bus))?)
-            } else {
-                None
-            };
+                builder = builder.with_bus(Arc::new(bus));
+            }
             nodes.push(Node {
-                cache,
+                cache: builder.build(),
                 l2,
                 proxy,
-                listener,
             });
         }
         let cluster = Self { nodes, prefix };
@@ -204,12 +198,10 @@ impl Cluster {
             .sum()
     }
 
-    /// Stops every node's bus.
+    /// Closes every node's cache (its bus node and L2 replay task).
     pub async fn shutdown(self) {
         for n in self.nodes {
-            if let Some(l) = n.listener {
-                l.close().await;
-            }
+            n.cache.close().await;
         }
     }
 }

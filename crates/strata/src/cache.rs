@@ -1,24 +1,17 @@
-//! The [`Cache`] facade: a registry of namespaces sharing one clock.
+//! The [`Cache`] facade: a registry of namespaces sharing one clock, and owner of what runs in the background for
+//! them (the bus node, the L2 replay task, the write-behind flushers: see [`Cache::close`]).
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use std::sync::OnceLock;
+use parking_lot::{Mutex, RwLock};
+use strata_core::{Clock, Error, Policy, SharedTier, Sink, Source, SystemClock, WriteMode};
 
-use futures::StreamExt;
-use parking_lot::RwLock;
-use strata_core::{
-    Clock, Error, Invalidation, Policy, SharedTier, Sink, Source, SystemClock, WriteMode,
-};
-use tokio::sync::{mpsc, watch};
-
-use crate::behind::{BehindNs, WriteBehind};
-use crate::bus::{
-    Backlog, Bus, BusCounters, BusEvent, BusListener, Liveness, Publisher, Seen, SeqTracker,
-    RETRY_EVERY,
-};
+use crate::behind::{BehindNs, Flusher, WriteBehind};
+use crate::bus::{Bus, BusStats, Liveness, Namespaces, Node, RemoteOps};
 use crate::codec::Codec;
 use crate::namespace::{ErasedNamespace, Namespace, NsL2, Parts, Weigher};
 use crate::shared::{BreakerOptions, SharedLink, SharedStats};
@@ -42,29 +35,92 @@ use crate::stats::{publish, NamespaceStats};
 /// assert_eq!((again.value(), again.status()), (Some(&129), Status::Hit(strata::Tier::L1)));
 /// # Ok(()) }
 /// ```
+///
+/// # Lifetime
+/// A cache owns what it starts: its bus node (with [`CacheBuilder::with_bus`]), the L2 replay task and the
+/// write-behind flushers of its namespaces. [`close`](Self::close) stops them in order; dropping the last clone
+/// stops the bus node, and no background task keeps the cache alive. A [`Namespace`] handle outliving its cache
+/// still reads and writes locally (and through L2), but hears and tells nothing on the bus.
 #[derive(Clone)]
 pub struct Cache {
     inner: Arc<CacheInner>,
 }
 
+/// What every `Cache` clone shares. Nothing here is behind one big lock, no lock is held across an `.await`, and no
+/// background task holds a strong reference to it (see its `Drop`).
 struct CacheInner {
+    /// Immutable after build, like `node_id`, `propagation_timeout`, `feed_bound` and `close_timeout`.
     clock: Arc<dyn Clock>,
-    namespaces: RwLock<HashMap<String, Registered>>,
+    /// The namespaces and change feeds, in an `Arc` of their own so the bus node's listener can hold them weakly.
+    registry: Arc<Registry>,
     node_id: String,
-    publisher: Arc<OnceLock<Arc<Publisher>>>,
-    bus_counters: OnceLock<Arc<BusCounters>>,
+    /// The bus node, when the cache was built with a bus: its two loops stop at `close` or when this is dropped.
+    node: Option<Node>,
     /// How long a source write waits for its invalidation to reach L2 and the bus before it reports
     /// [`Error::NotPropagated`].
-    propagation_timeout: std::time::Duration,
-    /// Change feeds by name (see [`NamespaceBuilder::with_change_feed`]), and the bound they are trusted under.
-    feeds: parking_lot::Mutex<HashMap<String, Arc<Liveness>>>,
-    feed_bound: std::time::Duration,
+    propagation_timeout: Duration,
+    /// The bound change feeds are trusted under (see [`NamespaceBuilder::with_change_feed`]).
+    feed_bound: Duration,
+    /// The L2 link, shared with the namespaces that use L2 (its replay task holds it weakly).
     shared: Option<Arc<SharedLink>>,
+    /// The write-behind flushers of this cache's namespaces, for `close` to drain and stop. Each is also held by
+    /// its namespace and runs while either holds it. A mutex: pushed by `NamespaceBuilder::build`, read by `close`.
+    flushers: Mutex<Vec<(String, Arc<Flusher>)>>,
+    /// How long `close` lets the write-behind flushers drain.
+    close_timeout: Duration,
+    /// Set once `close` has run. A Tokio `OnceCell`: the first `close` does the work across awaits, concurrent
+    /// ones wait for it, later ones return at once.
+    closed: tokio::sync::OnceCell<()>,
 }
 
+impl Drop for CacheInner {
+    /// The last `Cache` clone is gone: the bus node's loops are told to stop (the publishing loop still sends what is
+    /// queued, once; the listener holds the registry only weakly and could not dispatch anyway). The other tasks end
+    /// with what they serve, which may outlive the cache: the L2 replay task with the L2 link (it holds it weakly;
+    /// namespaces still using L2 keep it), a write-behind flusher with its namespace.
+    fn drop(&mut self) {
+        if let Some(node) = &self.node {
+            node.stop();
+        }
+    }
+}
+
+/// The registry: namespaces by name and change feeds by name.
+#[derive(Default)]
+struct Registry {
+    /// A `parking_lot` read-write lock: read on every lookup by name and every bus message, written only when a
+    /// namespace registers.
+    namespaces: RwLock<HashMap<String, Registered>>,
+    /// Change feeds by name (see [`NamespaceBuilder::with_change_feed`]): created by the first namespace that
+    /// names one, confirmed by the bus node's listener. A mutex: both are rare (a registration, a mark every
+    /// 100 ms).
+    feeds: Mutex<HashMap<String, Arc<Liveness>>>,
+}
+
+/// One registered namespace, three ways: typed (for [`Cache::get_namespace`]), erased for the registry's own
+/// operations, and as the bus node sees it.
 struct Registered {
     typed: Arc<dyn Any + Send + Sync>,
     erased: Arc<dyn ErasedNamespace>,
+    remote: Arc<dyn RemoteOps>,
+}
+
+impl Namespaces for Registry {
+    fn namespace(&self, name: &str) -> Option<Arc<dyn RemoteOps>> {
+        self.namespaces.read().get(name).map(|r| r.remote.clone())
+    }
+
+    fn all(&self) -> Vec<Arc<dyn RemoteOps>> {
+        self.namespaces
+            .read()
+            .values()
+            .map(|r| r.remote.clone())
+            .collect()
+    }
+
+    fn feed(&self, name: &str) -> Option<Arc<Liveness>> {
+        self.feeds.lock().get(name).cloned()
+    }
 }
 
 impl Default for Cache {
@@ -84,9 +140,11 @@ impl Cache {
         CacheBuilder {
             clock: None,
             shared: None,
+            bus: None,
             breaker: BreakerOptions::default(),
             propagation_timeout: DEFAULT_PROPAGATION_TIMEOUT,
             feed_bound: DEFAULT_FEED_BOUND,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
         }
     }
 
@@ -100,158 +158,29 @@ impl Cache {
         &self.inner.node_id
     }
 
-    /// Makes this cache a node on `bus`: from now on its invalidations (`invalidate`, `invalidate_all`, `insert`)
-    /// are published in order, and other nodes' invalidations are applied to its L1. See [`crate::bus`] for the
-    /// delivery semantics. Must be called inside a Tokio runtime; fails if a bus is already attached.
-    pub fn attach_bus(&self, bus: Arc<dyn Bus>) -> Result<BusListener, Error> {
-        let (tx, mut queue) = mpsc::unbounded_channel();
-        let liveness = bus.liveness_bound().map(|b| Arc::new(Liveness::new(b)));
-        let publisher = Arc::new(Publisher::new(
-            self.inner.node_id.clone(),
-            tx,
-            liveness.clone(),
-        ));
+    /// The bus node's counters (published, backlog, applied, echoes, gaps …, and its contact with the bus), when
+    /// the cache was built [`with_bus`](CacheBuilder::with_bus). Still readable after [`close`](Self::close).
+    pub fn bus_stats(&self) -> Option<BusStats> {
+        self.inner.node.as_ref().map(Node::stats)
+    }
+
+    /// Stops what the cache started, in this order, and returns once it has stopped:
+    /// 1. the write-behind flushers of its namespaces flush what is queued — for at most the close timeout
+    ///    ([`CacheBuilder::with_close_timeout`], 30 s by default; the rest stays journaled for the next start or
+    ///    registration, logged at warn level) — and stop. Writes made after this are journaled (durable,
+    ///    acknowledged) and flushed by the next registration of the namespace or the next start;
+    /// 2. the L2 replay task stops (invalidations still queued go on blocking L2 for their keys here);
+    /// 3. the bus node publishes everything queued (once: what the transport refuses now is not retried), then
+    ///    stops publishing and listening. After it, this node's writes reach no other node, and it applies no
+    ///    other node's messages.
+    ///
+    /// The namespaces still answer afterwards from L1, L2 and their sources. Idempotent: a second call (also a
+    /// concurrent one) returns once the first has finished.
+    pub async fn close(&self) {
         self.inner
-            .publisher
-            .set(publisher.clone())
-            .map_err(|_| Error::InvalidState("a bus is already attached to this cache"))?;
-        let counters = Arc::new(BusCounters::default());
-        let _ = self.inner.bus_counters.set(counters.clone());
-        let (stop, stop_rx) = watch::channel(false);
-        // Subscribe before returning, so nothing published after `attach_bus` is missed.
-        let mut events = bus.subscribe();
-        let publishing = {
-            let (bus, counters, mut stop) = (bus.clone(), counters.clone(), stop_rx.clone());
-            tokio::spawn(async move {
-                let mut out = Outbound {
-                    backlog: Backlog::default(),
-                    last_seq: 0,
-                    publisher,
-                };
-                // After a refusal, only the retry timer tries again: new messages just join the backlog.
-                let mut failing = false;
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = stopped(&mut stop) => {
-                            while let Ok(m) = queue.try_recv() {
-                                out.enqueue(&counters, m);
-                            }
-                            out.drain(bus.as_ref(), &counters).await;
-                            break;
-                        }
-                        m = queue.recv() => match m {
-                            Some(m) => {
-                                out.enqueue(&counters, m);
-                                while let Ok(m) = queue.try_recv() {
-                                    out.enqueue(&counters, m);
-                                }
-                                if !failing {
-                                    failing = !out.drain(bus.as_ref(), &counters).await;
-                                }
-                            }
-                            None => break,
-                        },
-                        _ = tokio::time::sleep(RETRY_EVERY), if !out.backlog.is_empty() => {
-                            failing = !out.drain(bus.as_ref(), &counters).await;
-                        }
-                    }
-                }
-            })
-        };
-        let listening = {
-            let (cache, counters, mut stop) = (self.clone(), counters.clone(), stop_rx);
-            tokio::spawn(async move {
-                let mut tracker = SeqTracker::new(1024);
-                loop {
-                    tokio::select! {
-                        ev = events.next() => match ev {
-                            Some(ev) => cache.apply_bus_event(ev, &mut tracker, &counters),
-                            None => break,
-                        },
-                        _ = stopped(&mut stop) => break,
-                    }
-                }
-            })
-        };
-        Ok(BusListener {
-            stop,
-            tasks: vec![publishing, listening],
-            counters,
-            liveness,
-            clock: self.inner.clock.clone(),
-        })
-    }
-
-    fn apply_bus_event(&self, ev: BusEvent, tracker: &mut SeqTracker, counters: &BusCounters) {
-        use std::sync::atomic::Ordering::Relaxed;
-        match ev {
-            BusEvent::Message(m) => {
-                let lag_ms = self.inner.clock.now().saturating_sub(m.ts);
-                metrics::histogram!("strata_bus_lag_seconds").record(lag_ms as f64 / 1000.0);
-                counters.last_lag_ms.store(lag_ms, Relaxed);
-                if m.origin == self.inner.node_id {
-                    counters.echoes.fetch_add(1, Relaxed);
-                    return;
-                }
-                match tracker.observe(&m.origin, m.seq) {
-                    Seen::Duplicate => {
-                        counters.duplicates.fetch_add(1, Relaxed);
-                        return;
-                    }
-                    Seen::Gap { .. } => {
-                        counters.gaps.fetch_add(1, Relaxed);
-                        self.flush_all_local();
-                    }
-                    Seen::First | Seen::InOrder => {}
-                }
-                if let Invalidation::FeedMark { feed, age_ms } = &m.what {
-                    // In sequence after the feed's invalidations (one origin): those are applied already.
-                    if let Some(f) = self.inner.feeds.lock().get(feed) {
-                        f.confirm(self.inner.clock.now().saturating_sub(age_ms + 1));
-                    }
-                    return;
-                }
-                match self.erased(&m.namespace) {
-                    Ok(ns) => {
-                        if ns.apply_remote(&m.what, m.version) {
-                            counters.tag_barriers.fetch_add(1, Relaxed);
-                        }
-                        counters.applied.fetch_add(1, Relaxed);
-                    }
-                    Err(_) => {
-                        counters.unknown_namespace.fetch_add(1, Relaxed);
-                    }
-                }
-            }
-            BusEvent::Gap { .. } => {
-                counters.gaps.fetch_add(1, Relaxed);
-                self.flush_all_local();
-            }
-            BusEvent::Malformed(_) => {
-                counters.malformed.fetch_add(1, Relaxed);
-            }
-            BusEvent::Live { behind } => {
-                // Everything before this event has been applied above; trust L1 up to that instant.
-                if let Some(l) = self.inner.publisher.get().and_then(|p| p.liveness.as_ref()) {
-                    let behind_ms = behind.as_millis().min(u64::MAX as u128) as u64 + 1;
-                    l.confirm(self.inner.clock.now().saturating_sub(behind_ms));
-                }
-            }
-        }
-    }
-
-    fn flush_all_local(&self) {
-        let all: Vec<Arc<dyn ErasedNamespace>> = self
-            .inner
-            .namespaces
-            .read()
-            .values()
-            .map(|r| r.erased.clone())
-            .collect();
-        for ns in all {
-            ns.flush_local();
-        }
+            .closed
+            .get_or_init(|| self.inner.shut_down())
+            .await;
     }
 
     /// Starts registering a namespace holding values of type `V`.
@@ -275,7 +204,7 @@ impl Cache {
         &self,
         name: &str,
     ) -> Result<Namespace<V>, Error> {
-        let map = self.inner.namespaces.read();
+        let map = self.inner.registry.namespaces.read();
         let reg = map
             .get(name)
             .ok_or_else(|| Error::UnknownNamespace(name.to_owned()))?;
@@ -288,7 +217,14 @@ impl Cache {
 
     /// The names of the registered namespaces.
     pub fn namespaces(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.inner.namespaces.read().keys().cloned().collect();
+        let mut names: Vec<String> = self
+            .inner
+            .registry
+            .namespaces
+            .read()
+            .keys()
+            .cloned()
+            .collect();
         names.sort();
         names
     }
@@ -311,6 +247,7 @@ impl Cache {
         let now = self.inner.clock.now();
         let mut all: Vec<FeedStats> = self
             .inner
+            .registry
             .feeds
             .lock()
             .iter()
@@ -339,6 +276,7 @@ impl Cache {
     pub fn stats(&self) -> Vec<NamespaceStats> {
         let mut all: Vec<NamespaceStats> = self
             .inner
+            .registry
             .namespaces
             .read()
             .values()
@@ -348,7 +286,7 @@ impl Cache {
         all
     }
 
-    /// Pushes every namespace's counters, and the bus's when one is attached, to the `metrics` facade (call before
+    /// Pushes every namespace's counters, and the bus node's when it has one, to the `metrics` facade (call before
     /// a scrape renders).
     pub fn publish_metrics(&self) {
         self.stats().iter().for_each(publish);
@@ -376,9 +314,7 @@ impl Cache {
             let open = link.breaker_state() != crate::breaker::BreakerState::Closed;
             metrics::gauge!("strata_l2_breaker_open").set(if open { 1.0 } else { 0.0 });
         }
-        if let Some(c) = self.inner.bus_counters.get() {
-            let liveness = self.inner.publisher.get().and_then(|p| p.liveness.clone());
-            let s = c.snapshot(liveness.as_deref(), self.inner.clock.now());
+        if let Some(s) = self.bus_stats() {
             for (event, v) in [
                 ("published", s.published),
                 ("publish_error", s.publish_errors),
@@ -403,11 +339,38 @@ impl Cache {
 
     fn erased(&self, namespace: &str) -> Result<Arc<dyn ErasedNamespace>, Error> {
         self.inner
+            .registry
             .namespaces
             .read()
             .get(namespace)
             .map(|r| r.erased.clone())
             .ok_or_else(|| Error::UnknownNamespace(namespace.to_owned()))
+    }
+}
+
+impl CacheInner {
+    /// The work of [`Cache::close`], run once.
+    async fn shut_down(&self) {
+        let flushers: Vec<(String, Arc<Flusher>)> = self.flushers.lock().clone();
+        let timeout = self.close_timeout;
+        futures::future::join_all(flushers.iter().map(|(ns, f)| async move {
+            let left = f.close(timeout).await;
+            if left > 0 {
+                tracing::warn!(
+                    namespace = %ns,
+                    keys = left,
+                    ?timeout,
+                    "write-behind did not drain before close; the rest stays journaled for the next start"
+                );
+            }
+        }))
+        .await;
+        if let Some(link) = &self.shared {
+            link.close().await;
+        }
+        if let Some(node) = &self.node {
+            node.close().await;
+        }
     }
 }
 
@@ -425,77 +388,26 @@ pub struct FeedStats {
     pub untrusted_reads: u64,
 }
 
-/// Resolves once `stop` is set. The `watch` guard is dropped here, not held by the caller across awaits.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// The publishing task's state: the backlog, the last sequence number queued, and the publisher whose
-/// `published` mark it advances.
-struct Outbound {
-    backlog: Backlog,
-    last_seq: u64,
-    publisher: Arc<Publisher>,
-}
-
-impl Outbound {
-    fn enqueue(&mut self, counters: &BusCounters, m: strata_core::BusMessage) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.last_seq = self.last_seq.max(m.seq);
-        let superseded = self.backlog.push(m);
-        counters.superseded.fetch_add(superseded as u64, Relaxed);
-        counters.backlog.store(self.backlog.len() as u64, Relaxed);
-    }
-
-    /// Publishes the backlog in order, stopping at the first refusal (the rest waits for the next retry), then
-    /// advances the `published` mark to just below the lowest message still out. Returns whether everything was
-    /// published.
-    async fn drain(&mut self, bus: &dyn Bus, counters: &BusCounters) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut msgs = self.backlog.take().into_iter();
-        let mut all = true;
-        while let Some((m, covers)) = msgs.next() {
-            if bus.publish(m.clone()).await.is_ok() {
-                counters.published.fetch_add(1, Relaxed);
-            } else {
-                counters.publish_errors.fetch_add(1, Relaxed);
-                self.backlog
-                    .put_back(std::iter::once((m, covers)).chain(msgs).collect());
-                all = false;
-                break;
-            }
-        }
-        counters.backlog.store(self.backlog.len() as u64, Relaxed);
-        let out_to = match self.backlog.lowest_waiting() {
-            Some(lowest) => lowest - 1,
-            None => self.last_seq,
-        };
-        self.publisher.published.send_if_modified(|p| {
-            let advance = out_to > *p;
-            if advance {
-                *p = out_to;
-            }
-            advance
-        });
-        all
-    }
-}
-
 /// Builds a [`Cache`].
 #[must_use]
 pub struct CacheBuilder {
     clock: Option<Arc<dyn Clock>>,
     shared: Option<Arc<dyn SharedTier>>,
+    bus: Option<Arc<dyn Bus>>,
     breaker: BreakerOptions,
-    propagation_timeout: std::time::Duration,
-    feed_bound: std::time::Duration,
+    propagation_timeout: Duration,
+    feed_bound: Duration,
+    close_timeout: Duration,
 }
 
 /// How recent a change feed's last mark must be for its namespaces to trust their caches, by default.
-pub const DEFAULT_FEED_BOUND: std::time::Duration = std::time::Duration::from_millis(750);
+pub const DEFAULT_FEED_BOUND: Duration = Duration::from_millis(750);
 
 /// How long a source write waits, by default, for its invalidation to reach L2 and the bus.
-pub const DEFAULT_PROPAGATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub const DEFAULT_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long [`Cache::close`] lets write-behind flushers drain, by default.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl CacheBuilder {
     /// The time source. Default: [`SystemClock`]. Tests under `tokio::time::pause` use [`strata_core::TokioClock`].
@@ -511,6 +423,15 @@ impl CacheBuilder {
         self
     }
 
+    /// Makes the cache a node on `bus` (see [`crate::bus`]): its writes (`invalidate`, `invalidate_all`,
+    /// `insert`, source writes) are published in order, and other nodes' invalidations are applied to its L1. The
+    /// node starts in [`build`](Self::build), which must then run inside a Tokio runtime, and stops at
+    /// [`Cache::close`] or when the last `Cache` clone is dropped; [`Cache::bus_stats`] has its counters.
+    pub fn with_bus(mut self, bus: Arc<dyn Bus>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
     /// The circuit breaker around the shared tier. Default: [`BreakerOptions::default`].
     pub fn with_breaker(mut self, breaker: BreakerOptions) -> Self {
         self.breaker = breaker;
@@ -521,41 +442,59 @@ impl CacheBuilder {
     /// write's invalidation to be in L2 and accepted by the bus. Past it the call fails with
     /// [`Error::NotPropagated`]: the write is not acknowledged, because other nodes could still serve the value it
     /// replaced (the invalidation stays queued and is replayed once the shared tier is back). Default: 2 s.
-    pub fn with_propagation_timeout(mut self, timeout: std::time::Duration) -> Self {
+    pub fn with_propagation_timeout(mut self, timeout: Duration) -> Self {
         self.propagation_timeout = timeout;
         self
     }
 
     /// How recent a change feed's last mark must be for the namespaces it feeds to trust L1 and L2 (see
     /// [`NamespaceBuilder::with_change_feed`]). Default: 750 ms.
-    pub fn with_change_feed_bound(mut self, bound: std::time::Duration) -> Self {
+    pub fn with_change_feed_bound(mut self, bound: Duration) -> Self {
         self.feed_bound = bound;
         self
     }
 
-    /// Builds the cache.
+    /// How long [`Cache::close`] lets the write-behind flushers drain before it stops them (what is left stays
+    /// journaled). Default: 30 s.
+    pub fn with_close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// Builds the cache (and, with a bus, starts its node).
+    ///
+    /// # Panics
+    /// With a bus ([`with_bus`](Self::with_bus)), when called outside a Tokio runtime: the node's tasks start
+    /// here. Without one, it may be called anywhere.
     pub fn build(self) -> Cache {
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
-        let publisher = Arc::new(OnceLock::new());
+        let registry = Arc::new(Registry::default());
+        let node_id = format!("node-{:016x}", rand::random::<u64>());
+        let node = self.bus.map(|bus| {
+            let namespaces: Weak<dyn Namespaces> = Arc::downgrade(&registry) as Weak<Registry>;
+            Node::start(bus, node_id.clone(), clock.clone(), namespaces)
+        });
+        let publisher = node.as_ref().map(|n| n.publisher().clone());
         let shared = self.shared.map(|tier| {
             Arc::new(SharedLink::new(
                 tier,
                 clock.clone(),
                 self.breaker,
-                publisher.clone(),
+                publisher,
             ))
         });
         Cache {
             inner: Arc::new(CacheInner {
                 clock,
-                namespaces: RwLock::new(HashMap::new()),
-                node_id: format!("node-{:016x}", rand::random::<u64>()),
-                publisher,
-                bus_counters: OnceLock::new(),
+                registry,
+                node_id,
+                node,
                 propagation_timeout: self.propagation_timeout,
-                feeds: parking_lot::Mutex::new(HashMap::new()),
                 feed_bound: self.feed_bound,
                 shared,
+                flushers: Mutex::new(Vec::new()),
+                close_timeout: self.close_timeout,
+                closed: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -610,8 +549,9 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
     }
 
     /// The write-behind queue for a namespace whose policy writes behind (it also needs a sink and a codec, which
-    /// encodes values in the journal). Build inside a Tokio runtime: the namespace's flusher starts here, and
-    /// writes recovered from the journal for this namespace are replayed.
+    /// encodes values in the journal). Build inside a Tokio runtime: the namespace's flusher starts here (and
+    /// stops at [`Cache::close`], or once the namespace and its cache are both dropped), and writes still pending
+    /// for this namespace — recovered from the journal, or left by an earlier registration — are replayed.
     pub fn with_write_behind(mut self, wb: WriteBehind) -> Self {
         self.write_behind = Some(wb);
         self
@@ -657,7 +597,8 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
             }
             _ => None,
         };
-        if self.cache.inner.namespaces.read().contains_key(&self.name) {
+        let registry = &self.cache.inner.registry;
+        if registry.namespaces.read().contains_key(&self.name) {
             return Err(Error::NamespaceExists(self.name));
         }
         let behind = match (self.policy.write, self.write_behind) {
@@ -692,20 +633,25 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
             }
             (_, None) => None,
         };
-        let mut map = self.cache.inner.namespaces.write();
+        let mut map = registry.namespaces.write();
         if map.contains_key(&self.name) {
             return Err(Error::NamespaceExists(self.name));
         }
+        let flusher = behind.as_ref().map(|b| b.flusher.clone());
         let ns = Namespace::new(Parts {
             name: self.name.clone(),
             policy: self.policy,
             clock: self.cache.inner.clock.clone(),
             weigher: self.weigher,
-            publisher: self.cache.inner.publisher.clone(),
+            publisher: self
+                .cache
+                .inner
+                .node
+                .as_ref()
+                .map(|n| n.publisher().clone()),
             propagation_timeout: self.cache.inner.propagation_timeout,
             feed: self.feed.map(|f| {
-                self.cache
-                    .inner
+                registry
                     .feeds
                     .lock()
                     .entry(f)
@@ -717,11 +663,19 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
             sink: self.sink,
             behind,
         });
+        if let Some(f) = flusher {
+            self.cache
+                .inner
+                .flushers
+                .lock()
+                .push((self.name.clone(), f));
+        }
         map.insert(
             self.name,
             Registered {
                 typed: Arc::new(ns.clone()),
                 erased: Arc::new(ns.clone()),
+                remote: Arc::new(ns.clone()),
             },
         );
         Ok(ns)

@@ -39,13 +39,16 @@ pub mod codec;
 mod entry;
 mod flight;
 pub mod hotkeys;
-pub mod journal;
 pub mod keys;
 pub mod l1;
 mod lookup;
 mod namespace;
+mod retry;
 mod shared;
 mod stats;
+mod stop;
+
+pub use behind::journal;
 
 pub use cache::{Cache, CacheBuilder, FeedStats, NamespaceBuilder};
 pub use lookup::{Lookup, StaleReason, Status};

@@ -11,24 +11,31 @@
 //!   the bus again afterwards, so nodes that re-read the old value from L2 before the replay drop it once more.
 //! - While an invalidation of a key (or its tag, or its namespace) waits here, this node neither reads that key
 //!   from L2 (which may still hold the old value) nor fills it: no wrong data from a tier that missed a write.
-//! - The queue is bounded (`MAX_PENDING` targets): beyond it, a namespace's queued key invalidations collapse into
-//!   one generation bump of that namespace, which covers them all.
+//! - The queue is a [`Coalescing`] queue (`crate::retry`: one entry per target, the strongest kept — highest
+//!   version, longest hold, most replicas): a generation bump covers its namespace's queued key and tag
+//!   invalidations, and beyond `MAX_PENDING` targets a namespace's queued invalidations collapse into one
+//!   generation bump of that namespace, which covers them all.
+//! - One replay task at a time, started by the first failure and ending when the queue is empty. It holds the link
+//!   weakly (it ends with the link: the cache and its namespaces) and stops at [`SharedLink::close`]; after
+//!   close nothing is replayed, and queued invalidations keep blocking L2 for their keys.
 //!
 //! # Clocks
 //! Entries in L2 carry tier time. The link keeps the latest observed offset between tier time and this node's
 //! clock (from each lookup) to translate deadlines both ways.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use strata_core::{Clock, Error, Invalidation, SharedTier, Tier, UnixMillis};
+use tokio::task::JoinHandle;
 
 use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::bus::Publisher;
+use crate::retry::{self, Coalescing};
+use crate::stop::{Stop, Stopping};
 
 pub(crate) use strata_core::shared::replica_keys;
 
@@ -37,29 +44,38 @@ pub(crate) const MAX_PENDING: usize = 100_000;
 
 /// What a queued invalidation targets.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum Target {
+pub(crate) enum ReplayTarget {
     Key { ns: String, key: String },
     Tag { ns: String, tag: String },
     Generation { ns: String },
 }
 
-impl Target {
-    fn namespace(&self) -> &str {
+impl retry::RetryKey for ReplayTarget {
+    /// A namespace's generation bump covers its keys and tags.
+    fn widest(&self) -> Self {
         match self {
-            Target::Key { ns, .. } | Target::Tag { ns, .. } | Target::Generation { ns } => ns,
+            ReplayTarget::Key { ns, .. }
+            | ReplayTarget::Tag { ns, .. }
+            | ReplayTarget::Generation { ns } => ReplayTarget::Generation { ns: ns.clone() },
         }
     }
 }
 
 #[derive(Debug, Clone)]
-struct Pending {
+struct Replay {
     version: Option<u64>,
     /// L2 copies of the key (hot-key replicas) to tombstone with it.
     replicas: u8,
     /// Tombstone hold-off (keys) or barrier keep period (tags, generations).
     hold: Duration,
-    /// Arrival order; a replay removes a target only if no newer invalidation replaced it meanwhile.
-    seq: u64,
+}
+
+impl retry::Payload<ReplayTarget> for Replay {
+    fn absorb(&mut self, older: Self) {
+        self.version = self.version.max(older.version);
+        self.replicas = self.replicas.max(older.replicas);
+        self.hold = self.hold.max(older.hold);
+    }
 }
 
 /// Breaker settings of a shared tier.
@@ -100,18 +116,31 @@ pub struct SharedStats {
     pub corrupt: u64,
 }
 
+/// The cache's link to L2. Shared by the cache and every namespace using L2; no lock is held across an `.await`.
 pub(crate) struct SharedLink {
     pub tier: Arc<dyn SharedTier>,
+    /// Its own atomics (see `crate::breaker`).
     breaker: CircuitBreaker,
     clock: Arc<dyn Clock>,
     retry_every: Duration,
-    /// Tier time minus local time, as last observed.
+    /// Tier time minus local time, as last observed. Relaxed: a hint for deadlines, refreshed by every lookup.
     offset: AtomicI64,
-    pending: Mutex<HashMap<Target, Pending>>,
+    /// Invalidations waiting for replay. A `parking_lot` mutex: pushed by failing writes on any task, read by
+    /// `blocks` on L2 reads while something waits, settled by the replay task; each section is one queue operation.
+    pending: Mutex<Coalescing<ReplayTarget, Replay>>,
+    /// `pending.len()`, stored after every change under the lock (release) and read first by `blocks` (acquire),
+    /// so a read that finds 0 takes no lock — the common case, nothing queued.
     pending_len: AtomicUsize,
-    pending_seq: AtomicU64,
+    /// Whether a replay task runs: the enqueuer that sets it starts one; the task clears it when the queue is
+    /// empty and re-checks, so an invalidation queued meanwhile is not left without a task.
     replaying: AtomicBool,
-    publisher: Arc<OnceLock<Arc<Publisher>>>,
+    /// The replay task started last, for `close` to await.
+    replay: Mutex<Option<JoinHandle<()>>>,
+    /// Set by `close`: no replay task starts any more, and the running one stops before its next round.
+    stop: Stop,
+    /// This node's bus publisher, when it has a bus: replayed invalidations are published again.
+    publisher: Option<Arc<Publisher>>,
+    /// Relaxed atomic counters: statistics only.
     errors: AtomicU64,
     short_circuited: AtomicU64,
     queued: AtomicU64,
@@ -124,7 +153,7 @@ impl SharedLink {
         tier: Arc<dyn SharedTier>,
         clock: Arc<dyn Clock>,
         breaker: BreakerOptions,
-        publisher: Arc<OnceLock<Arc<Publisher>>>,
+        publisher: Option<Arc<Publisher>>,
     ) -> Self {
         Self {
             tier,
@@ -136,10 +165,11 @@ impl SharedLink {
             retry_every: (breaker.open_for / 4).max(Duration::from_millis(10)),
             clock,
             offset: AtomicI64::new(0),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Coalescing::new(MAX_PENDING)),
             pending_len: AtomicUsize::new(0),
-            pending_seq: AtomicU64::new(0),
             replaying: AtomicBool::new(false),
+            replay: Mutex::new(None),
+            stop: Stop::new().0,
             publisher,
             errors: AtomicU64::new(0),
             short_circuited: AtomicU64::new(0),
@@ -195,93 +225,79 @@ impl SharedLink {
             return false;
         }
         let pending = self.pending.lock();
-        pending.contains_key(&Target::Generation { ns: ns.to_owned() })
-            || pending.contains_key(&Target::Key {
+        pending.contains(&ReplayTarget::Generation { ns: ns.to_owned() })
+            || pending.contains(&ReplayTarget::Key {
                 ns: ns.to_owned(),
                 key: key.to_owned(),
             })
             || tags.iter().any(|t| {
-                pending.contains_key(&Target::Tag {
+                pending.contains(&ReplayTarget::Tag {
                     ns: ns.to_owned(),
                     tag: t.clone(),
                 })
             })
     }
 
-    /// Queues an invalidation that could not reach L2 and makes sure a replay task runs.
+    /// Queues an invalidation that could not reach L2 and makes sure a replay task runs (unless the link is
+    /// closed: then the invalidation only keeps blocking L2 for what it targets).
     pub(crate) fn enqueue(
         self: &Arc<Self>,
-        target: Target,
+        target: ReplayTarget,
         version: Option<u64>,
         hold: Duration,
         replicas: u8,
     ) {
         self.queued.fetch_add(1, Ordering::Relaxed);
-        let seq = self.pending_seq.fetch_add(1, Ordering::Relaxed);
         {
             let mut pending = self.pending.lock();
-            let target = if pending.len() >= MAX_PENDING && !pending.contains_key(&target) {
-                // Collapse this namespace's targets into one generation bump, which covers them all.
-                let ns = target.namespace().to_owned();
-                pending.retain(|t, _| t.namespace() != ns);
-                Target::Generation { ns }
-            } else {
-                target
-            };
-            let version = match pending.get(&target) {
-                Some(old) => old.version.max(version),
-                None => version,
-            };
-            let hold = pending.get(&target).map_or(hold, |old| old.hold.max(hold));
-            let replicas = pending
-                .get(&target)
-                .map_or(replicas, |old| old.replicas.max(replicas));
-            pending.insert(
+            pending.push(
                 target,
-                Pending {
+                Replay {
                     version,
                     hold,
                     replicas,
-                    seq,
                 },
             );
             self.pending_len.store(pending.len(), Ordering::Release);
         }
+        if self.stop.is_set() {
+            return;
+        }
         if !self.replaying.swap(true, Ordering::AcqRel) {
-            let link = self.clone();
-            tokio::spawn(async move { link.replay_loop().await });
+            let task = tokio::spawn(Self::replay_loop(
+                Arc::downgrade(self),
+                self.stop.subscribe(),
+                self.retry_every,
+            ));
+            // The previous task (if any) has ended: it cleared `replaying` before returning.
+            *self.replay.lock() = Some(task);
         }
     }
 
-    async fn replay_loop(self: Arc<Self>) {
+    /// Stops replaying: no task starts any more, and the running one stops before its next round (awaited here).
+    /// Idempotent.
+    pub(crate) async fn close(&self) {
+        self.stop.now();
+        let task = self.replay.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// Replays every `retry_every` until the queue is empty, the link is gone or closed.
+    async fn replay_loop(link: Weak<Self>, mut stop: Stopping, every: Duration) {
         loop {
-            tokio::time::sleep(self.retry_every).await;
-            let mut batch: Vec<(Target, Pending)> = self
-                .pending
-                .lock()
-                .iter()
-                .map(|(t, p)| (t.clone(), p.clone()))
-                .collect();
-            batch.sort_by_key(|(_, p)| p.seq);
-            for (target, p) in batch {
-                if self.replay_one(&target, &p).await.is_err() {
-                    break;
-                }
-                self.replayed.fetch_add(1, Ordering::Relaxed);
-                {
-                    let mut pending = self.pending.lock();
-                    if pending.get(&target).is_some_and(|now| now.seq == p.seq) {
-                        pending.remove(&target);
-                    }
-                    self.pending_len.store(pending.len(), Ordering::Release);
-                }
-                self.republish(&target, p.version);
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.requested() => return,
             }
+            let Some(link) = link.upgrade() else { return };
+            link.replay_round(&stop).await;
             // Stop only when the queue is empty; re-check after clearing the flag so a racing enqueue is not lost.
-            if self.pending_len.load(Ordering::Acquire) == 0 {
-                self.replaying.store(false, Ordering::Release);
-                if self.pending_len.load(Ordering::Acquire) == 0
-                    || self.replaying.swap(true, Ordering::AcqRel)
+            if link.pending_len.load(Ordering::Acquire) == 0 {
+                link.replaying.store(false, Ordering::Release);
+                if link.pending_len.load(Ordering::Acquire) == 0
+                    || link.replaying.swap(true, Ordering::AcqRel)
                 {
                     return;
                 }
@@ -289,35 +305,56 @@ impl SharedLink {
         }
     }
 
-    async fn replay_one(&self, target: &Target, p: &Pending) -> Result<(), Error> {
+    /// Replays the queue in arrival order, stopping at the first failure (the rest waits for the next round).
+    async fn replay_round(&self, stop: &Stopping) {
+        let mut cursor = None;
+        while !stop.is_due() {
+            let Some((ticket, target, p)) = self.pending.lock().next_after(cursor) else {
+                break;
+            };
+            cursor = Some(ticket);
+            if self.replay_one(&target, &p).await.is_err() {
+                break;
+            }
+            self.replayed.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut pending = self.pending.lock();
+                pending.settle(&target, ticket);
+                self.pending_len.store(pending.len(), Ordering::Release);
+            }
+            self.republish(&target, p.version);
+        }
+    }
+
+    async fn replay_one(&self, target: &ReplayTarget, p: &Replay) -> Result<(), Error> {
         let tier = &self.tier;
         match target {
-            Target::Key { ns, key } => {
+            ReplayTarget::Key { ns, key } => {
                 for copy in std::iter::once(key.clone()).chain(replica_keys(key, p.replicas)) {
                     self.call(tier.invalidate(ns, &copy, p.version, p.hold))
                         .await?;
                 }
                 Ok(())
             }
-            Target::Tag { ns, tag } => self
+            ReplayTarget::Tag { ns, tag } => self
                 .call(tier.raise_barrier(ns, Some(tag), p.hold))
                 .await
                 .map(drop),
-            Target::Generation { ns } => self
+            ReplayTarget::Generation { ns } => self
                 .call(tier.raise_barrier(ns, None, p.hold))
                 .await
                 .map(drop),
         }
     }
 
-    fn republish(&self, target: &Target, version: Option<u64>) {
-        let Some(p) = self.publisher.get() else {
+    fn republish(&self, target: &ReplayTarget, version: Option<u64>) {
+        let Some(p) = self.publisher.as_ref() else {
             return;
         };
         let (ns, what) = match target {
-            Target::Key { ns, key } => (ns, Invalidation::Delete { key: key.clone() }),
-            Target::Tag { ns, tag } => (ns, Invalidation::Tag { tag: tag.clone() }),
-            Target::Generation { ns } => (ns, Invalidation::Clear),
+            ReplayTarget::Key { ns, key } => (ns, Invalidation::Delete { key: key.clone() }),
+            ReplayTarget::Tag { ns, tag } => (ns, Invalidation::Tag { tag: tag.clone() }),
+            ReplayTarget::Generation { ns } => (ns, Invalidation::Clear),
         };
         p.send(ns, what, version, self.clock.now());
     }

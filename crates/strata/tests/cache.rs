@@ -181,14 +181,14 @@ fn counters_reach_the_metrics_facade() {
 #[test]
 fn bus_counters_reach_the_metrics_facade() {
     let snapshot = metrics_of(|| async {
-        let cache = Cache::new();
+        let cache = Cache::builder()
+            .with_bus(std::sync::Arc::new(strata::bus::InProcessBus::new()))
+            .build();
         let ns = cache.namespace::<u64>("price").build().unwrap();
-        let listener = cache
-            .attach_bus(std::sync::Arc::new(strata::bus::InProcessBus::new()))
-            .unwrap();
+        let listener = cache.clone();
         ns.invalidate("a").await;
         for _ in 0..100 {
-            if listener.stats().echoes == 1 {
+            if listener.bus_stats().unwrap().echoes == 1 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

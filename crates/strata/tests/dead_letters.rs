@@ -1,89 +1,20 @@
 //! Write-behind acknowledges only what the source will accept, and what it still refuses later is parked, dropped
 //! from the caches, and manageable (list, retry, discard).
 
-use std::collections::HashMap;
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use strata::behind::{WriteBehind, WriteBehindOptions};
-use strata::codec::Json;
-use strata::{Cache, Error, Policy, Status, WriteMode};
-use strata_core::{Fetched, SharedError, Sink, Source};
+use strata::{Cache, Error, Status};
 use strata_testkit::table::VersionedTable;
 
-/// A table that refuses negative values up front (`check`, like a type check) and, while `failing`, refuses every
-/// write at flush time (like a constraint only the database can check).
-struct Strict {
-    table: VersionedTable<i64>,
-    failing: AtomicBool,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Refused(String);
-
-impl Source<i64> for Strict {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<i64>, SharedError>> {
-        self.table.load(key)
-    }
-    fn load_many<'a>(
-        &'a self,
-        keys: &'a [String],
-    ) -> BoxFuture<'a, Result<HashMap<String, Fetched<i64>>, SharedError>> {
-        self.table.load_many(keys)
-    }
-}
-
-impl Sink<i64> for Strict {
-    fn upsert<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a i64,
-    ) -> BoxFuture<'a, Result<u64, SharedError>> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Box::pin(async {
-                Err(Arc::new(Refused("check constraint violated".into())) as SharedError)
-            });
-        }
-        self.table.upsert(key, value)
-    }
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, SharedError>> {
-        self.table.delete(key)
-    }
-    fn check(&self, _key: &str, value: &i64) -> Result<(), SharedError> {
-        if *value < 0 {
-            return Err(Arc::new(Refused("n: must be ≥ 0".into())));
-        }
-        Ok(())
-    }
-}
-
-fn dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "strata-dlq-{name}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+use common::{fresh_dir, written_behind, Strict};
 
 fn counters(cache: &Cache, strict: &Arc<Strict>, wb: &WriteBehind) -> strata::Namespace<i64> {
-    cache
-        .namespace::<i64>("counter")
-        .with_policy(
-            Policy::builder()
-                .with_write_mode(WriteMode::Behind)
-                .build()
-                .unwrap(),
-        )
-        .with_codec(Json)
-        .with_store(strict.clone())
-        .with_write_behind(wb.clone())
-        .build()
-        .unwrap()
+    written_behind(cache.namespace("counter").with_store(strict.clone()), wb)
 }
 
 #[tokio::test]
@@ -92,7 +23,7 @@ async fn a_value_the_source_must_refuse_is_refused_before_the_ack() {
         table: VersionedTable::new(),
         failing: AtomicBool::new(false),
     });
-    let wb = WriteBehind::open(dir("check"), WriteBehindOptions::default()).unwrap();
+    let wb = WriteBehind::open(fresh_dir("dlq-check"), WriteBehindOptions::default()).unwrap();
     let cache = Cache::new();
     let ns = counters(&cache, &strict, &wb);
     let err = ns.write("views", -1).await.unwrap_err();
@@ -119,7 +50,7 @@ async fn a_parked_write_leaves_the_caches_and_can_be_listed_retried_and_discarde
         linger: Duration::from_millis(1),
         ..WriteBehindOptions::default()
     };
-    let wb = WriteBehind::open(dir("park"), options).unwrap();
+    let wb = WriteBehind::open(fresh_dir("dlq-park"), options).unwrap();
     let cache = Cache::new();
     let ns = counters(&cache, &strict, &wb);
     ns.write("views", 7).await.unwrap();

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata::bus::{Bus, BusListener, InProcessBus};
+use strata::bus::{Bus, InProcessBus};
 use strata::{Cache, Error, Namespace, Status, Tier};
 use strata_core::{Clock, ManualClock, TokioClock};
 use strata_testkit::bus::JammableBus;
@@ -24,13 +24,16 @@ type Table = VersionedTable<u32>;
 struct Node {
     ns: Namespace<u32>,
     bus: Arc<JammableBus<InProcessBus>>,
-    listener: BusListener,
+    /// The node's cache (it owns the bus node).
+    listener: Cache,
 }
 
 fn node(shared: &InProcessBus, table: &Arc<Table>, clock: Arc<dyn Clock>) -> Node {
+    let bus = Arc::new(JammableBus::new(shared.clone()));
     let cache = Cache::builder()
         .with_clock(clock)
         .with_propagation_timeout(Duration::from_millis(300))
+        .with_bus(bus.clone() as Arc<dyn Bus>)
         .build();
     let ns = cache
         .namespace::<u32>("price")
@@ -44,9 +47,11 @@ fn node(shared: &InProcessBus, table: &Arc<Table>, clock: Arc<dyn Clock>) -> Nod
         .with_store(table.clone())
         .build()
         .unwrap();
-    let bus = Arc::new(JammableBus::new(shared.clone()));
-    let listener = cache.attach_bus(bus.clone() as Arc<dyn Bus>).unwrap();
-    Node { ns, bus, listener }
+    Node {
+        ns,
+        bus,
+        listener: cache,
+    }
 }
 
 fn table_with(v: u32) -> Arc<Table> {
@@ -91,8 +96,8 @@ async fn a_node_that_hears_nothing_stops_serving_its_l1_once_the_bound_has_passe
         Status::Miss,
         "still silent: no L1 answers"
     );
-    assert!(b.listener.stats().untrusted_reads >= 2);
-    assert!(b.listener.stats().contact_age_ms.unwrap() >= BOUND.as_millis() as u64);
+    assert!(b.listener.bus_stats().unwrap().untrusted_reads >= 2);
+    assert!(b.listener.bus_stats().unwrap().contact_age_ms.unwrap() >= BOUND.as_millis() as u64);
 
     // The link comes back: the withheld invalidation is applied, contact is confirmed, L1 answers again.
     b.bus.restore();
@@ -212,14 +217,15 @@ async fn a_write_is_acknowledged_only_once_the_bus_has_its_invalidation() {
     a.bus.unjam();
     a.ns.write("sku", 3).await.unwrap();
     a.ns.delete("sku").await.unwrap();
-    assert_eq!(a.listener.stats().backlog, 0);
+    assert_eq!(a.listener.bus_stats().unwrap().backlog, 0);
     a.listener.close().await;
 }
 
-fn fed_node(shared: &InProcessBus, table: &Arc<Table>) -> (Namespace<u32>, BusListener, Cache) {
+fn fed_node(shared: &InProcessBus, table: &Arc<Table>) -> (Namespace<u32>, Cache, Cache) {
     let cache = Cache::builder()
         .with_clock(tokio_clock())
         .with_change_feed_bound(BOUND)
+        .with_bus(Arc::new(shared.clone()) as Arc<dyn Bus>)
         .build();
     let ns = cache
         .namespace::<u32>("price")
@@ -233,10 +239,7 @@ fn fed_node(shared: &InProcessBus, table: &Arc<Table>) -> (Namespace<u32>, BusLi
         .with_change_feed("slot_a")
         .build()
         .unwrap();
-    let listener = cache
-        .attach_bus(Arc::new(shared.clone()) as Arc<dyn Bus>)
-        .unwrap();
-    (ns, listener, cache)
+    (ns, cache.clone(), cache)
 }
 
 async fn mark(shared: &InProcessBus, seq: u64, age_ms: u64) {
@@ -309,7 +312,7 @@ async fn a_namespace_fed_by_a_silent_change_feed_reads_the_source() {
     // would flush L1 on every node at every mark).
     cdc_delete(&shared, 4, "sku").await;
     settle().await;
-    assert_eq!(listener.stats().gaps, 0);
+    assert_eq!(listener.bus_stats().unwrap().gaps, 0);
 }
 
 /// Writers racing on many threads used to queue their messages out of sequence order (the number was taken
@@ -335,12 +338,12 @@ async fn concurrent_writers_cause_no_gaps_and_no_duplicates() {
         w.await.unwrap();
     }
     for _ in 0..400 {
-        if b.listener.stats().applied >= 8_000 {
+        if b.listener.bus_stats().unwrap().applied >= 8_000 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let s = b.listener.stats();
+    let s = b.listener.bus_stats().unwrap();
     assert_eq!((s.applied, s.gaps, s.duplicates), (8_000, 0, 0), "{s:?}");
     a.listener.close().await;
     b.listener.close().await;

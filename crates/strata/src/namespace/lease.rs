@@ -46,7 +46,7 @@ impl<V: Send + Sync + 'static> LeaseGuard<V> {
             return;
         };
         if filled {
-            self.inner.lease_freed(&self.key);
+            self.inner.announce_lease_free(&self.key);
         } else {
             self.inner.give_back(&self.key, token).await;
         }
@@ -73,11 +73,11 @@ impl<V: Send + Sync + 'static> Inner<V> {
             .link
             .call(l2.link.tier.release(&self.name, key, &token))
             .await;
-        self.lease_freed(key);
+        self.announce_lease_free(key);
     }
 
     /// Tells the nodes waiting for `key`'s lease to look again.
-    fn lease_freed(&self, key: &str) {
+    fn announce_lease_free(&self, key: &str) {
         self.publish(
             Invalidation::Filled {
                 key: key.to_owned(),

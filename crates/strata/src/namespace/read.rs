@@ -159,7 +159,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
 
     /// A write-behind write of `key` not yet in the source, as readers must see it.
     fn pending_write(&self, key: &str) -> Option<Lookup<V>> {
-        let (_, value) = self.behind.as_ref()?.overlay.lock().get(key).cloned()?;
+        let value = self.behind.as_ref()?.overlay.pending(key)?;
         let now = self.clock.now();
         let fresh = now + millis(self.policy.ttl);
         let status = if value.is_some() {

@@ -1,10 +1,11 @@
-//! The remote apply: how another node's bus message (or a gap in the bus) changes this namespace. Nothing here is
-//! published again; the cache's bus node routes each message to its namespace through [`ErasedNamespace`].
+//! A namespace as seen without its value type: by the cache's registry (`ErasedNamespace`: invalidation by
+//! name, stats) and by the bus node for a received message ([`RemoteOps`]: primitive operations that never
+//! publish — the message came from the bus).
 
 use futures::future::BoxFuture;
-use strata_core::Invalidation;
 
 use super::Namespace;
+use crate::bus::RemoteOps;
 use crate::stats::NamespaceStats;
 
 /// Type-erased namespace operations for the [`crate::Cache`] registry (invalidation by name, stats).
@@ -12,10 +13,6 @@ pub(crate) trait ErasedNamespace: Send + Sync {
     fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()>;
     fn invalidate_all(&self) -> BoxFuture<'_, ()>;
     fn stats(&self) -> NamespaceStats;
-    /// Applies another node's invalidation without publishing it again. Returns `true` for a tag invalidation.
-    fn apply_remote(&self, what: &Invalidation, version: Option<u64>) -> bool;
-    /// Drops every entry without publishing (a bus gap).
-    fn flush_local(&self);
 }
 
 impl<V: Send + Sync + 'static> ErasedNamespace for Namespace<V> {
@@ -28,39 +25,33 @@ impl<V: Send + Sync + 'static> ErasedNamespace for Namespace<V> {
     fn stats(&self) -> NamespaceStats {
         self.inner.stats()
     }
-    fn apply_remote(&self, what: &Invalidation, version: Option<u64>) -> bool {
-        let inner = &*self.inner;
-        match what {
-            Invalidation::Delete { key } | Invalidation::Set { key } => {
-                inner.invalidate_key(key, version);
-                false
-            }
-            Invalidation::Clear => {
-                inner.invalidate_all_local();
-                if let Some(l2) = &inner.l2 {
-                    l2.forget_barriers();
-                }
-                false
-            }
-            Invalidation::Tag { tag } => {
-                inner.invalidate_tag_local(tag);
-                if let Some(l2) = &inner.l2 {
-                    l2.forget_barriers();
-                }
-                true
-            }
-            Invalidation::Filled { key } => {
-                if let Some(l2) = &inner.l2 {
-                    l2.wake(key);
-                }
-                false
-            }
-            // Handled by the cache (it owns the feeds), never routed to a namespace.
-            Invalidation::FeedMark { .. } => false,
+}
+
+impl<V: Send + Sync + 'static> RemoteOps for Namespace<V> {
+    fn drop_key(&self, key: &str, version: Option<u64>) {
+        self.inner.invalidate_key(key, version);
+    }
+
+    fn drop_tag(&self, tag: &str) {
+        self.inner.invalidate_tag_local(tag);
+        self.forget_l2_barriers();
+    }
+
+    fn drop_all(&self) {
+        self.inner.invalidate_all_local();
+        self.forget_l2_barriers();
+    }
+
+    fn lease_freed(&self, key: &str) {
+        if let Some(l2) = &self.inner.l2 {
+            l2.wake(key);
         }
     }
-    fn flush_local(&self) {
-        self.inner.invalidate_all_local();
+}
+
+impl<V: Send + Sync + 'static> Namespace<V> {
+    /// Another node raised a barrier (a tag, or a clear): the cached copy of L2's barriers is stale.
+    fn forget_l2_barriers(&self) {
         if let Some(l2) = &self.inner.l2 {
             l2.forget_barriers();
         }

@@ -39,9 +39,10 @@ pub(crate) struct Inner<V> {
     pub(super) counters: Counters,
     pub(super) weigher: Weigher<V>,
     pub(super) load_seconds: metrics::Histogram,
-    /// Set once the cache is attached to a bus: this node's writes are published through it. A `OnceLock`
-    /// because namespaces may be built before `attach_bus`; after that, reading it is one atomic load.
-    pub(super) publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
+    /// The cache's bus node's sending side, when the cache was built with a bus: this node's writes are published
+    /// through it. Fixed at build (the cache takes its bus before any namespace exists), so reading it needs no
+    /// synchronisation.
+    pub(super) publisher: Option<Arc<Publisher>>,
     /// How long a source write waits for its invalidation to reach L2 and the bus.
     pub(super) propagation_timeout: Duration,
     /// The change feed (CDC) that tells this namespace of writes made behind the cache's back, when it has one:
@@ -67,7 +68,7 @@ pub(crate) struct Parts<V> {
     pub policy: Policy,
     pub clock: Arc<dyn Clock>,
     pub weigher: Weigher<V>,
-    pub publisher: Arc<std::sync::OnceLock<Arc<Publisher>>>,
+    pub publisher: Option<Arc<Publisher>>,
     pub propagation_timeout: Duration,
     pub feed: Option<Arc<Liveness>>,
     pub l2: Option<NsL2<V>>,
@@ -147,7 +148,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// The bus this node publishes on, when it has one.
     #[inline]
     pub(super) fn publisher(&self) -> Option<&Arc<Publisher>> {
-        self.publisher.get()
+        self.publisher.as_ref()
     }
 
     /// Queues a bus message (when the node has a bus) and returns its sequence number.

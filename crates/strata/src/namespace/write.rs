@@ -18,7 +18,7 @@ use super::Inner;
 use crate::entry::Entry;
 use crate::flight::poison_locked;
 use crate::journal::Op;
-use crate::shared::Target;
+use crate::shared::ReplayTarget;
 
 /// How often a write waiting for its invalidation's replay looks again.
 const PROPAGATION_POLL: Duration = Duration::from_millis(10);
@@ -136,16 +136,15 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let entry = value.map(|v| {
             Arc::new(self.make_entry(key, Fetched::value(v).with_version(version), Duration::ZERO))
         });
-        {
-            let mut overlay = b.overlay.lock();
-            if overlay.get(key).is_none_or(|(s, _)| *s < seq) {
-                let value = entry.as_ref().and_then(|e| e.value.clone());
-                overlay.insert(key.to_owned(), (seq, value));
-            }
-        }
+        b.overlay
+            .record(key, seq, entry.as_ref().and_then(|e| e.value.clone()));
         match entry {
             Some(e) => {
-                self.insert_entry(key.to_owned(), e, None).await;
+                // The bus message carries the version, as a delete's does: receivers tombstone the key with it and
+                // so refuse fills older than this write while the tombstone lives. Until the flusher has run, the
+                // source still holds the row this write replaces (older version), and without the version a
+                // receiver reading the source would cache that row as if it were current.
+                self.insert_entry(key.to_owned(), e, Some(version)).await;
             }
             None => {
                 self.invalidate(key, Some(version)).await;
@@ -293,7 +292,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             Ok(o) if copies.iter().all(Result::is_ok) => o == FillOutcome::Stored,
             _ => {
                 l2.link.enqueue(
-                    Target::Key {
+                    ReplayTarget::Key {
                         ns: self.name.clone(),
                         key: key.to_owned(),
                     },
@@ -328,7 +327,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         }))
         .await;
         if results.iter().any(Result::is_err) {
-            let target = Target::Key {
+            let target = ReplayTarget::Key {
                 ns: self.name.clone(),
                 key: key.to_owned(),
             };
@@ -348,11 +347,11 @@ impl<V: Send + Sync + 'static> Inner<V> {
         if r.is_err() {
             let ns = self.name.clone();
             let target = match tag {
-                Some(tag) => Target::Tag {
+                Some(tag) => ReplayTarget::Tag {
                     ns,
                     tag: tag.to_owned(),
                 },
-                None => Target::Generation { ns },
+                None => ReplayTarget::Generation { ns },
             };
             l2.link.enqueue(target, None, keep, 0);
         }

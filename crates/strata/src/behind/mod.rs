@@ -1,6 +1,13 @@
 //! Write-behind: a write is journaled (durably, see [`crate::journal`]), the caches are updated, the caller is
 //! acknowledged, and a flusher writes it to the source later.
 //!
+//! # Layout
+//! - this module: the [`WriteBehind`] handle (one per journal directory: options, stats, dead letters, the
+//!   unflushed set the checkpoint follows), and the namespace's side (`BehindNs`: its sink adapter and overlay);
+//! - `flusher`: the task per namespace that coalesces and writes to the source, and its stop handle;
+//! - `overlay`: which pending write a read on this node sees;
+//! - [`journal`]: the durable, checksummed log (also reachable as [`crate::journal`]).
+//!
 //! # Guarantees
 //! - **An acknowledged write is never lost**: it is on disk before the ack, and the journal's checkpoint only
 //!   passes a write once the source has committed it (or it was parked as poison). After a crash,
@@ -32,7 +39,7 @@
 //! - **Lag**: for every key flushed, the time its oldest covered write waited between ack and commit is recorded
 //!   ([`WriteBehindStats::lag_p99_micros`], metric `strata_write_behind_lag_seconds`).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,12 +47,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::StreamExt;
 use parking_lot::Mutex;
 use strata_core::{Error, Hlc};
 use tokio::sync::Notify;
 
-use crate::journal::{Journal, JournalOptions, Op, Record};
+mod flusher;
+pub mod journal;
+mod overlay;
+
+pub(crate) use flusher::Flusher;
+use flusher::{DirtyKeys, FlushTarget, Item, Queue};
+use journal::{Journal, JournalOptions, Op, Record};
+pub(crate) use overlay::Overlay;
 
 /// Write-behind settings.
 #[derive(Debug, Clone)]
@@ -122,95 +135,33 @@ pub struct WriteBehindStats {
     pub lag_max_micros: u64,
 }
 
-/// One write handed to a [`Target`]: key, operation, version.
-pub(crate) type Item<'a> = (&'a str, &'a Op, Option<u64>);
-
-/// Applies journaled writes of one namespace to its source.
-pub(crate) trait Target: Send + Sync {
-    /// One write; returns whether the source fenced it out (it held a newer version).
-    fn apply<'a>(&'a self, item: Item<'a>) -> BoxFuture<'a, Result<bool, String>>;
-    /// Upserts of distinct keys as one batch; returns how many were fenced out. All or error.
-    fn apply_batch<'a>(&'a self, items: &'a [Item<'a>]) -> BoxFuture<'a, Result<u64, String>>;
-    /// The write `seq` of `key` is in the source (or parked): stop serving it from the pending overlay.
-    fn settled(&self, key: &str, seq: u64);
-    /// The write of `key` was parked: the caches must stop serving it.
-    fn parked(&self, key: &str);
-}
-
-/// One key's newest pending write and the older writes it covers.
-struct Latest {
-    seq: u64,
-    op: Op,
-    version: Option<u64>,
-    covered: Vec<u64>,
-    attempts: u32,
-    /// When the oldest write this entry covers was acknowledged.
-    oldest_ack: std::time::Instant,
-}
-
-/// A namespace's pending keys, flushed oldest first: a key joins the back of `order` when it becomes pending and
-/// keeps its place while newer writes of it arrive, so a constantly rewritten key cannot starve the others.
-#[derive(Default)]
-struct Pending {
-    map: HashMap<String, Latest>,
-    order: VecDeque<String>,
-}
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    fn get_mut(&mut self, key: &str) -> Option<&mut Latest> {
-        self.map.get_mut(key)
-    }
-
-    fn insert(&mut self, key: String, latest: Latest) {
-        if self.map.insert(key.clone(), latest).is_none() {
-            self.order.push_back(key);
-        }
-    }
-
-    /// Removes up to `n` keys, oldest first.
-    fn take(&mut self, n: usize) -> Vec<(String, Latest)> {
-        let mut out = Vec::with_capacity(n.min(self.map.len()));
-        while out.len() < n {
-            let Some(k) = self.order.pop_front() else {
-                break;
-            };
-            if let Some(l) = self.map.remove(&k) {
-                out.push((k, l));
-            }
-        }
-        out
-    }
-}
-
-/// Keys flushed together as one batch.
-type Chunk = Vec<(String, Latest)>;
-
-struct Queue {
-    namespace: String,
-    keys: Mutex<Pending>,
-    wake: Notify,
-}
-
 /// A write-behind queue with its journal. Cheap to clone; share one per process (per journal directory).
 #[derive(Clone)]
 pub struct WriteBehind {
     inner: Arc<Inner>,
 }
 
+/// The queue's shared state. Each part is synchronised the way it is used; no lock is held across an `.await`,
+/// and the lock order is `queues` → a queue's keys, `queues` → `orphans`.
 struct Inner {
+    /// Its own writer thread and channel (see [`journal`]).
     journal: Journal,
+    /// Immutable after open.
     options: WriteBehindOptions,
     dir: PathBuf,
-    /// Every journaled seq not yet committed or parked, and the highest one settled.
+    /// Every journaled seq not yet settled (committed, covered or parked), and the highest one settled: the
+    /// checkpoint is the first unsettled seq − 1. One mutex, because journaling a write and marking it unflushed
+    /// must be one step (else a checkpoint could pass a write that is journaled but not yet marked).
     unflushed: Mutex<(BTreeSet<u64>, u64)>,
+    /// Wakes writers waiting for room under `max_pending` whenever writes settle.
     room: Notify,
+    /// The registered namespaces' queues. A mutex taken to register, to enqueue a write and to unregister, so a
+    /// write lands either in a namespace's queue or in its orphans, never in a queue that is being handed back.
     queues: Mutex<HashMap<String, Arc<Queue>>>,
-    /// Recovered writes of namespaces not registered yet.
-    orphans: Mutex<HashMap<String, Vec<Record>>>,
+    /// Pending writes of namespaces with no running flusher: recovered at open and not registered yet, written
+    /// while none was registered, or left when a flusher stopped. Registering takes them.
+    orphans: Mutex<HashMap<String, DirtyKeys>>,
+    /// Relaxed atomic counters: statistics only, nothing is ordered by them.
     acked: AtomicU64,
     flushed: AtomicU64,
     failures: AtomicU64,
@@ -219,9 +170,9 @@ struct Inner {
     batch_fallbacks: AtomicU64,
     recovered: u64,
     truncated_bytes: u64,
-    /// Issues the versions of writes.
+    /// Issues the versions of writes (its own atomics); called under `unflushed`, so versions follow sequences.
     hlc: Hlc,
-    /// Ack-to-commit lag in µs.
+    /// Ack-to-commit lag in µs. A mutex: recorded once per flushed key by the flusher, read by `stats`.
     lag: Mutex<hdrhistogram::Histogram<u64>>,
     /// Serialises appends to and rewrites of `dead-letter.jsonl`.
     dead_letter_file: Mutex<()>,
@@ -261,16 +212,20 @@ impl WriteBehind {
     pub fn open(dir: impl AsRef<Path>, options: WriteBehindOptions) -> Result<Self, Error> {
         let dir = dir.as_ref().to_path_buf();
         let (journal, recovery) = Journal::open(&dir, options.journal.clone())?;
-        let mut orphans: HashMap<String, Vec<Record>> = HashMap::new();
+        let mut orphans: HashMap<String, DirtyKeys> = HashMap::new();
         let mut unflushed = BTreeSet::new();
         let recovered = recovery.pending.len() as u64;
         let hlc = Hlc::new();
+        let now = std::time::Instant::now();
         for r in recovery.pending {
             if let Some(v) = r.version {
                 hlc.observe(v);
             }
             unflushed.insert(r.seq);
-            orphans.entry(r.namespace.clone()).or_default().push(r);
+            orphans
+                .entry(r.namespace)
+                .or_default()
+                .add(&r.key, r.seq, r.op, r.version, now);
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -409,42 +364,52 @@ impl WriteBehind {
         }
     }
 
-    /// Registers a namespace's target and starts its flusher; recovered writes of the namespace are replayed.
-    /// Returns the recovered writes so the namespace can serve them to readers until they are flushed.
+    /// Registers a namespace's target and starts its flusher; writes of the namespace waiting as orphans
+    /// (recovered at open, or left by an earlier registration's flusher) are flushed first. Returns the newest
+    /// such write of each key, so the namespace can serve them to readers until they are flushed, and the
+    /// flusher's handle (the flusher stops once every clone of it is dropped).
     pub(crate) fn register(
         &self,
         namespace: &str,
-        target: Arc<dyn Target>,
-    ) -> Result<Vec<Record>, Error> {
+        target: Arc<dyn FlushTarget>,
+    ) -> Result<(Vec<Record>, Arc<Flusher>), Error> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::InvalidState("a write-behind namespace must be built inside a Tokio runtime")
         })?;
-        let queue = Arc::new(Queue {
-            namespace: namespace.to_owned(),
-            keys: Mutex::new(Pending::default()),
-            wake: Notify::new(),
-        });
-        {
+        let queue = {
             let mut queues = self.inner.queues.lock();
             if queues.contains_key(namespace) {
                 return Err(Error::NamespaceExists(namespace.to_owned()));
             }
+            let keys = self
+                .inner
+                .orphans
+                .lock()
+                .remove(namespace)
+                .unwrap_or_default();
+            let queue = Arc::new(Queue {
+                namespace: namespace.to_owned(),
+                keys: Mutex::new(keys),
+                wake: Notify::new(),
+            });
             queues.insert(namespace.to_owned(), queue.clone());
-        }
-        let recovered = self
-            .inner
-            .orphans
+            queue
+        };
+        let waiting: Vec<Record> = queue
+            .keys
             .lock()
-            .remove(namespace)
-            .unwrap_or_default();
-        let now = std::time::Instant::now();
-        for r in &recovered {
-            enqueue(&queue, &r.key, r.seq, r.op.clone(), r.version, now);
-        }
+            .latest()
+            .map(|(key, l)| Record {
+                seq: l.seq,
+                namespace: namespace.to_owned(),
+                key: key.to_owned(),
+                op: l.op.clone(),
+                version: l.version,
+            })
+            .collect();
         queue.wake.notify_one();
-        let inner = self.inner.clone();
-        handle.spawn(flusher(inner, queue, target));
-        Ok(recovered)
+        let flusher = Flusher::spawn(&handle, self.inner.clone(), queue, target);
+        Ok((waiting, Arc::new(flusher)))
     }
 
     /// Journals a write of `namespace` made at wall time `now` and returns its sequence and version once it is
@@ -479,7 +444,8 @@ impl WriteBehind {
         Ok((seq, version))
     }
 
-    /// Hands a journaled write to its namespace's flusher.
+    /// Hands a journaled write to its namespace's flusher — or, when none runs (its cache was closed), to the
+    /// namespace's orphans, for its next registration: the write is journaled either way.
     pub(crate) fn enqueue(
         &self,
         namespace: &str,
@@ -488,9 +454,20 @@ impl WriteBehind {
         op: Op,
         version: Option<u64>,
     ) {
-        if let Some(q) = self.inner.queues.lock().get(namespace).cloned() {
-            enqueue(&q, key, seq, op, version, std::time::Instant::now());
-            q.wake.notify_one();
+        let now = std::time::Instant::now();
+        let queues = self.inner.queues.lock();
+        match queues.get(namespace) {
+            Some(q) => {
+                q.keys.lock().add(key, seq, op, version, now);
+                q.wake.notify_one();
+            }
+            None => self
+                .inner
+                .orphans
+                .lock()
+                .entry(namespace.to_owned())
+                .or_default()
+                .add(key, seq, op, version, now),
         }
     }
 
@@ -535,163 +512,6 @@ fn settle(inner: &Inner, seqs: &[u64]) {
     let _ = inner.journal.checkpoint(checkpoint);
 }
 
-fn enqueue(
-    q: &Queue,
-    key: &str,
-    seq: u64,
-    op: Op,
-    version: Option<u64>,
-    acked: std::time::Instant,
-) {
-    let mut keys = q.keys.lock();
-    match keys.get_mut(key) {
-        Some(l) if l.seq < seq => {
-            l.covered.push(l.seq);
-            l.seq = seq;
-            l.op = op;
-            l.version = version;
-            l.attempts = 0;
-            l.oldest_ack = l.oldest_ack.min(acked);
-        }
-        Some(l) => {
-            l.covered.push(seq);
-            l.oldest_ack = l.oldest_ack.min(acked);
-        }
-        None => {
-            keys.insert(
-                key.to_owned(),
-                Latest {
-                    seq,
-                    op,
-                    version,
-                    covered: Vec::new(),
-                    attempts: 0,
-                    oldest_ack: acked,
-                },
-            );
-        }
-    }
-}
-
-async fn flusher(inner: Arc<Inner>, queue: Arc<Queue>, target: Arc<dyn Target>) {
-    let o = inner.options.clone();
-    let mut backoff = Duration::ZERO;
-    loop {
-        if queue.keys.lock().is_empty() {
-            queue.wake.notified().await;
-        }
-        tokio::time::sleep(o.linger.max(backoff)).await;
-        let batch: Vec<(String, Latest)> = queue
-            .keys
-            .lock()
-            .take(o.batch.max(1) * o.batches_in_flight.max(1));
-        let target = &target;
-        // Upserts with versions go as one batch; if it fails, they are retried singly below (poison isolation).
-        let (batchable, mut singles): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .partition(|(_, l)| matches!(l.op, Op::Upsert(_)) && l.version.is_some());
-        let mut results: Vec<(String, Latest, Result<bool, String>)> = Vec::new();
-        let mut chunks: Vec<Chunk> = Vec::new();
-        let mut batchable = batchable.into_iter().peekable();
-        while batchable.peek().is_some() {
-            chunks.push(batchable.by_ref().take(o.batch.max(1)).collect());
-        }
-        let outcomes: Vec<(Chunk, Result<u64, String>)> = futures::stream::iter(chunks)
-            .map(|chunk| async move {
-                if chunk.len() < 2 {
-                    return (chunk, Err(String::new()));
-                }
-                let items: Vec<Item<'_>> = chunk
-                    .iter()
-                    .map(|(k, l)| (k.as_str(), &l.op, l.version))
-                    .collect();
-                let r = target.apply_batch(&items).await;
-                drop(items);
-                (chunk, r)
-            })
-            .buffer_unordered(o.batches_in_flight.max(1))
-            .collect()
-            .await;
-        for (chunk, r) in outcomes {
-            match r {
-                Ok(fenced) => {
-                    inner.fenced.fetch_add(fenced, Ordering::Relaxed);
-                    results.extend(chunk.into_iter().map(|(k, l)| (k, l, Ok(false))));
-                }
-                // A lone write goes singly without counting as a failure.
-                Err(e) if e.is_empty() => singles.extend(chunk),
-                Err(_) => {
-                    inner.failures.fetch_add(1, Ordering::Relaxed);
-                    inner.batch_fallbacks.fetch_add(1, Ordering::Relaxed);
-                    singles.extend(chunk);
-                }
-            }
-        }
-        let single_results: Vec<(String, Latest, Result<bool, String>)> =
-            futures::stream::iter(singles)
-                .map(|(key, l)| async move {
-                    let r = target.apply((&key, &l.op, l.version)).await;
-                    (key, l, r)
-                })
-                .buffer_unordered(o.concurrency.max(1))
-                .collect()
-                .await;
-        results.extend(single_results);
-        let mut failed = false;
-        // Settled in one step per round: one checkpoint write (two fsyncs) per round, not per key.
-        let mut settled = Vec::new();
-        let now = std::time::Instant::now();
-        for (key, mut l, r) in results {
-            match r {
-                Ok(fenced) => {
-                    if fenced {
-                        inner.fenced.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let lag = now.saturating_duration_since(l.oldest_ack).as_micros();
-                    let _ = inner.lag.lock().record((lag as u64).max(1));
-                    inner.flushed.fetch_add(1, Ordering::Relaxed);
-                    target.settled(&key, l.seq);
-                    settled.extend(l.covered);
-                    settled.push(l.seq);
-                }
-                Err(error) => {
-                    inner.failures.fetch_add(1, Ordering::Relaxed);
-                    l.attempts += 1;
-                    if l.attempts >= o.max_attempts {
-                        park(&inner, &queue.namespace, &key, &l, &error);
-                        target.settled(&key, l.seq);
-                        target.parked(&key);
-                        settled.extend(l.covered);
-                        settled.push(l.seq);
-                    } else {
-                        failed = true;
-                        // Back in the queue; a newer write that arrived meanwhile supersedes it.
-                        let mut keys = queue.keys.lock();
-                        match keys.get_mut(&key) {
-                            Some(newer) => {
-                                newer.covered.push(l.seq);
-                                newer.covered.extend(l.covered);
-                                newer.oldest_ack = newer.oldest_ack.min(l.oldest_ack);
-                            }
-                            None => {
-                                keys.insert(key, l);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if !settled.is_empty() {
-            settle(&inner, &settled);
-        }
-        backoff = if failed {
-            (backoff * 2).clamp(o.retry_base, o.retry_max)
-        } else {
-            Duration::ZERO
-        };
-    }
-}
-
 fn read_dead_letters(path: &Path) -> Result<Vec<DeadLetter>, Error> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -715,60 +535,14 @@ fn read_dead_letters(path: &Path) -> Result<Vec<DeadLetter>, Error> {
         .collect()
 }
 
-/// Appends a poison write to `dead-letter.jsonl` (one JSON object per line) and says so at error level.
-fn park(inner: &Inner, namespace: &str, key: &str, l: &Latest, error: &str) {
-    inner.dead_lettered.fetch_add(1, Ordering::Relaxed);
-    let (op, value) = match &l.op {
-        Op::Upsert(v) => ("upsert", String::from_utf8_lossy(v).into_owned()),
-        Op::Delete => ("delete", String::new()),
-    };
-    let letter = DeadLetter {
-        namespace: namespace.to_owned(),
-        key: key.to_owned(),
-        seq: l.seq,
-        op: op.to_owned(),
-        value,
-        attempts: l.attempts,
-        error: error.to_owned(),
-    };
-    let path = inner.dir.join("dead-letter.jsonl");
-    let written = {
-        let _file = inner.dead_letter_file.lock();
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| {
-                writeln!(
-                    f,
-                    "{}",
-                    serde_json::to_string(&letter).expect("a dead letter serializes")
-                )?;
-                f.sync_data()
-            })
-    };
-    tracing::error!(
-        namespace,
-        key,
-        seq = l.seq,
-        attempts = l.attempts,
-        reason = error,
-        file = %path.display(),
-        stored = written.is_ok(),
-        "write-behind: a write the source keeps refusing was parked as a dead letter (list, retry or discard \
-         it with `strata dead-letters`); the caches no longer serve it"
-    );
-}
-
-/// Pending writes by key: (journal seq, the value; `None`: a pending delete).
-pub(crate) type Overlay<V> = Mutex<HashMap<String, (u64, Option<Arc<V>>)>>;
-
 /// A namespace's side of write-behind: the flush target and the overlay of pending writes readers see.
 pub(crate) struct BehindNs<V> {
     pub wb: WriteBehind,
     pub codec: Arc<dyn crate::codec::Codec<V>>,
-    /// key → (seq, the pending value; `None`: a pending delete).
+    /// The pending writes readers see; shared with the flusher's target, which clears what it flushed.
     pub overlay: Arc<Overlay<V>>,
+    /// The namespace's flusher; the cache holds a clone to drain and stop it at `Cache::close`.
+    pub flusher: Arc<Flusher>,
     /// Keys whose write was parked (taken by the namespace, which invalidates them in every tier).
     pub parked: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
 }
@@ -789,7 +563,7 @@ impl<V: Send + Sync + 'static> NsTarget<V> {
     }
 }
 
-impl<V: Send + Sync + 'static> Target for NsTarget<V> {
+impl<V: Send + Sync + 'static> FlushTarget for NsTarget<V> {
     fn apply<'a>(&'a self, (key, op, version): Item<'a>) -> BoxFuture<'a, Result<bool, String>> {
         Box::pin(async move {
             let fenced = match (op, version) {
@@ -849,10 +623,7 @@ impl<V: Send + Sync + 'static> Target for NsTarget<V> {
     }
 
     fn settled(&self, key: &str, seq: u64) {
-        let mut overlay = self.overlay.lock();
-        if overlay.get(key).is_some_and(|(s, _)| *s <= seq) {
-            overlay.remove(key);
-        }
+        self.overlay.flushed(key, seq);
     }
 
     fn parked(&self, key: &str) {
@@ -861,14 +632,15 @@ impl<V: Send + Sync + 'static> Target for NsTarget<V> {
 }
 
 impl<V: Send + Sync + 'static> BehindNs<V> {
-    /// Registers `namespace` with `wb`; recovered writes go to the overlay (readers see them) and the flusher.
+    /// Registers `namespace` with `wb`; writes still pending for it (recovered from the journal, or left by an
+    /// earlier registration) go to the overlay (readers see them) and the flusher.
     pub(crate) fn register(
         wb: WriteBehind,
         namespace: &str,
         sink: Arc<dyn strata_core::Sink<V>>,
         codec: Arc<dyn crate::codec::Codec<V>>,
     ) -> Result<Self, Error> {
-        let overlay = Arc::new(Mutex::new(HashMap::new()));
+        let overlay = Arc::new(Overlay::default());
         let (parked, parked_rx) = tokio::sync::mpsc::unbounded_channel();
         let target = Arc::new(NsTarget {
             sink,
@@ -876,73 +648,24 @@ impl<V: Send + Sync + 'static> BehindNs<V> {
             overlay: overlay.clone(),
             parked,
         });
-        let recovered = wb.register(namespace, target)?;
-        {
-            let mut o = overlay.lock();
-            for r in recovered {
-                let value = match &r.op {
-                    Op::Upsert(bytes) => match codec.decode(bytes) {
-                        Ok(v) => Some(Arc::new(v)),
-                        // Undecodable: the flusher will park it; readers fall back to the source.
-                        Err(_) => continue,
-                    },
-                    Op::Delete => None,
-                };
-                o.insert(r.key.clone(), (r.seq, value));
-            }
+        let (waiting, flusher) = wb.register(namespace, target)?;
+        for r in waiting {
+            let value = match &r.op {
+                Op::Upsert(bytes) => match codec.decode(bytes) {
+                    Ok(v) => Some(Arc::new(v)),
+                    // Undecodable: the flusher will park it; readers fall back to the source.
+                    Err(_) => continue,
+                },
+                Op::Delete => None,
+            };
+            overlay.record(&r.key, r.seq, value);
         }
         Ok(Self {
             wb,
             codec,
             overlay,
+            flusher,
             parked: Mutex::new(Some(parked_rx)),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pending_keys_flush_oldest_first_and_a_hot_key_keeps_its_place() {
-        let q = Queue {
-            namespace: "n".into(),
-            keys: Mutex::new(Pending::default()),
-            wake: Notify::new(),
-        };
-        let t0 = std::time::Instant::now();
-        for (seq, k) in ["a", "b", "c"].iter().enumerate() {
-            enqueue(&q, k, seq as u64 + 1, Op::Delete, Some(seq as u64 + 1), t0);
-        }
-        // "a" is rewritten again and again: it must not move, and "b", "c" must not wait behind its rewrites.
-        for seq in 4..100 {
-            enqueue(&q, "a", seq, Op::Delete, Some(seq), t0);
-        }
-        let mut p = q.keys.lock();
-        let first: Vec<String> = p.take(2).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(first, vec!["a", "b"]);
-        enqueue_locked(&mut p, "a", 200);
-        let rest: Vec<(String, u64, usize)> = p
-            .take(10)
-            .into_iter()
-            .map(|(k, l)| (k, l.seq, l.covered.len()))
-            .collect();
-        assert_eq!(rest, vec![("c".into(), 3, 0), ("a".into(), 200, 0)]);
-        assert!(p.is_empty());
-    }
-
-    fn enqueue_locked(p: &mut Pending, key: &str, seq: u64) {
-        p.insert(
-            key.to_owned(),
-            Latest {
-                seq,
-                op: Op::Delete,
-                version: Some(seq),
-                covered: Vec::new(),
-                attempts: 0,
-                oldest_ack: std::time::Instant::now(),
-            },
-        );
     }
 }

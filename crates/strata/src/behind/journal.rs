@@ -848,6 +848,39 @@ mod tests {
         d
     }
 
+    /// A journal in a fresh `dir(name)` that starts a new file every `segment_bytes`, and its options.
+    fn segmented(name: &str, segment_bytes: u64) -> (PathBuf, JournalOptions, Journal) {
+        let d = dir(name);
+        let options = JournalOptions {
+            segment_bytes,
+            ..JournalOptions::default()
+        };
+        let (j, _) = Journal::open(&d, options.clone()).unwrap();
+        (d, options, j)
+    }
+
+    /// Appends `n` upserts of 100-byte values (keys `k0`…), then closes the journal and waits for its writer.
+    async fn append_and_close(j: Journal, n: u8) {
+        for i in 0..n {
+            j.append("n", &format!("k{i}"), Op::Upsert(vec![i; 100]))
+                .await
+                .unwrap();
+        }
+        j.close();
+        drop(j);
+    }
+
+    /// The journal files in `d`, in order.
+    fn log_files(d: &Path) -> Vec<PathBuf> {
+        let mut logs: Vec<PathBuf> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        logs
+    }
+
     #[tokio::test]
     async fn appends_survive_reopen_and_the_checkpoint_hides_flushed_ones() {
         let d = dir("reopen");
@@ -928,12 +961,7 @@ mod tests {
 
     #[tokio::test]
     async fn segments_rotate_and_checkpointed_ones_are_deleted() {
-        let d = dir("rotate");
-        let options = JournalOptions {
-            segment_bytes: 1024,
-            ..JournalOptions::default()
-        };
-        let (j, _) = Journal::open(&d, options.clone()).unwrap();
+        let (d, options, j) = segmented("rotate", 1024);
         let mut last = 0;
         for i in 0..50 {
             last = j
@@ -941,18 +969,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let logs = || {
-            fs::read_dir(&d)
-                .unwrap()
-                .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .path()
-                        .extension()
-                        .is_some_and(|x| x == "log")
-                })
-                .count()
-        };
+        let logs = || log_files(&d).len();
         assert!(logs() > 5);
         j.checkpoint(last).unwrap();
         assert_eq!(logs(), 1);
@@ -999,13 +1016,7 @@ mod tests {
     async fn five_records(name: &str) -> (PathBuf, PathBuf) {
         let d = dir(name);
         let (j, _) = Journal::open(&d, JournalOptions::default()).unwrap();
-        for i in 0..5u8 {
-            j.append("n", &format!("k{i}"), Op::Upsert(vec![i; 100]))
-                .await
-                .unwrap();
-        }
-        j.close();
-        drop(j);
+        append_and_close(j, 5).await;
         let file = fs::read_dir(&d)
             .unwrap()
             .filter_map(|e| e.ok())
@@ -1125,25 +1136,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_emptied_segment_whose_records_are_missing_is_damage() {
-        let d = dir("emptied");
-        let options = JournalOptions {
-            segment_bytes: 300,
-            ..JournalOptions::default()
-        };
-        let (j, _) = Journal::open(&d, options.clone()).unwrap();
-        for i in 0..6u8 {
-            j.append("n", &format!("k{i}"), Op::Upsert(vec![i; 100]))
-                .await
-                .unwrap();
-        }
-        j.close();
-        drop(j);
-        let mut logs: Vec<PathBuf> = fs::read_dir(&d)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "log"))
-            .collect();
-        logs.sort();
+        let (d, options, j) = segmented("emptied", 300);
+        append_and_close(j, 6).await;
+        let logs = log_files(&d);
         assert!(logs.len() >= 2, "{logs:?}");
         fs::write(&logs[0], b"").unwrap();
         let err = Journal::open(&d, options.clone()).err().unwrap();
