@@ -25,21 +25,21 @@ pub enum EntryKind {
 /// What a value or negative [`Entry`] is made of: the fields [`Entry::new`] takes by name.
 #[derive(Debug)]
 pub struct EntryParts<V> {
-    /// The value; `None`: the source said the key does not exist (a negative entry).
+    /// `Some`: a value entry; `None`: a negative entry (the source said the key does not exist).
     pub value: Option<Arc<V>>,
-    /// When the entry was created.
+    /// Local time of the load or write the entry holds: tag barriers and refreshes compare against it.
     pub created_at: UnixMillis,
-    /// Fresh until.
+    /// Answered as a hit before this instant.
     pub fresh_until: UnixMillis,
-    /// Kept until (raised to `fresh_until` if earlier).
+    /// Kept for stale-while-revalidate and fail-safe until this instant (raised to `fresh_until` if earlier).
     pub stale_until: UnixMillis,
-    /// The source version, if any.
+    /// The source's version: while the entry lives, fills of older versions are refused.
     pub version: Option<u64>,
-    /// Tags.
+    /// What the entry is invalidated by besides its key.
     pub tags: Vec<String>,
-    /// The load's duration in milliseconds (XFetch's delta).
+    /// How long the load took, in milliseconds: XFetch weighs early refresh by it.
     pub delta_ms: u32,
-    /// The caller's estimate of the value's bytes.
+    /// The caller's estimate of the value's bytes; the key, tags and [`ENTRY_OVERHEAD`] are added.
     pub value_weight: u64,
 }
 
