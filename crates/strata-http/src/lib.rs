@@ -39,8 +39,12 @@
 //! - its 304 merge (§4.3.4) replaces only the header fields the stored response already had, so fields new in
 //!   the 304 are dropped, and it stores `Date`-rewritten copies;
 //! - `Vary` compares raw header values, without the normalisation the secondary key needs.
+//!
 //! Hand-written rules are about the same amount of code as the adapter would be, each rule has its own test,
 //! and the stored form is ours (a compact binary [`Codec`](strata::codec::Codec) with tags for purges).
 
 pub mod directives;
+pub mod freshness;
+pub mod headers;
+pub mod policy;
 pub mod sf;
