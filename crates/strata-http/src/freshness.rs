@@ -102,9 +102,12 @@ pub fn parse_http_date(value: &[u8]) -> Option<u64> {
         .map(|d| d.as_secs())
 }
 
-/// Formats Unix milliseconds as an IMF-fixdate.
+/// Formats Unix milliseconds as an IMF-fixdate; instants past the year 9999 are written as its last second.
 pub fn format_http_date(ms: UnixMillis) -> String {
-    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+    const LAST_SECOND_OF_9999_MS: u64 = 253_402_300_799_000;
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.min(LAST_SECOND_OF_9999_MS));
+    httpdate::fmt_http_date(t)
 }
 
 /// The single value of a singleton date field; `None` when absent, invalid or given twice with different values.

@@ -43,8 +43,14 @@
 //! Hand-written rules are about the same amount of code as the adapter would be, each rule has its own test,
 //! and the stored form is ours (a compact binary [`Codec`](strata::codec::Codec) with tags for purges).
 
+pub mod conditional;
 pub mod directives;
 pub mod freshness;
 pub mod headers;
+pub mod invalidation;
+pub mod key;
 pub mod policy;
 pub mod sf;
+pub mod status;
+pub mod storable;
+pub mod stored;
