@@ -17,6 +17,7 @@
 //! | [`invalidation`] | URIs an unsafe method's success invalidates (RFC 9111 §4.4) |
 //! | [`status`] | the `Cache-Status` value (RFC 9211) |
 //! | [`headers`] | hop-by-hop removal, `Via`, `Age`, request framing checks |
+//! | [`proxy`] | the caching reverse proxy (hyper 1.x) over the engine's `Namespace<StoredResponse>` |
 //!
 //! # Consistency model
 //! Every rule here is a pure function of the request, the stored response and an explicit `now`
@@ -50,6 +51,7 @@ pub mod headers;
 pub mod invalidation;
 pub mod key;
 pub mod policy;
+pub mod proxy;
 pub mod sf;
 pub mod status;
 pub mod storable;

@@ -101,6 +101,12 @@ impl CacheStatus {
         self
     }
 
+    /// Sets `fwd-status=` (keeping `fwd=`).
+    pub fn with_fwd_status(mut self, status: u16) -> Self {
+        self.fwd_status = Some(status);
+        self
+    }
+
     /// Sets `ttl=`.
     pub fn with_ttl(mut self, ttl: i64) -> Self {
         self.ttl = Some(ttl);
