@@ -45,7 +45,7 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
@@ -820,9 +820,12 @@ impl Proxy {
                     reason,
                     response,
                 }) => {
+                    // Hit-for-miss only for what the response itself says, never for this request's own traits.
                     if !matches!(
                         reason,
-                        NotStorable::RequestNoStore | NotStorable::Authorization
+                        NotStorable::RequestNoStore
+                            | NotStorable::Authorization
+                            | NotStorable::Incomplete
                     ) {
                         self.mark_uncacheable(&ctx.primary);
                     }
@@ -1009,6 +1012,9 @@ impl Proxy {
         ] {
             headers.remove(name);
         }
+        // A fill fetches the whole representation: a range request would bring back a 206, which is not
+        // stored (the client gets the full 200, which RFC 9110 §14.2 allows).
+        headers.remove(RANGE);
         headers.remove(CONTENT_LENGTH);
         OriginRequest {
             method: Method::GET,

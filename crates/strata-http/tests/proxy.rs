@@ -722,6 +722,47 @@ async fn rfc9112_6_3_conflicting_framing_never_smuggles_a_request() {
 }
 
 #[tokio::test]
+async fn oversized_header_sections_are_refused_with_400() {
+    let h = Harness::new().await;
+    let big = "x".repeat(70 * 1024);
+    let a = h.get("/big", &[("x-big", &big)]).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(
+        a.cache_status().contains("detail=\"headers-too-large\""),
+        "{}",
+        a.cache_status()
+    );
+    assert_eq!(h.origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_range_request_fills_the_whole_response_and_gets_it() {
+    let h = Harness::new().await;
+    h.origin.set(|seen, _| {
+        if seen.headers.contains_key("range") {
+            (
+                206,
+                vec![("content-range", "bytes 0-1/10".into())],
+                "01".into(),
+            )
+        } else {
+            (
+                200,
+                vec![("cache-control", "max-age=60".into())],
+                "0123456789".into(),
+            )
+        }
+    });
+    let a = h.get("/range", &[("range", "bytes=0-1")]).await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "0123456789"));
+    assert!(h
+        .get("/range", &[])
+        .await
+        .cache_status()
+        .starts_with("Strata; hit"));
+}
+
+#[tokio::test]
 async fn rfc9111_5_2_1_7_only_if_cached_without_a_stored_response_is_504() {
     let h = Harness::new().await;
     let a = h
