@@ -17,6 +17,7 @@
 //! | [`invalidation`] | URIs an unsafe method's success invalidates (RFC 9111 §4.4) |
 //! | [`status`] | the `Cache-Status` value (RFC 9211) |
 //! | [`headers`] | hop-by-hop removal, `Via`, `Age`, request framing checks |
+//! | [`wire`] | request framing on the wire: ambiguous heads refused before hyper parses them |
 //! | [`proxy`] | the caching reverse proxy (hyper 1.x) over the engine's `Namespace<StoredResponse>` |
 //!
 //! # Consistency model
@@ -56,3 +57,4 @@ pub mod sf;
 pub mod status;
 pub mod storable;
 pub mod stored;
+pub mod wire;

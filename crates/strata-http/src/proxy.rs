@@ -2,8 +2,11 @@
 //! stores responses in a [`Namespace<StoredResponse>`] and applies this crate's rules on every request.
 //!
 //! # The request path
-//! 1. Framing ([`crate::headers::check_request_framing`]): conflicting `Content-Length`/`Transfer-Encoding`,
-//!    or header sections over [`ProxyConfig::max_header_bytes`], are refused with 400 and never forwarded.
+//! 1. Framing: on the wire ([`crate::wire::FramingGuard`]) a head with both `Transfer-Encoding` and
+//!    `Content-Length` is refused with 400 before hyper sees it; then
+//!    [`crate::headers::check_request_framing`] refuses conflicting `Content-Length` values, a
+//!    `Transfer-Encoding` not ending in `chunked` and header sections over [`ProxyConfig::max_header_bytes`]
+//!    with 400. Nothing refused is forwarded.
 //! 2. The route, then the primary key ([`PrimaryKey`]: scheme, `Host`, path, query — nothing else).
 //! 3. Unsafe methods are forwarded; a non-error answer invalidates the target and its same-origin
 //!    `Location`/`Content-Location` (every variant: entries are tagged with their URI). `fwd=method`.
@@ -66,6 +69,7 @@ use crate::policy::EdgePolicy;
 use crate::status::{CacheStatus, Fwd};
 use crate::storable::{self, Exchange, NotStorable};
 use crate::stored::StoredResponse;
+use crate::wire::FramingGuard;
 
 /// Errors building a proxy.
 #[derive(Debug, thiserror::Error)]
@@ -1250,13 +1254,18 @@ pub async fn serve(
             continue;
         };
         let proxy = proxy.clone();
+        // The guard's limit is a hard wall well past the service's own header limit, which answers first.
+        let io = TokioIo::new(FramingGuard::new(
+            stream,
+            proxy.config.max_header_bytes.saturating_mul(2),
+        ));
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(io, service)
                 .await;
         });
     }
