@@ -96,6 +96,20 @@ impl PrimaryKey {
     }
 }
 
+impl PrimaryKey {
+    /// The normalised path and query (`/a/b?c`): what the origin is sent and routes are matched on, so the
+    /// route, the key and the origin all see the same path.
+    pub fn path_and_query(&self) -> &str {
+        &self.0[self.origin().len()..]
+    }
+
+    /// The normalised path.
+    pub fn path(&self) -> &str {
+        let pq = self.path_and_query();
+        pq.split_once('?').map_or(pq, |(p, _)| p)
+    }
+}
+
 impl std::fmt::Display for PrimaryKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -439,6 +453,11 @@ mod tests {
         assert_eq!(k.origin(), "https://example.com:8443");
         let k = PrimaryKey::from_uri(&"http://h/x".parse().unwrap()).unwrap();
         assert_eq!((k.as_str(), k.origin()), ("http://h/x", "http://h"));
+        let k = PrimaryKey::new("http", "h", "/api/../admin/%7e?q=/x").unwrap();
+        assert_eq!(
+            (k.path_and_query(), k.path()),
+            ("/admin/~?q=/x", "/admin/~")
+        );
     }
 
     #[test]

@@ -390,22 +390,24 @@ impl Proxy {
             let s = status.forward(Fwd::Bypass, None).with_detail(e.as_str());
             return self.local(StatusCode::BAD_REQUEST, s, parts.version);
         }
-        let authority = parts
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+        // RFC 9112 §3.2: more than one Host is a 400; an absolute-form target's authority wins over Host.
+        if parts.headers.get_all(HOST).iter().count() > 1 {
+            let s = status.forward(Fwd::Bypass, None).with_detail("host");
+            return self.local(StatusCode::BAD_REQUEST, s, parts.version);
+        }
+        let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+            parts
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
         let Some(authority) = authority else {
             let s = status.forward(Fwd::Bypass, None).with_detail("no-host");
             return self.local(StatusCode::BAD_REQUEST, s, parts.version);
         };
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let primary = match PrimaryKey::new(&self.config.key_scheme, &authority, &path_and_query) {
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let primary = match PrimaryKey::new(&self.config.key_scheme, &authority, target) {
             Ok(k) => k,
             Err(_) => {
                 let s = status.forward(Fwd::Bypass, None).with_detail("bad-uri");
@@ -413,7 +415,10 @@ impl Proxy {
             }
         };
         let host = authority_host(&authority);
-        let Some(route) = self.routes.find(&host, parts.uri.path()) else {
+        // Routed and forwarded by the normalised path, so `/api/../admin` is `/admin` for the route, the key and
+        // the origin alike.
+        let path_and_query = primary.path_and_query().to_string();
+        let Some(route) = self.routes.find(&host, primary.path()) else {
             let s = status.forward(Fwd::Bypass, None).with_detail("no-route");
             return self.local(StatusCode::NOT_FOUND, s, parts.version);
         };
@@ -845,7 +850,11 @@ impl Proxy {
                     let err = err.clone();
                     self.origin_failed(&ctx, status.forward(fwd, None), &err)
                 }
+                None if matches!(e, strata::Error::Timeout { .. }) => {
+                    self.origin_failed(&ctx, status.forward(fwd, None), &FetchError::Timeout)
+                }
                 None => {
+                    tracing::warn!(uri = %ctx.primary, error = %e, "engine failed");
                     let s = status.forward(fwd, None).with_detail("engine");
                     self.local(StatusCode::BAD_GATEWAY, s, ctx.version)
                 }
@@ -1164,6 +1173,10 @@ impl Proxy {
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         );
+        if code == StatusCode::BAD_REQUEST {
+            // A request refused for its framing or head leaves the connection in doubt: close it.
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         append_via(&mut headers, version, &self.config.via);
         status.append_to(&mut headers);
         let body = Bytes::from(format!(

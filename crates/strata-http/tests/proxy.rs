@@ -733,6 +733,40 @@ async fn rfc9112_6_3_ambiguous_framing_is_refused_with_400_and_never_smuggles_a_
 }
 
 #[tokio::test]
+async fn routes_keys_and_origin_requests_use_the_normalised_path() {
+    let h = Harness::new().await;
+    h.origin.set(|seen, _| {
+        (
+            200,
+            vec![("cache-control", "max-age=60".into())],
+            seen.path.clone(),
+        )
+    });
+    assert_eq!(
+        h.get("/api/../admin/%7euser", &[]).await.body,
+        "/admin/~user"
+    );
+    let a = h.get("/admin/~user", &[]).await;
+    assert!(
+        a.cache_status().starts_with("Strata; hit"),
+        "{}",
+        a.cache_status()
+    );
+}
+
+#[tokio::test]
+async fn rfc9112_3_2_two_host_fields_are_refused() {
+    let h = Harness::new().await;
+    let text = raw(
+        &h,
+        b"GET / HTTP/1.1\r\nHost: site.example\r\nHost: other.example\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(h.origin.hits(), 0);
+}
+
+#[tokio::test]
 async fn oversized_header_sections_are_refused_with_400() {
     let h = Harness::new().await;
     let big = "x".repeat(70 * 1024);
