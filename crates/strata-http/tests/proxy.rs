@@ -767,6 +767,104 @@ async fn rfc9112_3_2_two_host_fields_are_refused() {
 }
 
 #[tokio::test]
+async fn rfc9111_5_2_2_fields_named_by_no_cache_and_private_are_held_back() {
+    let h = Harness::new().await;
+    h.origin.set(fixed(
+        200,
+        &[
+            (
+                "cache-control",
+                "max-age=60, no-cache=\"x-fresh-only\", private=\"x-user\"",
+            ),
+            ("x-fresh-only", "1"),
+            ("x-user", "alice"),
+            ("x-shared", "1"),
+        ],
+        "b",
+    ));
+    let first = h.get("/f", &[]).await;
+    assert_eq!(
+        (first.header("x-fresh-only"), first.header("x-user")),
+        (Some("1"), None)
+    );
+    let hit = h.get("/f", &[]).await;
+    assert!(hit.cache_status().starts_with("Strata; hit"));
+    // no-cache="…": not sent without validation; private="…": never stored.
+    assert_eq!(
+        (
+            hit.header("x-fresh-only"),
+            hit.header("x-user"),
+            hit.header("x-shared")
+        ),
+        (None, None, Some("1"))
+    );
+}
+
+#[tokio::test]
+async fn set_cookie_responses_are_shared_only_when_public() {
+    let h = Harness::new().await;
+    h.origin.set(fixed(
+        200,
+        &[("cache-control", "max-age=60"), ("set-cookie", "s=1")],
+        "c",
+    ));
+    h.get("/cookie", &[]).await;
+    let b = h.get("/cookie", &[]).await;
+    assert!(
+        b.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        b.cache_status()
+    );
+    assert!(
+        b.cache_status().contains("detail=\"set-cookie\"")
+            || b.cache_status().contains("hit-for-miss")
+    );
+    h.origin.set(fixed(
+        200,
+        &[
+            ("cache-control", "public, max-age=60"),
+            ("set-cookie", "s=1"),
+        ],
+        "c",
+    ));
+    h.get("/public-cookie", &[]).await;
+    let b = h.get("/public-cookie", &[]).await;
+    assert!(b.cache_status().starts_with("Strata; hit"));
+    assert_eq!(b.header("set-cookie"), Some("s=1"));
+}
+
+#[tokio::test]
+async fn rfc9111_3_1_hop_by_hop_fields_are_neither_stored_nor_forwarded() {
+    let h = Harness::new().await;
+    h.origin.set(fixed(
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=1"),
+        ],
+        "x",
+    ));
+    let a = h
+        .get(
+            "/hop",
+            &[
+                ("connection", "x-client-hop"),
+                ("x-client-hop", "1"),
+                ("te", "trailers"),
+            ],
+        )
+        .await;
+    assert_eq!(a.header("x-hop"), None);
+    let seen = h.origin.last();
+    assert!(seen.headers.get("x-client-hop").is_none() && seen.headers.get("te").is_none());
+    let b = h.get("/hop", &[]).await;
+    assert!(b.cache_status().starts_with("Strata; hit"));
+    assert_eq!((b.header("x-hop"), b.header("keep-alive")), (None, None));
+}
+
+#[tokio::test]
 async fn oversized_header_sections_are_refused_with_400() {
     let h = Harness::new().await;
     let big = "x".repeat(70 * 1024);
