@@ -29,8 +29,9 @@
 //! The update (§3.2) replaces every stored field the 304 carries with the 304's values (all lines of that
 //! name) and adds the new ones, except hop-by-hop and `Connection`-listed fields and `Content-Length` (the body
 //! is the stored one). The body and status stay. `Date` and `Age` describe the 304 and the times move to the
-//! 304's exchange: the 304's `Age` replaces the stored one or, absent, the stored one goes; a 304 without
-//! `Date` dates the response at its arrival — so the freshened response's age starts over.
+//! 304's exchange: the 304's `Age` replaces the stored one or, absent, the stored one goes; the 304's first valid
+//! `Date` replaces the stored one, and a 304 without one dates the response at its arrival — so the freshened
+//! response's age starts over.
 
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, DATE,
@@ -274,7 +275,8 @@ pub fn update_from_304(
     headers.remove(DATE);
     let mut replaced: Vec<&HeaderName> = Vec::new();
     for (name, value) in not_modified {
-        if is_hop_by_hop(name) || listed.contains(name) || name == CONTENT_LENGTH {
+        // Date is taken below: one valid value.
+        if is_hop_by_hop(name) || listed.contains(name) || name == CONTENT_LENGTH || name == DATE {
             continue;
         }
         if !replaced.contains(&name) {
@@ -283,10 +285,14 @@ pub fn update_from_304(
         }
         headers.append(name.clone(), value.clone());
     }
-    if !headers.contains_key(DATE) {
-        if let Ok(v) = HeaderValue::from_str(&format_http_date(response_time)) {
-            headers.insert(DATE, v);
-        }
+    let date = not_modified
+        .get_all(DATE)
+        .iter()
+        .find(|v| parse_http_date(v.as_bytes()).is_some())
+        .cloned()
+        .or_else(|| HeaderValue::from_str(&format_http_date(response_time)).ok());
+    if let Some(date) = date {
+        headers.insert(DATE, date);
     }
     StoredResponse {
         status: stored.status,
@@ -592,6 +598,27 @@ mod tests {
                 h.insert(IF_NONE_MATCH, value);
                 let _ = tag_list(&h, &IF_NONE_MATCH);
             }
+        }
+
+        /// Whatever a 304 carries, the update keeps the body, the status and the stored Content-Length, and
+        /// never stores a hop-by-hop field.
+        #[test]
+        fn updates_keep_body_status_and_length(fields in proptest::collection::vec(
+            (prop_oneof![Just("content-length"), Just("connection"), Just("keep-alive"), Just("x-a"), Just("etag"),
+                         Just("cache-control"), Just("transfer-encoding"), Just("date"), Just("age")], "[ -~]{0,12}"), 0..10)) {
+            let s = stored(&[("content-length", "4"), ("x-a", "old")]);
+            let mut nm = HeaderMap::new();
+            for (n, v) in &fields {
+                nm.append(HeaderName::from_static(n), HeaderValue::from_str(v.trim()).unwrap());
+            }
+            let u = update_from_304(&s, &nm, T * 1000, T * 1000);
+            prop_assert_eq!(&u.body, &s.body);
+            prop_assert_eq!(u.status, s.status);
+            prop_assert_eq!(u.headers.get_all("content-length").iter().collect::<Vec<_>>(), vec!["4"]);
+            for hop in ["connection", "keep-alive", "transfer-encoding"] {
+                prop_assert!(!u.headers.contains_key(hop));
+            }
+            prop_assert_eq!(u.headers.get_all(DATE).iter().count(), 1);
         }
 
         #[test]

@@ -879,6 +879,30 @@ mod tests {
             let _ = freshness_lifetime(StatusCode::OK, &h, &Directives::default(), a, &EdgePolicy::default());
         }
 
+        /// Model check of §4.2.4: whatever the directives, the request and the route, a response carrying
+        /// must-revalidate, proxy-revalidate or no-cache is never served stale, not even on error.
+        #[test]
+        fn stale_is_never_served_past_revalidation_directives(
+            forbid in prop_oneof![Just("must-revalidate"), Just("proxy-revalidate"), Just("no-cache")],
+            max_age in 0u64..100, swr in proptest::option::of(0u64..1000), sie in proptest::option::of(0u64..1000),
+            req in prop_oneof![Just(""), Just("max-stale"), Just("max-stale=500"), Just("stale-if-error=900"), Just("min-fresh=1")],
+            route_swr in proptest::option::of(0u64..1000), after in 0u64..2000,
+        ) {
+            let mut cc = format!("max-age={max_age}, {forbid}");
+            if let Some(w) = swr { cc.push_str(&format!(", stale-while-revalidate={w}")); }
+            if let Some(w) = sie { cc.push_str(&format!(", stale-if-error={w}")); }
+            let mut policy = EdgePolicy::default();
+            if let Some(w) = route_swr {
+                policy = policy.with_stale_while_revalidate(Duration::from_secs(w)).with_stale_if_error(Duration::from_secs(w));
+            }
+            let h = headers(&[("cache-control", cc)]);
+            let e = eval_at(&h, req, after, &policy);
+            if !e.fresh || forbid == "no-cache" {
+                prop_assert!(matches!(e.decision, Decision::Revalidate(_)), "{:?}", e);
+            }
+            prop_assert!(!e.stale_if_error);
+        }
+
         #[test]
         fn fresh_means_age_below_lifetime(max_age in 0u64..100_000, after in 0u64..200_000) {
             let h = headers(&[("cache-control", format!("max-age={max_age}"))]);

@@ -526,6 +526,19 @@ mod tests {
             }
         }
 
+        /// Percent-encoding unreserved characters never makes a different key (RFC 3986 §6.2.2.2), and
+        /// encoding a reserved one always does.
+        #[test]
+        fn encoded_unreserved_is_the_same_key(seg in "[A-Za-z0-9._~-]{1,12}", reserved in "[/?#\\[\\]@!$&'()*+,;=]") {
+            let encoded: String = seg.bytes().map(|b| format!("%{b:02x}")).collect();
+            let plain = PrimaryKey::new("http", "h", &format!("/x/{seg}/y")).unwrap();
+            prop_assert_eq!(PrimaryKey::new("http", "h", &format!("/x/{encoded}/y")).unwrap(), plain);
+            let r = reserved.as_bytes()[0];
+            let with_reserved = PrimaryKey::new("http", "h", &format!("/x/a{reserved}b")).unwrap();
+            let with_encoded = PrimaryKey::new("http", "h", &format!("/x/a%{r:02X}b")).unwrap();
+            prop_assert_ne!(with_reserved, with_encoded);
+        }
+
         #[test]
         fn vary_values_never_panic(v in "[ -~\\t]{0,30}") {
             if let Ok(value) = HeaderValue::from_str(&v) {
