@@ -25,7 +25,8 @@
 //!    (hit-for-miss). Revalidations of one stored response are collapsed by the proxy itself (the engine entry is
 //!    still there, so `get_or_load` would not load).
 //! 6. Every answer carries `Cache-Status` (RFC 9211) and `Via`; every answer from the cache carries `Age`.
-//!    Hop-by-hop fields never cross. Requests sent to the origin on the cache path drop the fields that could
+//!    Hop-by-hop fields never cross, nor does `Strata-Cache-Control` (it targets this tier only; `Cache-Control`
+//!    and `CDN-Cache-Control` go on for the caches downstream). Requests sent to the origin on the cache path drop the fields that could
 //!    make an origin build a different response without the key knowing (`X-Forwarded-Host`, `Forwarded`,
 //!    `X-Original-URL`, method overrides…): headers outside the key never change a stored response.
 //!
@@ -60,7 +61,7 @@ use parking_lot::Mutex;
 use strata::{Fetched, Namespace, Status, UnixMillis};
 
 use crate::conditional::{self, ClientConditional};
-use crate::directives::{Directives, FieldList};
+use crate::directives::{Directives, FieldList, STRATA_CACHE_CONTROL};
 use crate::freshness::{self, Decision, Evaluation};
 use crate::headers::{append_via, check_request_framing, remove_hop_by_hop, set_age};
 use crate::invalidation;
@@ -1113,6 +1114,8 @@ impl Proxy {
                 _ => (stored.status, headers, stored.body.clone()),
             };
         set_age(&mut headers, age);
+        // Strata-Cache-Control speaks to this tier only (RFC 9213): it stays stored, never goes downstream.
+        headers.remove(&STRATA_CACHE_CONTROL);
         append_via(&mut headers, ctx.version, &self.config.via);
         status.append_to(&mut headers);
         let body = if ctx.method == Method::HEAD {
@@ -1132,6 +1135,7 @@ impl Proxy {
     ) -> Response<Full<Bytes>> {
         let mut headers = response.headers.clone();
         remove_hop_by_hop(&mut headers);
+        headers.remove(&STRATA_CACHE_CONTROL);
         append_via(&mut headers, ctx.version, &self.config.via);
         status.append_to(&mut headers);
         let body = if ctx.method == Method::HEAD {

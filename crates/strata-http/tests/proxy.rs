@@ -979,6 +979,22 @@ async fn rfc9213_cdn_cache_control_overrides_cache_control_for_this_tier() {
         "x",
     ));
     h.get("/strata", &[]).await;
+    h.origin.set(fixed(
+        200,
+        &[
+            ("cache-control", "no-store"),
+            ("strata-cache-control", "max-age=60"),
+        ],
+        "s",
+    ));
+    h.get("/strata-fresh", &[]).await;
+    let s = h.get("/strata-fresh", &[]).await;
+    assert!(s.cache_status().starts_with("Strata; hit"));
+    assert_eq!(
+        s.header("strata-cache-control"),
+        None,
+        "targeted at this tier only"
+    );
     assert!(h
         .get("/strata", &[])
         .await
