@@ -21,15 +21,15 @@
 //! | [`proxy`] | the caching reverse proxy (hyper 1.x) over the engine's `Namespace<StoredResponse>` |
 //!
 //! # Consistency model
-//! Every rule here is a pure function of the request, the stored response and an explicit `now`
-//! ([`UnixMillis`](strata_core::UnixMillis)): nothing reads a clock, so the freshness math is deterministic and
-//! tested at chosen instants. Storage is the engine's ([`strata::Namespace`] of
+//! Every rule module is pure functions of the request, the stored response and an explicit `now`
+//! ([`UnixMillis`](strata_core::UnixMillis)): none reads a clock, so the freshness math is deterministic and
+//! tested at chosen instants. The [`proxy`] reads time from the engine's injectable clock only. Storage is the engine's ([`strata::Namespace`] of
 //! [`StoredResponse`](stored::StoredResponse)), whose own consistency model applies to the bytes; what is fresh
 //! for HTTP is decided from the stored response's own times and headers, never from the engine's TTL alone.
 //!
 //! # Why not `http-cache-semantics`
-//! The `http-cache-semantics` crate (its `CachePolicy` with `before_request`/`after_response`, read in source) is
-//! a good private/shared cache policy for clients, but for this tier it would need as much code around it as the
+//! The `http-cache-semantics` crate (2.x; its `CachePolicy` with `before_request`/`after_response`, read in its
+//! documentation and source) is a good cache policy for HTTP clients, but for this tier it would need as much code around it as the
 //! rules themselves, and it gets several of them differently from what this tier must do:
 //! - no targeted fields: `CDN-Cache-Control`/`Strata-Cache-Control` (RFC 9213) are not read, and its parsed
 //!   directives are private, so they cannot be substituted;
@@ -39,7 +39,7 @@
 //! - duplicate directives turn into `must-revalidate` and quoted values are trimmed of quotes loosely, where
 //!   RFC 9111 §4.2.1 asks for the first occurrence (or stale) and a quoted-string must be parsed as one;
 //! - its 304 merge (§4.3.4) replaces only the header fields the stored response already had, so fields new in
-//!   the 304 are dropped, and it stores `Date`-rewritten copies;
+//!   the 304 are dropped, and the response it hands out has its `Date` rewritten to now;
 //! - `Vary` compares raw header values, without the normalisation the secondary key needs.
 //!
 //! Hand-written rules are about the same amount of code as the adapter would be, each rule has its own test,
