@@ -1,0 +1,1289 @@
+//! The caching reverse proxy: a hyper 1.x service over a [`Routes`] table (host and path prefix → origin) that
+//! stores responses in a [`Namespace<StoredResponse>`] and applies this crate's rules on every request.
+//!
+//! # The request path
+//! 1. Framing: on the wire ([`crate::wire::FramingGuard`]) a head with both `Transfer-Encoding` and
+//!    `Content-Length` is refused with 400 before hyper sees it; then
+//!    [`crate::headers::check_request_framing`] refuses conflicting `Content-Length` values, a
+//!    `Transfer-Encoding` not ending in `chunked` and header sections over [`ProxyConfig::max_header_bytes`]
+//!    with 400. Nothing refused is forwarded.
+//! 2. The route, then the primary key ([`PrimaryKey`]: scheme, `Host`, path, query — nothing else).
+//! 3. Unsafe methods are forwarded; a non-error answer invalidates the target and its same-origin
+//!    `Location`/`Content-Location` (every variant: entries are tagged with their URI). `fwd=method`.
+//! 4. `GET`/`HEAD`: the stored response for the URI (the entry under the primary key is the latest response and
+//!    names the `Vary` fields; a variant that is not it lives under `primary ⏎ secondary key`) is evaluated by
+//!    [`freshness::evaluate`]: fresh, allowed stale (`max-stale`) or inside `stale-while-revalidate` answer at
+//!    once (the latter starting one detached background revalidation with its own deadline); otherwise the
+//!    origin is asked with the stored validators, a 304 updates and freshens the stored response (§4.3.4), and an
+//!    origin failure (500, 502, 503, 504 per RFC 5861 §4, a connection error, a timeout) answers stale where
+//!    `stale-if-error` allows. `only-if-cached` with nothing usable is 504.
+//! 5. Misses load through [`Namespace::try_get_or_load`]: concurrent misses of one key cause one origin request
+//!    (the engine's single-flight; the load runs detached, so a client that goes away hands it over to the
+//!    others). A response that may not be stored is given only to the request that caused it: the waiters
+//!    forward their own requests — a `private` answer must never reach another client — and the URI is
+//!    remembered as uncacheable for [`ProxyConfig::hit_for_miss`], so later requests skip the queue
+//!    (hit-for-miss). Revalidations of one stored response are collapsed by the proxy itself (the engine entry is
+//!    still there, so `get_or_load` would not load).
+//! 6. Every answer carries `Cache-Status` (RFC 9211) and `Via`; every answer from the cache carries `Age`.
+//!    Hop-by-hop fields never cross, nor does `Strata-Cache-Control` (it targets this tier only; `Cache-Control`
+//!    and `CDN-Cache-Control` go on for the caches downstream). Requests sent to the origin on the cache path drop the fields that could
+//!    make an origin build a different response without the key knowing (`X-Forwarded-Host`, `Forwarded`,
+//!    `X-Original-URL`, method overrides…): headers outside the key never change a stored response.
+//!
+//! Client conditionals are answered from the stored response (304 or the full response); `HEAD` is answered
+//! from a stored `GET` (a `HEAD` miss loads the `GET`).
+//!
+//! # Limits of this first version
+//! Bodies are buffered (up to [`ProxyConfig::max_body_bytes`]), origins are plain HTTP/1.1, ranges are not
+//! served (a full response is always allowed).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, IF_MATCH, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use strata::{Fetched, Namespace, Status, UnixMillis};
+
+use crate::conditional::{self, ClientConditional};
+use crate::directives::{Directives, FieldList, STRATA_CACHE_CONTROL};
+use crate::freshness::{self, Decision, Evaluation};
+use crate::headers::{append_via, check_request_framing, remove_hop_by_hop, set_age};
+use crate::invalidation;
+use crate::key::{PrimaryKey, Vary};
+use crate::policy::EdgePolicy;
+use crate::status::{CacheStatus, Fwd};
+use crate::storable::{self, Exchange, NotStorable};
+use crate::stored::StoredResponse;
+use crate::wire::FramingGuard;
+
+/// Errors building a proxy.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// An origin that is not `http://host[:port]`.
+    #[error("invalid origin {0:?}: expected http://host[:port]")]
+    Origin(String),
+    /// The engine refused the namespace.
+    #[error(transparent)]
+    Engine(#[from] strata::Error),
+}
+
+/// One route: requests for `host` (any host when `None`) under `path_prefix` go to `origin`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    host: Option<String>,
+    path_prefix: String,
+    origin: http::uri::Authority,
+    policy: EdgePolicy,
+}
+
+impl Route {
+    /// A route to `origin` (`http://host[:port]`) for every host and path.
+    pub fn new(origin: &str) -> Result<Self, ProxyError> {
+        let uri: Uri = origin
+            .parse()
+            .map_err(|_| ProxyError::Origin(origin.to_string()))?;
+        let ok = uri.scheme_str() == Some("http")
+            && uri.path_and_query().is_none_or(|p| p.as_str() == "/");
+        match (ok, uri.authority()) {
+            (true, Some(a)) => Ok(Self {
+                host: None,
+                path_prefix: "/".into(),
+                origin: a.clone(),
+                policy: EdgePolicy::default(),
+            }),
+            _ => Err(ProxyError::Origin(origin.to_string())),
+        }
+    }
+
+    /// Only requests whose `Host` is `host` (compared without port, case-insensitively). Default: any host.
+    #[must_use]
+    pub fn with_host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_ascii_lowercase());
+        self
+    }
+
+    /// Only requests whose path starts with `prefix`. Default: `/`.
+    #[must_use]
+    pub fn with_path_prefix(mut self, prefix: &str) -> Self {
+        self.path_prefix = prefix.to_string();
+        self
+    }
+
+    /// The route's edge policy. Default: [`EdgePolicy::default`].
+    #[must_use]
+    pub fn with_policy(mut self, policy: EdgePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+/// The route table: a host-specific route before a wildcard one, then the longest path prefix.
+#[derive(Debug, Clone, Default)]
+pub struct Routes(Vec<Route>);
+
+impl Routes {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a route.
+    #[must_use]
+    pub fn with(mut self, route: Route) -> Self {
+        self.0.push(route);
+        self
+    }
+
+    /// The route for a request to `host` (without port) and `path`.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+        self.0
+            .iter()
+            .filter(|r| {
+                r.host
+                    .as_deref()
+                    .is_none_or(|h| h.eq_ignore_ascii_case(host))
+            })
+            .filter(|r| path.starts_with(&r.path_prefix))
+            .max_by_key(|r| (r.host.is_some(), r.path_prefix.len()))
+    }
+}
+
+/// The proxy's settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The cache's name in `Cache-Status`. Default: `Strata`.
+    pub name: String,
+    /// The pseudonym in `Via`. Default: `strata`.
+    pub via: String,
+    /// The scheme of primary keys (`https` when TLS ends in front of the proxy). Default: `http`.
+    pub key_scheme: String,
+    /// Largest request or response body. Default: 16 MiB.
+    pub max_body_bytes: usize,
+    /// Largest request header section (larger: 400). Default: 64 KiB.
+    pub max_header_bytes: usize,
+    /// How long an origin exchange may take (past it: an error, stale-if-error applies). Default: 30 s.
+    pub origin_timeout: Duration,
+    /// How long a URI whose response could not be stored skips request collapsing. Default: 10 s.
+    pub hit_for_miss: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            name: "Strata".into(),
+            via: "strata".into(),
+            key_scheme: "http".into(),
+            max_body_bytes: 16 << 20,
+            max_header_bytes: 64 << 10,
+            origin_timeout: Duration::from_secs(30),
+            hit_for_miss: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A namespace fit for the proxy: the engine keeps each response for `retention` (HTTP freshness is decided
+/// from the response itself), weighs it by its bytes, and with L2 encodes it with [`crate::stored::StoredCodec`].
+pub fn edge_namespace(
+    cache: &strata::Cache,
+    name: &str,
+    retention: Duration,
+    with_l2: bool,
+) -> Result<Namespace<StoredResponse>, ProxyError> {
+    let policy = strata::Policy::builder()
+        .with_ttl(retention)
+        .with_jitter(0.0)
+        .with_l2(with_l2)
+        .build()
+        .map_err(strata::Error::InvalidPolicy)?;
+    let mut b = cache
+        .namespace::<StoredResponse>(name)
+        .with_policy(policy)
+        .with_weigher(StoredResponse::weight);
+    if with_l2 {
+        b = b.with_codec(crate::stored::StoredCodec);
+    }
+    Ok(b.build()?)
+}
+
+/// A response from the origin, read whole.
+#[derive(Debug, Clone)]
+pub struct OriginResponse {
+    /// Status.
+    pub status: StatusCode,
+    /// Header fields as received.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+    /// When the request was sent.
+    pub request_time: UnixMillis,
+    /// When the response arrived.
+    pub response_time: UnixMillis,
+}
+
+/// Why an origin exchange failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// No connection, or it broke before a response.
+    #[error("origin unreachable: {0}")]
+    Connect(String),
+    /// Past [`ProxyConfig::origin_timeout`].
+    #[error("origin timed out")]
+    Timeout,
+    /// The body broke off or was too large.
+    #[error("origin response incomplete: {0}")]
+    Incomplete(String),
+}
+
+/// What a load gives back instead of a value, shared with every coalesced waiter.
+#[derive(Debug, Clone, thiserror::Error)]
+enum LoadFailure {
+    /// The origin answered, but the answer may not be stored; only the request `leader` may use it.
+    #[error("not storable: {reason:?}")]
+    NotStored {
+        leader: u64,
+        reason: NotStorable,
+        response: Arc<OriginResponse>,
+    },
+    /// The origin failed.
+    #[error(transparent)]
+    Origin(FetchError),
+}
+
+/// The outcome of a revalidation, shared by everyone who waited for it.
+#[derive(Debug, Clone)]
+enum Revalidated {
+    /// The stored response was updated (by a 304) or replaced (by a storable full response).
+    Stored {
+        stored: Arc<StoredResponse>,
+        origin_status: StatusCode,
+    },
+    /// The origin answered with something that may not be stored (the old entry is gone); only `leader` uses it.
+    NotStored {
+        leader: u64,
+        reason: NotStorable,
+        response: Arc<OriginResponse>,
+    },
+    /// The origin failed (with its error response, when it sent one).
+    Failed {
+        response: Option<Arc<OriginResponse>>,
+        error: Option<FetchError>,
+    },
+}
+
+type RevalFlight = Shared<BoxFuture<'static, Arc<Revalidated>>>;
+
+/// The caching reverse proxy. Cheap to share (`Arc`); see the module docs.
+pub struct Proxy {
+    routes: Routes,
+    ns: Namespace<StoredResponse>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    config: ProxyConfig,
+    next_id: AtomicU64,
+    /// Revalidations in flight by `engine key ⏎ response time`. A `parking_lot` mutex: held only to look up or
+    /// insert, never across an await.
+    revalidations: Mutex<HashMap<String, RevalFlight>>,
+    /// URIs whose last response could not be stored, until when (hit-for-miss). Same locking as above.
+    uncacheable: Mutex<HashMap<String, UnixMillis>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("routes", &self.routes)
+            .field("namespace", &self.ns.name())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fields never sent to the origin on the cache path (see the module docs).
+const UNKEYED_OVERRIDES: &[&str] = &[
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-host",
+];
+
+/// Where the stored response for a request was looked for.
+enum Found {
+    /// A stored response that matches the request, under `key`.
+    Hit {
+        key: String,
+        stored: Arc<StoredResponse>,
+    },
+    /// Nothing usable; load under `key`.
+    Miss { key: String, fwd: Fwd },
+}
+
+/// What a request needs carried through the path.
+struct Ctx {
+    id: u64,
+    method: Method,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+    primary: PrimaryKey,
+    path_and_query: String,
+    origin: http::uri::Authority,
+    policy: EdgePolicy,
+    directives: Directives,
+}
+
+impl Proxy {
+    /// A proxy over `routes`, storing in `ns` (see [`edge_namespace`]).
+    pub fn new(routes: Routes, ns: Namespace<StoredResponse>, config: ProxyConfig) -> Arc<Self> {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Arc::new(Self {
+            routes,
+            ns,
+            client,
+            config,
+            next_id: AtomicU64::new(1),
+            revalidations: Mutex::new(HashMap::new()),
+            uncacheable: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The namespace responses are stored in.
+    pub fn namespace(&self) -> &Namespace<StoredResponse> {
+        &self.ns
+    }
+
+    fn now(&self) -> UnixMillis {
+        self.ns.clock().now()
+    }
+
+    /// Answers one request.
+    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        let status = CacheStatus::new(self.config.name.clone());
+        if let Err(e) = check_request_framing(&parts.headers, self.config.max_header_bytes) {
+            let s = status.forward(Fwd::Bypass, None).with_detail(e.as_str());
+            return self.local(StatusCode::BAD_REQUEST, s, parts.version);
+        }
+        // RFC 9112 §3.2: more than one Host is a 400; an absolute-form target's authority wins over Host.
+        if parts.headers.get_all(HOST).iter().count() > 1 {
+            let s = status.forward(Fwd::Bypass, None).with_detail("host");
+            return self.local(StatusCode::BAD_REQUEST, s, parts.version);
+        }
+        let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+            parts
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+        let Some(authority) = authority else {
+            let s = status.forward(Fwd::Bypass, None).with_detail("no-host");
+            return self.local(StatusCode::BAD_REQUEST, s, parts.version);
+        };
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let primary = match PrimaryKey::new(&self.config.key_scheme, &authority, target) {
+            Ok(k) => k,
+            Err(_) => {
+                let s = status.forward(Fwd::Bypass, None).with_detail("bad-uri");
+                return self.local(StatusCode::BAD_REQUEST, s, parts.version);
+            }
+        };
+        let host = authority_host(&authority);
+        // Routed and forwarded by the normalised path, so `/api/../admin` is `/admin` for the route, the key and
+        // the origin alike.
+        let path_and_query = primary.path_and_query().to_string();
+        let Some(route) = self.routes.find(&host, primary.path()) else {
+            let s = status.forward(Fwd::Bypass, None).with_detail("no-route");
+            return self.local(StatusCode::NOT_FOUND, s, parts.version);
+        };
+        let body = match Limited::new(body, self.config.max_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                let s = status
+                    .forward(Fwd::Bypass, None)
+                    .with_detail("request-body");
+                return self.local(StatusCode::PAYLOAD_TOO_LARGE, s, parts.version);
+            }
+        };
+        let ctx = Ctx {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            directives: Directives::for_request(&parts.headers),
+            method: parts.method,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+            primary,
+            path_and_query,
+            origin: route.origin.clone(),
+            policy: route.policy.clone(),
+        };
+        if ctx.method != Method::GET && ctx.method != Method::HEAD {
+            return self.unsafe_or_other(ctx, status).await;
+        }
+        if ctx.headers.contains_key(IF_MATCH) || ctx.headers.contains_key(IF_UNMODIFIED_SINCE) {
+            // Preconditions for the origin (RFC 9111 §4.3.2): straight through, nothing stored.
+            return self
+                .pass(
+                    &ctx,
+                    status
+                        .forward(Fwd::Request, None)
+                        .with_detail("precondition"),
+                )
+                .await;
+        }
+        match self.find(&ctx) {
+            Found::Hit { key, stored } => self.from_stored(ctx, key, stored, status).await,
+            Found::Miss { key, fwd } => self.miss(ctx, key, fwd, status).await,
+        }
+    }
+
+    /// The stored response for the request in L1, selected by `Vary` (see the module docs).
+    fn find(&self, ctx: &Ctx) -> Found {
+        let primary = ctx.primary.as_str().to_string();
+        let Some(latest) = self.ns.get(&primary).and_then(|l| l.to_arc()) else {
+            return Found::Miss {
+                key: primary,
+                fwd: Fwd::UriMiss,
+            };
+        };
+        match Vary::from_headers(&latest.headers) {
+            Vary::None => Found::Hit {
+                key: primary,
+                stored: latest,
+            },
+            Vary::Star => Found::Miss {
+                key: primary,
+                fwd: Fwd::VaryMiss,
+            },
+            vary @ Vary::Fields(_) => {
+                if latest.vary.matches(&ctx.headers) {
+                    return Found::Hit {
+                        key: primary,
+                        stored: latest,
+                    };
+                }
+                let key = variant_key(&primary, &vary, &ctx.headers);
+                match self.ns.get(&key).and_then(|l| l.to_arc()) {
+                    Some(s) if s.vary.matches(&ctx.headers) => Found::Hit { key, stored: s },
+                    _ => Found::Miss {
+                        key,
+                        fwd: Fwd::VaryMiss,
+                    },
+                }
+            }
+        }
+    }
+
+    async fn from_stored(
+        self: &Arc<Self>,
+        ctx: Ctx,
+        key: String,
+        stored: Arc<StoredResponse>,
+        status: CacheStatus,
+    ) -> Response<Full<Bytes>> {
+        let now = self.now();
+        let eval = freshness::evaluate(stored.view(), &ctx.directives, now, &ctx.policy);
+        match eval.decision {
+            Decision::Fresh | Decision::StaleAllowed | Decision::StaleWhileRevalidate => {
+                let mut s = status.hit().with_ttl(eval.ttl());
+                match eval.decision {
+                    Decision::StaleAllowed => s = s.with_detail("max-stale"),
+                    Decision::StaleWhileRevalidate => {
+                        s = s.with_detail("stale-while-revalidate");
+                        // Runs detached (with the origin timeout as its deadline) whether or not anyone awaits it.
+                        drop(self.revalidation(&ctx, &key, &stored));
+                    }
+                    _ => {}
+                }
+                self.respond_stored(&ctx, &stored, now, false, s)
+            }
+            Decision::Revalidate(reason) => {
+                let fwd = if reason.is_request() {
+                    Fwd::Request
+                } else {
+                    Fwd::Stale
+                };
+                if ctx.directives.only_if_cached {
+                    let s = status.forward(fwd, None).with_detail("only-if-cached");
+                    return self.local(StatusCode::GATEWAY_TIMEOUT, s, ctx.version);
+                }
+                let outcome = self.revalidation(&ctx, &key, &stored).await;
+                self.after_revalidation(&ctx, &stored, &eval, fwd, status, &outcome)
+                    .await
+            }
+        }
+    }
+
+    async fn after_revalidation(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        stored: &Arc<StoredResponse>,
+        eval: &Evaluation,
+        fwd: Fwd,
+        status: CacheStatus,
+        outcome: &Revalidated,
+    ) -> Response<Full<Bytes>> {
+        match outcome {
+            Revalidated::Stored {
+                stored: fresh,
+                origin_status,
+            } => {
+                if !fresh.vary.matches(&ctx.headers) {
+                    return self.pass(ctx, status.forward(Fwd::VaryMiss, None)).await;
+                }
+                let s = status
+                    .forward(fwd, Some(origin_status.as_u16()))
+                    .with_stored(true);
+                self.respond_stored(ctx, fresh, self.now(), true, s)
+            }
+            Revalidated::NotStored {
+                leader,
+                reason,
+                response,
+            } => {
+                if *leader == ctx.id {
+                    let s = status
+                        .forward(fwd, Some(response.status.as_u16()))
+                        .with_detail(reason.as_str());
+                    self.respond_origin(ctx, response, s)
+                } else {
+                    self.pass(ctx, status.forward(fwd, None).with_detail(reason.as_str()))
+                        .await
+                }
+            }
+            Revalidated::Failed { response, error } => {
+                let origin_status = response.as_ref().map(|r| r.status.as_u16());
+                if eval.stale_if_error {
+                    let s = status
+                        .forward(Fwd::Stale, origin_status)
+                        .with_ttl(eval.ttl())
+                        .with_detail("stale-if-error");
+                    return self.respond_stored(ctx, stored, self.now(), false, s);
+                }
+                match (response, error) {
+                    (Some(r), _) => self.respond_origin(ctx, r, status.forward(fwd, origin_status)),
+                    (None, Some(e)) => self.origin_failed(ctx, status.forward(fwd, None), e),
+                    (None, None) => self.local(StatusCode::BAD_GATEWAY, status, ctx.version),
+                }
+            }
+        }
+    }
+
+    /// The revalidation of `stored` (collapsed per stored response), as a future that runs detached once
+    /// started: awaiting it joins it, dropping the awaiting future cancels nothing.
+    fn revalidation(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        key: &str,
+        stored: &Arc<StoredResponse>,
+    ) -> RevalFlight {
+        let flight_key = format!("{key}\n{}", stored.response_time);
+        let mut flights = self.revalidations.lock();
+        if let Some(f) = flights.get(&flight_key) {
+            return f.clone();
+        }
+        let this = self.clone();
+        let request = self.origin_request_parts(ctx);
+        let (key_owned, stored_owned, fk) = (key.to_string(), stored.clone(), flight_key.clone());
+        let leader = ctx.id;
+        let policy = ctx.policy.clone();
+        let primary = ctx.primary.clone();
+        let task = tokio::spawn(async move {
+            let out = this
+                .revalidate(
+                    request,
+                    &key_owned,
+                    &primary,
+                    &stored_owned,
+                    leader,
+                    &policy,
+                )
+                .await;
+            this.revalidations.lock().remove(&fk);
+            Arc::new(out)
+        });
+        let flight: RevalFlight = async move {
+            task.await.unwrap_or_else(|_| {
+                Arc::new(Revalidated::Failed {
+                    response: None,
+                    error: Some(FetchError::Connect("revalidation task failed".into())),
+                })
+            })
+        }
+        .boxed()
+        .shared();
+        flights.insert(flight_key, flight.clone());
+        flight
+    }
+
+    async fn revalidate(
+        &self,
+        mut request: OriginRequest,
+        key: &str,
+        primary: &PrimaryKey,
+        stored: &StoredResponse,
+        leader: u64,
+        policy: &EdgePolicy,
+    ) -> Revalidated {
+        let validated = conditional::prepare_validation(&mut request.headers, &stored.headers);
+        let mut response = match self.fetch(&request).await {
+            Ok(r) => r,
+            Err(e) => {
+                return Revalidated::Failed {
+                    response: None,
+                    error: Some(e),
+                }
+            }
+        };
+        if response.status == StatusCode::NOT_MODIFIED {
+            if conditional::selects(&stored.headers, &response.headers, validated) {
+                let updated = conditional::update_from_304(
+                    stored,
+                    &response.headers,
+                    response.request_time,
+                    response.response_time,
+                );
+                let check = storable::check(
+                    Exchange {
+                        method: &Method::GET,
+                        request_headers: &request.client,
+                        status: updated.status,
+                        response_headers: &updated.headers,
+                        complete: true,
+                    },
+                    policy,
+                );
+                return match check {
+                    Ok(_) => {
+                        let updated = Arc::new(updated);
+                        self.store(key, primary, &updated).await;
+                        Revalidated::Stored {
+                            stored: updated,
+                            origin_status: StatusCode::NOT_MODIFIED,
+                        }
+                    }
+                    Err(reason) => {
+                        self.evict(primary).await;
+                        let as_origin = OriginResponse {
+                            status: updated.status,
+                            headers: updated.headers.clone(),
+                            body: updated.body.clone(),
+                            request_time: updated.request_time,
+                            response_time: updated.response_time,
+                        };
+                        Revalidated::NotStored {
+                            leader,
+                            reason,
+                            response: Arc::new(as_origin),
+                        }
+                    }
+                };
+            }
+            // A 304 that selects nothing updates nothing (§4.3.4): ask again without conditionals.
+            for name in [IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_RANGE] {
+                request.headers.remove(name);
+            }
+            response = match self.fetch(&request).await {
+                Ok(r) => r,
+                Err(e) => {
+                    return Revalidated::Failed {
+                        response: None,
+                        error: Some(e),
+                    }
+                }
+            };
+        }
+        if is_origin_error(response.status) {
+            return Revalidated::Failed {
+                response: Some(Arc::new(response)),
+                error: None,
+            };
+        }
+        match self.storable(&request.client, &response, policy) {
+            Ok(new) => {
+                let new = Arc::new(new);
+                self.store(key, primary, &new).await;
+                Revalidated::Stored {
+                    stored: new,
+                    origin_status: response.status,
+                }
+            }
+            Err(reason) => {
+                // The stored response is superseded by one that may not be kept.
+                self.evict(primary).await;
+                Revalidated::NotStored {
+                    leader,
+                    reason,
+                    response: Arc::new(response),
+                }
+            }
+        }
+    }
+
+    async fn miss(
+        self: &Arc<Self>,
+        ctx: Ctx,
+        key: String,
+        fwd: Fwd,
+        status: CacheStatus,
+    ) -> Response<Full<Bytes>> {
+        if ctx.directives.only_if_cached {
+            let s = status.forward(fwd, None).with_detail("only-if-cached");
+            return self.local(StatusCode::GATEWAY_TIMEOUT, s, ctx.version);
+        }
+        let now = self.now();
+        let uncacheable = {
+            let mut map = self.uncacheable.lock();
+            map.retain(|_, until| *until > now);
+            map.contains_key(ctx.primary.as_str())
+        };
+        if uncacheable {
+            return self
+                .load_uncollapsed(
+                    &ctx,
+                    &key,
+                    status.forward(fwd, None).with_detail("hit-for-miss"),
+                )
+                .await;
+        }
+        let this = self.clone();
+        let request = self.origin_request_parts(&ctx);
+        let leader = ctx.id;
+        let policy = ctx.policy.clone();
+        let loaded = self
+            .ns
+            .try_get_or_load(&key, move || async move {
+                let response = this.fetch(&request).await.map_err(LoadFailure::Origin)?;
+                match this.storable(&request.client, &response, &policy) {
+                    Ok(stored) => {
+                        let mut tags = stored.tags();
+                        tags.push(uri_tag(&request.primary));
+                        Ok(Fetched::value(stored).with_tags(tags))
+                    }
+                    Err(reason) => Err(LoadFailure::NotStored {
+                        leader,
+                        reason,
+                        response: Arc::new(response),
+                    }),
+                }
+            })
+            .await;
+        match loaded {
+            Ok(lookup) => {
+                let Some(stored) = lookup.to_arc() else {
+                    return self.pass(&ctx, status.forward(fwd, None)).await;
+                };
+                match lookup.status() {
+                    Status::Miss | Status::Coalesced => {
+                        if !stored.vary.matches(&ctx.headers) {
+                            return self.pass(&ctx, status.forward(Fwd::VaryMiss, None)).await;
+                        }
+                        if lookup.status() == Status::Miss {
+                            self.index_variant(&key, &ctx.primary, &stored).await;
+                        }
+                        let s = status
+                            .forward(fwd, Some(stored.status.as_u16()))
+                            .with_stored(true)
+                            .with_collapsed(lookup.status() == Status::Coalesced);
+                        self.respond_stored(&ctx, &stored, self.now(), true, s)
+                    }
+                    // Filled meanwhile, or found in L2: a stored response like any other.
+                    _ if stored.vary.matches(&ctx.headers) => {
+                        self.from_stored(ctx, key, stored, status).await
+                    }
+                    _ => self.pass(&ctx, status.forward(Fwd::VaryMiss, None)).await,
+                }
+            }
+            Err(e) => match e.loader_error::<LoadFailure>() {
+                Some(LoadFailure::NotStored {
+                    leader,
+                    reason,
+                    response,
+                }) => {
+                    // Hit-for-miss only for what the response itself says, never for this request's own traits.
+                    if !matches!(
+                        reason,
+                        NotStorable::RequestNoStore
+                            | NotStorable::Authorization
+                            | NotStorable::Incomplete
+                    ) {
+                        self.mark_uncacheable(&ctx.primary);
+                    }
+                    let s = status.forward(fwd, Some(response.status.as_u16()));
+                    if *leader == ctx.id {
+                        self.respond_origin(&ctx, response, s.with_detail(reason.as_str()))
+                    } else {
+                        self.load_uncollapsed(&ctx, &key, s.with_detail(reason.as_str()))
+                            .await
+                    }
+                }
+                Some(LoadFailure::Origin(err)) => {
+                    let err = err.clone();
+                    self.origin_failed(&ctx, status.forward(fwd, None), &err)
+                }
+                None if matches!(e, strata::Error::Timeout { .. }) => {
+                    self.origin_failed(&ctx, status.forward(fwd, None), &FetchError::Timeout)
+                }
+                None => {
+                    tracing::warn!(uri = %ctx.primary, error = %e, "engine failed");
+                    let s = status.forward(fwd, None).with_detail("engine");
+                    self.local(StatusCode::BAD_GATEWAY, s, ctx.version)
+                }
+            },
+        }
+    }
+
+    /// A load that does not join others (hit-for-miss, or a waiter that may not use the leader's answer).
+    async fn load_uncollapsed(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        key: &str,
+        status: CacheStatus,
+    ) -> Response<Full<Bytes>> {
+        let request = self.origin_request_parts(ctx);
+        let response = match self.fetch(&request).await {
+            Ok(r) => r,
+            Err(e) => return self.origin_failed(ctx, status, &e),
+        };
+        match self.storable(&ctx.headers, &response, &ctx.policy) {
+            Ok(stored) => {
+                self.uncacheable.lock().remove(ctx.primary.as_str());
+                let stored = Arc::new(stored);
+                self.store(key, &ctx.primary, &stored).await;
+                self.respond_stored(ctx, &stored, self.now(), true, status.with_stored(true))
+            }
+            Err(_) => self.respond_origin(ctx, &response, status),
+        }
+    }
+
+    /// Unsafe (and other non-GET/HEAD) methods: forwarded; success invalidates (RFC 9111 §4.4).
+    async fn unsafe_or_other(&self, ctx: Ctx, status: CacheStatus) -> Response<Full<Bytes>> {
+        let request = OriginRequest {
+            method: ctx.method.clone(),
+            headers: forward_headers(&ctx.headers, ctx.version, &self.config.via, true),
+            body: ctx.body.clone(),
+            ..self.origin_request_parts(&ctx)
+        };
+        match self.fetch(&request).await {
+            Ok(response) => {
+                for k in invalidation::invalidated(
+                    &ctx.method,
+                    response.status,
+                    &ctx.primary,
+                    &response.headers,
+                ) {
+                    self.evict(&k).await;
+                }
+                let s = status.forward(Fwd::Method, Some(response.status.as_u16()));
+                self.respond_origin(&ctx, &response, s)
+            }
+            Err(e) => self.origin_failed(&ctx, status.forward(Fwd::Method, None), &e),
+        }
+    }
+
+    /// Forwards the request as it is (method, conditionals), storing nothing.
+    async fn pass(&self, ctx: &Ctx, status: CacheStatus) -> Response<Full<Bytes>> {
+        let request = OriginRequest {
+            method: ctx.method.clone(),
+            headers: forward_headers(&ctx.headers, ctx.version, &self.config.via, true),
+            ..self.origin_request_parts(ctx)
+        };
+        match self.fetch(&request).await {
+            Ok(r) => {
+                let origin_status = r.status.as_u16();
+                self.respond_origin(ctx, &r, status.with_fwd_status(origin_status))
+            }
+            Err(e) => self.origin_failed(ctx, status, &e),
+        }
+    }
+
+    /// Whether an origin response may be stored, as the stored response.
+    fn storable(
+        &self,
+        request_headers: &HeaderMap,
+        response: &OriginResponse,
+        policy: &EdgePolicy,
+    ) -> Result<StoredResponse, NotStorable> {
+        let complete = response
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .is_none_or(|n| n == response.body.len());
+        let plan = storable::check(
+            Exchange {
+                method: &Method::GET,
+                request_headers,
+                status: response.status,
+                response_headers: &response.headers,
+                complete,
+            },
+            policy,
+        )?;
+        let vary = Vary::from_headers(&response.headers).values(request_headers);
+        Ok(StoredResponse::new(
+            response.status,
+            response.headers.clone(),
+            response.body.clone(),
+            response.request_time,
+            response.response_time,
+            vary,
+            &plan,
+        ))
+    }
+
+    /// Stores a response under its engine key, and as the URI's latest response when it is a variant.
+    async fn store(&self, key: &str, primary: &PrimaryKey, stored: &Arc<StoredResponse>) {
+        let mut tags = stored.tags();
+        tags.push(uri_tag(primary));
+        let value = StoredResponse::clone(stored);
+        self.ns
+            .insert_fetched(key, Fetched::value(value.clone()).with_tags(tags.clone()))
+            .await;
+        if key != primary.as_str() {
+            self.ns
+                .insert_fetched(primary.as_str(), Fetched::value(value).with_tags(tags))
+                .await;
+        } else {
+            self.index_variant(key, primary, stored).await;
+        }
+    }
+
+    /// A response loaded under the primary key that varies is also stored under its variant key, so it stays
+    /// selectable once a later variant becomes the URI's latest response.
+    async fn index_variant(&self, key: &str, primary: &PrimaryKey, stored: &Arc<StoredResponse>) {
+        if key != primary.as_str() {
+            return;
+        }
+        let vary = Vary::from_headers(&stored.headers);
+        if let Vary::Fields(_) = vary {
+            let variant = format!("{}\n{}", primary.as_str(), stored.vary.secondary_key());
+            let mut tags = stored.tags();
+            tags.push(uri_tag(primary));
+            self.ns
+                .insert_fetched(
+                    &variant,
+                    Fetched::value(StoredResponse::clone(stored)).with_tags(tags),
+                )
+                .await;
+        }
+    }
+
+    /// Evicts every stored response of a URI (all variants).
+    async fn evict(&self, primary: &PrimaryKey) {
+        self.ns.invalidate_tag(&uri_tag(primary)).await;
+    }
+
+    fn mark_uncacheable(&self, primary: &PrimaryKey) {
+        let until = self.now() + self.config.hit_for_miss.as_millis() as u64;
+        self.uncacheable
+            .lock()
+            .insert(primary.as_str().to_string(), until);
+    }
+
+    /// The origin request for a cache fill: `GET`, no client conditionals, no unkeyed overrides, `Via`.
+    fn origin_request_parts(&self, ctx: &Ctx) -> OriginRequest {
+        let mut headers = forward_headers(&ctx.headers, ctx.version, &self.config.via, false);
+        for name in UNKEYED_OVERRIDES {
+            headers.remove(*name);
+        }
+        for name in [
+            IF_NONE_MATCH,
+            IF_MODIFIED_SINCE,
+            IF_RANGE,
+            IF_MATCH,
+            IF_UNMODIFIED_SINCE,
+        ] {
+            headers.remove(name);
+        }
+        // A fill fetches the whole representation: a range request would bring back a 206, which is not
+        // stored (the client gets the full 200, which RFC 9110 §14.2 allows).
+        headers.remove(RANGE);
+        headers.remove(CONTENT_LENGTH);
+        OriginRequest {
+            method: Method::GET,
+            origin: ctx.origin.clone(),
+            path_and_query: ctx.path_and_query.clone(),
+            headers,
+            body: Bytes::new(),
+            primary: ctx.primary.clone(),
+            client: ctx.headers.clone(),
+        }
+    }
+
+    async fn fetch(&self, req: &OriginRequest) -> Result<OriginResponse, FetchError> {
+        let uri = format!("http://{}{}", req.origin, req.path_and_query);
+        let mut builder = Request::builder().method(req.method.clone()).uri(uri);
+        if let Some(h) = builder.headers_mut() {
+            *h = req.headers.clone();
+        }
+        let request = builder
+            .body(Full::new(req.body.clone()))
+            .map_err(|e| FetchError::Connect(e.to_string()))?;
+        let request_time = self.now();
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| FetchError::Connect(e.to_string()))?;
+            let response_time = self.now();
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, self.config.max_body_bytes)
+                .collect()
+                .await
+                .map_err(|e| FetchError::Incomplete(e.to_string()))?
+                .to_bytes();
+            Ok(OriginResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+                request_time,
+                response_time,
+            })
+        };
+        tokio::time::timeout(self.config.origin_timeout, exchange)
+            .await
+            .map_err(|_| FetchError::Timeout)?
+    }
+
+    /// An answer from a stored response: the client's conditionals, `HEAD`, `Age`, `Via`, `Cache-Status`.
+    fn respond_stored(
+        &self,
+        ctx: &Ctx,
+        stored: &StoredResponse,
+        now: UnixMillis,
+        validated: bool,
+        status: CacheStatus,
+    ) -> Response<Full<Bytes>> {
+        let mut headers = stored.headers.clone();
+        if !validated {
+            // no-cache="field": the field is not sent without a successful validation (§5.2.2.4).
+            let (d, _) = Directives::for_response(&stored.headers);
+            if let Some(FieldList::Fields(fields)) = &d.no_cache {
+                for f in fields {
+                    if let Ok(name) = HeaderName::from_bytes(f.as_bytes()) {
+                        headers.remove(name);
+                    }
+                }
+            }
+        }
+        let age = freshness::current_age_ms(
+            &stored.headers,
+            stored.request_time,
+            stored.response_time,
+            now,
+        ) / 1000;
+        let (code, mut headers, body) =
+            match conditional::evaluate_client(&ctx.method, &ctx.headers, stored) {
+                ClientConditional::NotModified => (
+                    StatusCode::NOT_MODIFIED,
+                    conditional::not_modified_headers(&headers),
+                    Bytes::new(),
+                ),
+                _ => (stored.status, headers, stored.body.clone()),
+            };
+        set_age(&mut headers, age);
+        // Strata-Cache-Control speaks to this tier only (RFC 9213): it stays stored, never goes downstream.
+        headers.remove(&STRATA_CACHE_CONTROL);
+        append_via(&mut headers, ctx.version, &self.config.via);
+        status.append_to(&mut headers);
+        let body = if ctx.method == Method::HEAD {
+            Bytes::new()
+        } else {
+            body
+        };
+        build(code, headers, body)
+    }
+
+    /// An answer straight from the origin (not from the cache): hop-by-hop removed, `Via`, `Cache-Status`.
+    fn respond_origin(
+        &self,
+        ctx: &Ctx,
+        response: &OriginResponse,
+        status: CacheStatus,
+    ) -> Response<Full<Bytes>> {
+        let mut headers = response.headers.clone();
+        remove_hop_by_hop(&mut headers);
+        headers.remove(&STRATA_CACHE_CONTROL);
+        append_via(&mut headers, ctx.version, &self.config.via);
+        status.append_to(&mut headers);
+        let body = if ctx.method == Method::HEAD {
+            Bytes::new()
+        } else {
+            response.body.clone()
+        };
+        build(response.status, headers, body)
+    }
+
+    fn origin_failed(
+        &self,
+        ctx: &Ctx,
+        status: CacheStatus,
+        e: &FetchError,
+    ) -> Response<Full<Bytes>> {
+        let (code, detail) = match e {
+            FetchError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "origin-timeout"),
+            FetchError::Connect(_) => (StatusCode::BAD_GATEWAY, "origin-unreachable"),
+            FetchError::Incomplete(_) => (StatusCode::BAD_GATEWAY, "origin-incomplete"),
+        };
+        tracing::warn!(uri = %ctx.primary, error = %e, "origin failed");
+        self.local(code, status.with_detail(detail), ctx.version)
+    }
+
+    /// An answer the proxy makes itself (errors).
+    fn local(
+        &self,
+        code: StatusCode,
+        status: CacheStatus,
+        version: Version,
+    ) -> Response<Full<Bytes>> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        if code == StatusCode::BAD_REQUEST {
+            // A request refused for its framing or head leaves the connection in doubt: close it.
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        append_via(&mut headers, version, &self.config.via);
+        status.append_to(&mut headers);
+        let body = Bytes::from(format!(
+            "{} {}\n",
+            code.as_u16(),
+            code.canonical_reason().unwrap_or("")
+        ));
+        build(code, headers, body)
+    }
+}
+
+/// A request to the origin.
+#[derive(Debug, Clone)]
+struct OriginRequest {
+    method: Method,
+    origin: http::uri::Authority,
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Bytes,
+    primary: PrimaryKey,
+    /// The client's own fields: what `Vary` values and storability are judged on.
+    client: HeaderMap,
+}
+
+/// The client's fields for the origin: hop-by-hop removed, `Via` appended; `keep_conditionals` keeps the
+/// client's own conditionals (pass-through).
+fn forward_headers(
+    headers: &HeaderMap,
+    version: Version,
+    via: &str,
+    keep_conditionals: bool,
+) -> HeaderMap {
+    let mut h = headers.clone();
+    remove_hop_by_hop(&mut h);
+    if !keep_conditionals {
+        for name in [IF_NONE_MATCH, IF_MODIFIED_SINCE, IF_RANGE] {
+            h.remove(name);
+        }
+    }
+    append_via(&mut h, version, via);
+    h
+}
+
+/// Whether an origin status counts as an error for `stale-if-error` (RFC 5861 §4: 500, 502, 503, 504).
+pub fn is_origin_error(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// The tag every stored response of a URI carries, so an invalidation removes every variant.
+pub fn uri_tag(primary: &PrimaryKey) -> String {
+    format!("strata-uri {}", primary.as_str())
+}
+
+/// The engine key of a request's variant: `primary ⏎ secondary key`.
+fn variant_key(primary: &str, vary: &Vary, request: &HeaderMap) -> String {
+    format!("{primary}\n{}", vary.values(request).secondary_key())
+}
+
+fn authority_host(authority: &str) -> String {
+    let a = authority.to_ascii_lowercase();
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("").to_string();
+    }
+    a.rsplit_once(':').map_or(a.clone(), |(h, _)| h.to_string())
+}
+
+fn build(code: StatusCode, headers: HeaderMap, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = code;
+    *r.headers_mut() = headers;
+    r
+}
+
+/// Serves the proxy on `listener` (HTTP/1.1) until `shutdown` resolves; connections in progress finish on
+/// their own.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _peer)): Result<(tokio::net::TcpStream, SocketAddr), _> = accepted else {
+            continue;
+        };
+        let proxy = proxy.clone();
+        // The guard's limit is a hard wall well past the service's own header limit, which answers first.
+        let io = TokioIo::new(FramingGuard::new(
+            stream,
+            proxy.config.max_header_bytes.saturating_mul(2),
+        ));
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
