@@ -100,6 +100,12 @@ pub enum DirectiveSource {
 }
 
 impl DirectiveSource {
+    /// Whether `Expires` counts: not when a targeted field was chosen, which "MUST ignore" `Cache-Control` and
+    /// `Expires` alike (RFC 9213 §2.2).
+    pub fn expires_applies(self) -> bool {
+        matches!(self, DirectiveSource::CacheControl | DirectiveSource::None)
+    }
+
     /// A short name for logs and `Cache-Status` details.
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -20,8 +20,9 @@
 //! resident_time         = now - response_time
 //! current_age           = corrected_initial_age + resident_time
 //! ```
-//! computed in milliseconds and reported in whole seconds. An `Age` that is not one `delta-seconds` value
-//! (`abc`, `-7200`, `7200.0`, `old, 0`, two differing lines) makes the response stale (its age is taken as 2^31).
+//! computed in milliseconds and reported in whole seconds. `age_value` is the first member of the first `Age`
+//! line (`0, 7200` and two lines `1` / `2` read as 0 and 1); a member that is not a non-negative integer (`abc`,
+//! `-7200`, `7200.0`) is ignored, as §5.1 says, and the age comes from `Date` and the resident time alone.
 //!
 //! # The decision, in order
 //! 1. Request `no-cache` (or `Pragma: no-cache`) → revalidate; response `no-cache` without field names →
@@ -47,7 +48,7 @@ use http::header::{HeaderMap, AGE, DATE, EXPIRES, LAST_MODIFIED};
 use http::StatusCode;
 use strata_core::UnixMillis;
 
-use crate::directives::{Directives, FieldList, MaxStale, DELTA_SECONDS_MAX};
+use crate::directives::{DirectiveSource, Directives, FieldList, MaxStale, DELTA_SECONDS_MAX};
 use crate::policy::EdgePolicy;
 
 /// Status codes heuristically cacheable by default (RFC 9110 §15.1).
@@ -125,11 +126,13 @@ pub fn date_value(headers: &HeaderMap) -> Option<u64> {
     single_date(headers, DATE).flatten()
 }
 
-/// The freshness lifetime of a response (see the module docs).
+/// The freshness lifetime of a response (see the module docs). `source`: the field `directives` came from; when it
+/// is a targeted field, `Expires` does not count (RFC 9213 §2.2).
 pub fn freshness_lifetime(
     status: StatusCode,
     headers: &HeaderMap,
     directives: &Directives,
+    source: DirectiveSource,
     response_time: UnixMillis,
     policy: &EdgePolicy,
 ) -> Lifetime {
@@ -146,7 +149,7 @@ pub fn freshness_lifetime(
         };
     }
     let date = date_value(headers).unwrap_or(response_time / 1000);
-    if let Some(expires) = single_date(headers, EXPIRES) {
+    if let Some(expires) = single_date(headers, EXPIRES).filter(|_| source.expires_applies()) {
         let secs = expires.map_or(0, |e| e.saturating_sub(date).min(DELTA_SECONDS_MAX));
         return Lifetime {
             secs,
@@ -172,25 +175,28 @@ pub fn freshness_lifetime(
     }
 }
 
-/// The `Age` field's value (§5.1): `Ok(0)` when absent, `Err(())` when it is not one delta-seconds value.
-#[allow(clippy::result_unit_err)]
-pub fn age_value(headers: &HeaderMap) -> Result<u64, ()> {
-    let mut values = headers.get_all(AGE).iter();
-    let Some(first) = values.next() else {
-        return Ok(0);
+/// The `Age` field's value (§5.1): the first member of the first field line — "a cache encountering a message with
+/// a list-based Age field value SHOULD use the first member of the field value, discarding subsequent ones" — and
+/// 0 when that member is not a non-negative integer ("a cache SHOULD ignore the field") or the field is absent.
+/// Values past 2^31 are capped there (§1.2.2).
+pub fn age_value(headers: &HeaderMap) -> u64 {
+    let Some(first) = headers.get(AGE) else {
+        return 0;
     };
-    if values.any(|v| v != first) {
-        return Err(());
-    }
-    let v = first.as_bytes();
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return Err(());
+    let member = first
+        .as_bytes()
+        .split(|b| *b == b',')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if member.is_empty() || !member.iter().all(u8::is_ascii_digit) {
+        return 0;
     }
     let mut n: u64 = 0;
-    for b in v {
+    for b in member {
         n = n.saturating_mul(10).saturating_add(u64::from(b - b'0'));
     }
-    Ok(n.min(DELTA_SECONDS_MAX))
+    n.min(DELTA_SECONDS_MAX)
 }
 
 /// The current age in milliseconds (§4.2.3; see the module docs). `request_time` and `response_time` are
@@ -201,9 +207,7 @@ pub fn current_age_ms(
     response_time: UnixMillis,
     now: UnixMillis,
 ) -> u64 {
-    let Ok(age_value) = age_value(headers) else {
-        return DELTA_SECONDS_MAX * 1000;
-    };
+    let age_value = age_value(headers);
     let apparent_age = match date_value(headers) {
         Some(date) => response_time.saturating_sub(date.saturating_mul(1000)),
         None => 0,
@@ -324,11 +328,12 @@ pub fn evaluate(
     now: UnixMillis,
     policy: &EdgePolicy,
 ) -> Evaluation {
-    let (response, _) = Directives::for_response(stored.headers);
+    let (response, source) = Directives::for_response(stored.headers);
     let lifetime = freshness_lifetime(
         stored.status,
         stored.headers,
         &response,
+        source,
         stored.response_time,
         policy,
     );
@@ -358,7 +363,10 @@ pub fn evaluate(
         response.stale_while_revalidate,
         policy.stale_while_revalidate,
     );
+    // The request's `stale-if-error` (RFC 5861 §4) is a client's permission, which `s-maxage`'s implied
+    // `proxy-revalidate` refuses like the client's `max-stale`: only the response's own counts then.
     let sie_own = match (response.stale_if_error, request.stale_if_error) {
+        (a, _) if implied => a,
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     };
@@ -645,26 +653,38 @@ mod tests {
     }
 
     #[test]
-    fn rfc9111_5_1_invalid_age_is_stale() {
-        for bad in ["abc", "-7200", "7200.0", "old, 0", ""] {
-            let h = headers(&[
-                ("date", date(T)),
-                ("cache-control", "max-age=3600".into()),
-                ("age", bad.into()),
-            ]);
-            assert_eq!(d(0, &h, ""), STALE, "{bad:?}");
+    fn rfc9213_2_2_a_targeted_field_makes_expires_not_count() {
+        let expires = date(T + 3600);
+        let h = headers(&[
+            ("date", date(T)),
+            ("expires", expires.clone()),
+            ("cdn-cache-control", "public".into()),
+        ]);
+        assert_eq!(d(0, &h, ""), STALE);
+        let h = headers(&[("date", date(T)), ("expires", expires)]);
+        assert_eq!(d(0, &h, ""), Decision::Fresh);
+    }
+
+    #[test]
+    fn rfc9111_5_1_age_uses_the_first_member_and_ignores_an_invalid_one() {
+        let fresh_for_an_hour = |age: &[&str]| {
+            let mut h = headers(&[("date", date(T)), ("cache-control", "max-age=3600".into())]);
+            for a in age {
+                h.append(AGE, a.parse().unwrap());
+            }
+            d(0, &h, "")
+        };
+        // Invalid: ignored, so the response is as old as Date says (0 s here) and fresh.
+        for bad in ["abc", "-7200", "7200.0", "old, 7200", ""] {
+            assert_eq!(fresh_for_an_hour(&[bad]), Decision::Fresh, "{bad:?}");
         }
-        let h = headers(&[
-            ("cache-control", "max-age=3600".into()),
-            ("age", "1".into()),
-            ("age", "2".into()),
-        ]);
-        assert_eq!(d(0, &h, ""), STALE);
-        let h = headers(&[
-            ("cache-control", "max-age=3600".into()),
-            ("age", "99999999999999".into()),
-        ]);
-        assert_eq!(d(0, &h, ""), STALE);
+        // A list, or two lines: the first member counts.
+        assert_eq!(fresh_for_an_hour(&["0, 7200"]), Decision::Fresh);
+        assert_eq!(fresh_for_an_hour(&["7200, 0"]), STALE);
+        assert_eq!(fresh_for_an_hour(&["1", "7200"]), Decision::Fresh);
+        assert_eq!(fresh_for_an_hour(&["7200", "1"]), STALE);
+        // Valid but huge: capped at 2^31, stale.
+        assert_eq!(fresh_for_an_hour(&["99999999999999"]), STALE);
     }
 
     #[test]
@@ -819,6 +839,9 @@ mod tests {
         let h = headers(&[("cache-control", "s-maxage=10".into())]);
         let e = eval_at(&h, "", 15, &policy);
         assert_eq!((e.decision, e.stale_if_error), (STALE, false));
+        // Nor does the client's own stale-if-error (RFC 5861 §4) pass the implied proxy-revalidate.
+        let e = eval_at(&h, "stale-if-error=100", 15, &policy);
+        assert_eq!((e.decision, e.stale_if_error), (STALE, false));
         let h = headers(&[(
             "cache-control",
             "s-maxage=10, stale-while-revalidate=20, stale-if-error=30".into(),
@@ -876,7 +899,7 @@ mod tests {
             let x = current_age_ms(&h, a, a, a);
             let y = current_age_ms(&h, a, a, a.saturating_add(b));
             prop_assert!(y >= x);
-            let _ = freshness_lifetime(StatusCode::OK, &h, &Directives::default(), a, &EdgePolicy::default());
+            let _ = freshness_lifetime(StatusCode::OK, &h, &Directives::default(), DirectiveSource::None, a, &EdgePolicy::default());
         }
 
         /// Model check of §4.2.4: whatever the directives, the request and the route, a response carrying

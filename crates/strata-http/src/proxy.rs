@@ -273,6 +273,8 @@ enum Revalidated {
     Stored {
         stored: Arc<StoredResponse>,
         origin_status: StatusCode,
+        /// The request whose revalidation it was: only its answer counts as validated (RFC 9111 §5.2.2.4).
+        leader: u64,
     },
     /// The origin answered with something that may not be stored (the old entry is gone); only `leader` uses it.
     NotStored {
@@ -435,12 +437,25 @@ impl Proxy {
                 return self.local(StatusCode::PAYLOAD_TOO_LARGE, s, parts.version);
             }
         };
+        let mut headers = parts.headers;
+        // RFC 9112 §3.2.2: the origin sees the target's authority as `Host` — the one the key is built from — so a
+        // request in absolute form cannot send another `Host` to the origin and have its answer stored under this
+        // key.
+        match HeaderValue::from_str(&authority) {
+            Ok(v) => {
+                headers.insert(HOST, v);
+            }
+            Err(_) => {
+                let s = status.forward(Fwd::Bypass, None).with_detail("host");
+                return self.local(StatusCode::BAD_REQUEST, s, parts.version);
+            }
+        }
         let ctx = Ctx {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            directives: Directives::for_request(&parts.headers),
+            directives: Directives::for_request(&headers),
             method: parts.method,
             version: parts.version,
-            headers: parts.headers,
+            headers,
             body,
             primary,
             path_and_query,
@@ -557,6 +572,7 @@ impl Proxy {
             Revalidated::Stored {
                 stored: fresh,
                 origin_status,
+                leader,
             } => {
                 if !fresh.vary.matches(&ctx.headers) {
                     return self.pass(ctx, status.forward(Fwd::VaryMiss, None)).await;
@@ -564,7 +580,9 @@ impl Proxy {
                 let s = status
                     .forward(fwd, Some(origin_status.as_u16()))
                     .with_stored(true);
-                self.respond_stored(ctx, fresh, self.now(), true, s)
+                // Fields named by `no-cache="…"` go only to the request that was validated, not to those that
+                // waited for it (RFC 9111 §5.2.2.4).
+                self.respond_stored(ctx, fresh, self.now(), *leader == ctx.id, s)
             }
             Revalidated::NotStored {
                 leader,
@@ -592,6 +610,13 @@ impl Proxy {
                 }
                 match (response, error) {
                     (Some(r), _) => self.respond_origin(ctx, r, status.forward(fwd, origin_status)),
+                    // A stored response that may not be reused while the origin cannot be reached: the cache
+                    // "MUST generate an error response … SHOULD be 504" (RFC 9111 §5.2.2.2).
+                    (None, Some(FetchError::Connect(_))) => self.local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        status.forward(fwd, None).with_detail("origin-unreachable"),
+                        ctx.version,
+                    ),
                     (None, Some(e)) => self.origin_failed(ctx, status.forward(fwd, None), e),
                     (None, None) => self.local(StatusCode::BAD_GATEWAY, status, ctx.version),
                 }
@@ -684,16 +709,26 @@ impl Proxy {
                     policy,
                 );
                 return match check {
-                    Ok(_) => {
+                    Ok(plan) => {
+                        // The 304's fields are stored too: those `private="…"` / `no-cache="…"` name stay out
+                        // (RFC 9111 §5.2.2.4, §5.2.2.7), as on a full response.
+                        let mut updated = updated;
+                        for name in &plan.omit {
+                            updated.headers.remove(name);
+                        }
                         let updated = Arc::new(updated);
                         self.store(key, primary, &updated).await;
                         Revalidated::Stored {
                             stored: updated,
                             origin_status: StatusCode::NOT_MODIFIED,
+                            leader,
                         }
                     }
                     Err(reason) => {
-                        self.evict(primary).await;
+                        // A reason of this request's own must not let one client evict what every client reads.
+                        if !reason.is_the_requests() {
+                            self.evict(primary).await;
+                        }
                         let as_origin = OriginResponse {
                             status: updated.status,
                             headers: updated.headers.clone(),
@@ -736,11 +771,15 @@ impl Proxy {
                 Revalidated::Stored {
                     stored: new,
                     origin_status: response.status,
+                    leader,
                 }
             }
             Err(reason) => {
-                // The stored response is superseded by one that may not be kept.
-                self.evict(primary).await;
+                // The stored response is superseded by one that may not be kept — unless the reason is this
+                // request's own (its `no-store`, its `Authorization`).
+                if !reason.is_the_requests() {
+                    self.evict(primary).await;
+                }
                 Revalidated::NotStored {
                     leader,
                     reason,
@@ -815,7 +854,9 @@ impl Proxy {
                             .forward(fwd, Some(stored.status.as_u16()))
                             .with_stored(true)
                             .with_collapsed(lookup.status() == Status::Coalesced);
-                        self.respond_stored(&ctx, &stored, self.now(), true, s)
+                        // A collapsed request was not the one the origin answered (RFC 9111 §5.2.2.4).
+                        let validated = lookup.status() == Status::Miss;
+                        self.respond_stored(&ctx, &stored, self.now(), validated, s)
                     }
                     // Filled meanwhile, or found in L2: a stored response like any other.
                     _ if stored.vary.matches(&ctx.headers) => {

@@ -63,6 +63,15 @@ pub enum NotStorable {
 }
 
 impl NotStorable {
+    /// Whether the reason lies in this request (its `no-store`, its `Authorization`) rather than in the response:
+    /// then the answer is not stored for this request, but what is stored for everyone else stays.
+    pub fn is_the_requests(&self) -> bool {
+        matches!(
+            self,
+            NotStorable::RequestNoStore | NotStorable::Authorization
+        )
+    }
+
     /// A short name for `Cache-Status` details and metric labels.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -113,7 +122,7 @@ fn understood(status: StatusCode) -> bool {
 
 /// Checks every rule of the module docs; `Ok` with what to leave out, or the first rule that fails.
 pub fn check(ex: Exchange<'_>, policy: &EdgePolicy) -> Result<StorePlan, NotStorable> {
-    let (resp, _) = Directives::for_response(ex.response_headers);
+    let (resp, source) = Directives::for_response(ex.response_headers);
     let req = Directives::for_request(ex.request_headers);
     let status = ex.status;
     if !ex.complete || status == StatusCode::PARTIAL_CONTENT {
@@ -167,7 +176,9 @@ pub fn check(ex: Exchange<'_>, policy: &EdgePolicy) -> Result<StorePlan, NotStor
         return Err(NotStorable::VaryStar);
     }
     let h = ex.response_headers;
-    let explicit = resp.max_age.is_some() || resp.s_maxage.is_some() || h.contains_key(EXPIRES);
+    let explicit = resp.max_age.is_some()
+        || resp.s_maxage.is_some()
+        || (h.contains_key(EXPIRES) && source.expires_applies());
     let heuristic = policy.heuristic_per_mille > 0
         && (heuristically_cacheable(status) || resp.public)
         && h.contains_key(LAST_MODIFIED);

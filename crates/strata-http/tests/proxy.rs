@@ -755,6 +755,33 @@ async fn routes_keys_and_origin_requests_use_the_normalised_path() {
 }
 
 #[tokio::test]
+async fn rfc9112_3_2_2_an_absolute_form_target_is_the_host_the_origin_sees() {
+    let h = Harness::new().await;
+    h.origin.set(|seen, _| {
+        let host = seen
+            .headers
+            .get("host")
+            .map_or("-", |v| v.to_str().unwrap())
+            .to_string();
+        (
+            200,
+            vec![("cache-control", "max-age=60".into())],
+            format!("host={host}"),
+        )
+    });
+    // The key is built from the target's authority; a Host that disagrees must not reach the origin, or its
+    // answer (evil's page) would be stored under site.example's key.
+    let text = raw(
+        &h,
+        b"GET http://site.example/p HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(h.origin.last().headers.get("host").unwrap(), "site.example");
+    assert_eq!(h.get("/p", &[]).await.body, "host=site.example");
+}
+
+#[tokio::test]
 async fn rfc9112_3_2_two_host_fields_are_refused() {
     let h = Harness::new().await;
     let text = raw(
