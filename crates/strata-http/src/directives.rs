@@ -22,11 +22,15 @@
 //! # Targeted fields (RFC 9213)
 //! `Strata-Cache-Control` (targeted at this tier only) and `CDN-Cache-Control` (at every CDN) are Structured
 //! Field Dictionaries (RFC 8941 §3.2, parsed strictly by [`crate::sf`]). For this tier the precedence is
-//! `Strata-Cache-Control` > `CDN-Cache-Control` > `Cache-Control`: the first of them that is present and valid is
-//! the response's directives, and the others are ignored *entirely* (so `Cache-Control: no-store` with
+//! `Strata-Cache-Control` > `CDN-Cache-Control` > `Surrogate-Control` > `Cache-Control`: the first of them that is
+//! present and valid is the response's directives, and the others are ignored *entirely* (so `Cache-Control:
+//! no-store` with
 //! `CDN-Cache-Control: max-age=60` is stored for 60 s). A targeted field that is present but empty, fails to
 //! parse, or carries a known directive with a wrong type (`max-age="60"`, `no-store=5`) is ignored as if absent
-//! (RFC 9213 §2.1). `Expires` still counts when the chosen directives carry no `max-age`/`s-maxage`.
+//! (RFC 9213 §2.1). When a targeted field is chosen, `Expires` does not count either (RFC 9213 §2.2).
+//!
+//! `Surrogate-Control` (W3C Edge Architecture 1.0, what Fastly and Akamai read) sits between the targeted fields
+//! and `Cache-Control`: it has `Cache-Control`'s syntax, and it is chosen when it carries `max-age` or `no-store`.
 //!
 //! # Requests
 //! Requests only use `Cache-Control`. `Pragma: no-cache` counts as `Cache-Control: no-cache` when the request has
@@ -35,6 +39,9 @@
 use http::header::{HeaderMap, HeaderName, CACHE_CONTROL, PRAGMA};
 
 use crate::sf::{self, BareItem, Item, ListEntry};
+
+/// `Surrogate-Control`: the W3C Edge Architecture's field for surrogates (reverse proxies and CDNs).
+pub static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
 
 /// `Strata-Cache-Control`: cache directives targeted at this tier only (RFC 9213 §2).
 pub static STRATA_CACHE_CONTROL: HeaderName = HeaderName::from_static("strata-cache-control");
@@ -93,6 +100,8 @@ pub enum DirectiveSource {
     Strata,
     /// `CDN-Cache-Control`.
     Cdn,
+    /// `Surrogate-Control` (W3C Edge Architecture 1.0).
+    Surrogate,
     /// `Cache-Control`.
     CacheControl,
     /// No field carried directives.
@@ -111,6 +120,7 @@ impl DirectiveSource {
         match self {
             DirectiveSource::Strata => "strata-cache-control",
             DirectiveSource::Cdn => "cdn-cache-control",
+            DirectiveSource::Surrogate => "surrogate-control",
             DirectiveSource::CacheControl => "cache-control",
             DirectiveSource::None => "none",
         }
@@ -214,6 +224,9 @@ impl Directives {
                 }
             }
         }
+        if let Some(d) = Self::from_surrogate_control(headers) {
+            return (d, DirectiveSource::Surrogate);
+        }
         if headers.contains_key(CACHE_CONTROL) {
             (
                 Self::from_cache_control(headers),
@@ -222,6 +235,20 @@ impl Directives {
         } else {
             (Directives::default(), DirectiveSource::None)
         }
+    }
+
+    /// `Surrogate-Control` (W3C Edge Architecture 1.0 §3), read with `Cache-Control`'s syntax, when it carries a
+    /// caching directive (`max-age` or `no-store`; one that only announces `content="ESI/1.0"` says nothing of
+    /// caching and leaves `Cache-Control` in charge).
+    pub fn from_surrogate_control(headers: &HeaderMap) -> Option<Self> {
+        let mut d = Directives::default();
+        let mut seen: Vec<String> = Vec::new();
+        for line in headers.get_all(&SURROGATE_CONTROL) {
+            for (name, value) in parse_cache_control_line(line.as_bytes()) {
+                d.apply_cc(&name, value, &mut seen);
+            }
+        }
+        (d.max_age.is_some() || d.no_store).then_some(d)
     }
 
     /// Parses a targeted field (RFC 9213) as a Structured Field Dictionary; `None` when it is absent, empty,
@@ -499,6 +526,31 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn surrogate_control_overrides_cache_control_when_it_speaks_of_caching() {
+        let h = response(&[
+            ("cache-control", "max-age=10000"),
+            ("surrogate-control", "no-store"),
+        ]);
+        let (d, src) = Directives::for_response(&h);
+        assert!(d.no_store);
+        assert_eq!(src, DirectiveSource::Surrogate);
+        let h = response(&[
+            ("cache-control", "max-age=10000"),
+            ("surrogate-control", "content=\"ESI/1.0\""),
+        ]);
+        let (d, src) = Directives::for_response(&h);
+        assert_eq!(
+            (d.max_age, src),
+            (Some(10000), DirectiveSource::CacheControl)
+        );
+        let h = response(&[
+            ("cdn-cache-control", "max-age=5"),
+            ("surrogate-control", "max-age=7"),
+        ]);
+        assert_eq!(Directives::for_response(&h).0.max_age, Some(5));
     }
 
     #[test]
