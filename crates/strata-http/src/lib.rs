@@ -53,6 +53,7 @@ pub mod invalidation;
 pub mod key;
 pub mod policy;
 pub mod proxy;
+pub mod range;
 pub mod sf;
 pub mod status;
 pub mod storable;

@@ -67,6 +67,7 @@ use crate::headers::{append_via, check_request_framing, remove_hop_by_hop, set_a
 use crate::invalidation;
 use crate::key::{PrimaryKey, Vary};
 use crate::policy::EdgePolicy;
+use crate::range::{self, RangeAnswer};
 use crate::status::{CacheStatus, Fwd};
 use crate::storable::{self, Exchange, NotStorable};
 use crate::stored::StoredResponse;
@@ -1154,6 +1155,11 @@ impl Proxy {
                 ),
                 _ => (stored.status, headers, stored.body.clone()),
             };
+        let (code, body) = if code == StatusCode::OK && ctx.method == Method::GET {
+            ranged(&ctx.headers, &mut headers, body)
+        } else {
+            (code, body)
+        };
         set_age(&mut headers, age);
         // Strata-Cache-Control speaks to this tier only (RFC 9213): it stays stored, never goes downstream.
         headers.remove(&STRATA_CACHE_CONTROL);
@@ -1286,6 +1292,30 @@ fn authority_host(authority: &str) -> String {
         return rest.split(']').next().unwrap_or("").to_string();
     }
     a.rsplit_once(':').map_or(a.clone(), |(h, _)| h.to_string())
+}
+
+/// A stored complete `200` answering the request's `Range` (see [`crate::range`]): the status and the body to
+/// send, with `Content-Range` and `Content-Length` set for them.
+fn ranged(request: &HeaderMap, headers: &mut HeaderMap, body: Bytes) -> (StatusCode, Bytes) {
+    let len = body.len() as u64;
+    let (code, body, content_range) = match range::evaluate(request, headers, len) {
+        RangeAnswer::Full => return (StatusCode::OK, body),
+        RangeAnswer::Partial { start, end } => (
+            StatusCode::PARTIAL_CONTENT,
+            body.slice(start as usize..=end as usize),
+            format!("bytes {start}-{end}/{len}"),
+        ),
+        RangeAnswer::Unsatisfiable => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            Bytes::new(),
+            format!("bytes */{len}"),
+        ),
+    };
+    if let Ok(v) = HeaderValue::from_str(&content_range) {
+        headers.insert(http::header::CONTENT_RANGE, v);
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    (code, body)
 }
 
 fn build(code: StatusCode, headers: HeaderMap, body: Bytes) -> Response<Full<Bytes>> {

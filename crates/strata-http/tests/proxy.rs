@@ -906,7 +906,7 @@ async fn oversized_header_sections_are_refused_with_400() {
 }
 
 #[tokio::test]
-async fn a_range_request_fills_the_whole_response_and_gets_it() {
+async fn rfc9110_14_a_range_is_cut_from_the_stored_complete_response() {
     let h = Harness::new().await;
     h.origin.set(|seen, _| {
         if seen.headers.contains_key("range") {
@@ -923,13 +923,31 @@ async fn a_range_request_fills_the_whole_response_and_gets_it() {
             )
         }
     });
+    // The fill asks for the whole representation; the client gets its range cut from it (RFC 9110 §14.2).
     let a = h.get("/range", &[("range", "bytes=0-1")]).await;
-    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "0123456789"));
-    assert!(h
-        .get("/range", &[])
-        .await
-        .cache_status()
-        .starts_with("Strata; hit"));
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (StatusCode::PARTIAL_CONTENT, "01")
+    );
+    assert_eq!(a.header("content-range"), Some("bytes 0-1/10"));
+    assert!(!h.origin.last().headers.contains_key("range"));
+    let whole = h.get("/range", &[]).await;
+    assert_eq!(
+        (whole.status, whole.body.as_str()),
+        (StatusCode::OK, "0123456789")
+    );
+    assert!(whole.cache_status().starts_with("Strata; hit"));
+    // A stored complete response answers later ranges without the origin.
+    let tail = h.get("/range", &[("range", "bytes=-3")]).await;
+    assert_eq!(
+        (tail.status, tail.body.as_str()),
+        (StatusCode::PARTIAL_CONTENT, "789")
+    );
+    assert!(tail.cache_status().starts_with("Strata; hit"));
+    let past = h.get("/range", &[("range", "bytes=10-")]).await;
+    assert_eq!(past.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(past.header("content-range"), Some("bytes */10"));
+    assert_eq!(h.origin.hits(), 1);
 }
 
 #[tokio::test]
