@@ -482,3 +482,84 @@ fn the_data_api_answers_as_before_beside_the_proxy() {
     drop(running);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_proxy_listener_refuses_ambiguous_framing_before_the_origin_sees_it() {
+    let origin = Origin::start("site");
+    let dir = common::data_dir("proxy-framing");
+    let running = common::serve(
+        &dir,
+        &[
+            "--proxy-origin",
+            &origin.url(),
+            "--proxy-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .unwrap();
+    let proxy = running.proxy.clone().unwrap();
+    let mut s = TcpStream::connect(proxy.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"POST /x HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(origin.hits(), 0, "nothing refused is forwarded");
+    drop(running);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Two nodes on one Redis: a response one node fetched is the other's hit (the proxy's namespace is in L2).
+/// Needs Redis (`STRATA_REDIS_URL`, default `redis://127.0.0.1:6379`), as `cluster.rs` does.
+#[test]
+fn nodes_on_one_redis_share_stored_responses() {
+    let redis =
+        std::env::var("STRATA_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!(
+        "strata-proxy-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let origin = Origin::start("site");
+    let node = |name: &str| {
+        let dir = common::data_dir(name);
+        let running = common::serve(
+            &dir,
+            &[
+                "--redis",
+                &redis,
+                "--redis-prefix",
+                &prefix,
+                "--proxy-origin",
+                &origin.url(),
+                "--proxy-listen",
+                "127.0.0.1:0",
+            ],
+        )
+        .unwrap();
+        (dir, running)
+    };
+    let (dir_a, a) = node("proxy-l2-a");
+    let (dir_b, b) = node("proxy-l2-b");
+    let (status, h, _) = request(a.proxy.as_deref().unwrap(), "shop.test", "/page", &[]);
+    assert_eq!(status, 200);
+    assert!(header(&h, "cache-status").contains("stored"), "{h:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, h, body) = request(b.proxy.as_deref().unwrap(), "shop.test", "/page", &[]);
+    assert_eq!((status, body.as_str()), (200, "hello from the origin\n"));
+    assert!(
+        header(&h, "cache-status").starts_with("Strata; hit"),
+        "{h:?}"
+    );
+    assert_eq!(origin.hits(), 1, "the second node answered from L2");
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(dir_a);
+    let _ = std::fs::remove_dir_all(dir_b);
+}
