@@ -410,7 +410,8 @@ fn default_slot() -> String {
 /// `[proxy]`: the edge tier (`strata-http`), an RFC 9111 caching reverse proxy served beside the data API on its
 /// own listener, with the same connection limits and timeouts (`[server]`), stopped gracefully with it. Its
 /// responses live in the cache's `_edge` namespace: in L1 (64 MiB), and in L2 when `[redis]` is set (nodes share
-/// them).
+/// them). The proxy takes no token (it only forwards to its origins, which do their own access control), so any
+/// address is allowed for it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxySection {
