@@ -709,7 +709,7 @@ pub fn stats_json(state: &AppState) -> Value {
         .expect("cdc lock")
         .as_ref()
         .map(|c| (c.stats(), c.holder()));
-    json!({
+    let mut out = json!({
         "uptime_s": state.started.elapsed().as_secs_f64(),
         "l2": state.has_l2,
         "namespaces": namespaces,
@@ -727,7 +727,6 @@ pub fn stats_json(state: &AppState) -> Value {
             "acked": w.acked, "pending": w.pending, "flushed": w.flushed, "failures": w.failures,
             "dead_lettered": w.dead_lettered, "lag_p99_ms": w.lag_p99_micros as f64 / 1000.0,
         })),
-        "proxy": state.proxy.as_ref().map(proxy_stats_json),
         "cdc": cdc.map(|(c, holder)| json!({
             "active": c.active,
             "holder": holder.map(|h| json!({
@@ -737,7 +736,12 @@ pub fn stats_json(state: &AppState) -> Value {
             "transactions": c.transactions, "invalidations": c.invalidations, "unmapped": c.unmapped,
             "undecodable": c.undecodable, "slots_lost": c.slots_lost, "acked_lsn": c.acked_lsn,
         })),
-    })
+    });
+    // Only with a proxy: without one, the answer is what it always was.
+    if let Some(edge) = &state.proxy {
+        out["proxy"] = proxy_stats_json(edge);
+    }
+    out
 }
 
 /// The proxy on `/v1/_stats`: where it listens, and each route with its counters.
