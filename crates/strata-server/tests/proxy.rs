@@ -563,3 +563,77 @@ fn nodes_on_one_redis_share_stored_responses() {
     let _ = std::fs::remove_dir_all(dir_a);
     let _ = std::fs::remove_dir_all(dir_b);
 }
+
+/// The dashboard shows the proxy's routes (in a headless browser, as `dashboard.rs` does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_proxy_routes() {
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("no headless browser found: install Debian's `chromium` (scripts/test.sh does)");
+    let origin = Origin::start("site");
+    let dir = common::data_dir("proxy-dashboard");
+    let mut config = Config::embedded(&dir);
+    config.proxy = Some(ProxySection::one_route(
+        "127.0.0.1:0".parse().unwrap(),
+        &origin.url(),
+    ));
+    let state = strata_server::build(
+        &config,
+        &strata_server::RunOptions {
+            seed_demo: true,
+            ..strata_server::RunOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy_listener = strata_server::bind_proxy(&state).await.unwrap().unwrap();
+    let proxy_addr = proxy_listener.local_addr().unwrap().to_string();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(strata_server::serve_with(
+        listener,
+        Some(proxy_listener),
+        state,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let out = tokio::task::spawn_blocking(move || {
+        for _ in 0..3 {
+            request(&proxy_addr, "localhost", "/page", &[]);
+        }
+        std::process::Command::new(browser)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--virtual-time-budget=2000",
+                "--dump-dom",
+                &format!("http://{addr}/?interval=200"),
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && !dom.is_empty(), "chromium failed");
+    let at = dom.find("id=\"proxy-table\"").expect("the proxy table");
+    let table = &dom[at..];
+    assert!(table.contains("<td>*/</td>"), "{table}");
+    assert!(table.contains(&origin.url()), "{table}");
+    // Two hits of three: 66.7 %.
+    assert!(table.contains("66.7%"), "{table}");
+    assert!(!dom.contains("id=\"proxy-card\" style=\"margin-top:1rem;display:none\""));
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
