@@ -477,7 +477,8 @@ pub struct ProxyRouteConfig {
     /// The longest a response is kept (fresh and every stale window). Default: 1 day.
     #[serde(default)]
     pub max_retention: Option<Dur>,
-    /// How long a URI whose response could not be stored skips request collapsing (hit-for-pass). Default: 10 s.
+    /// How long a URI whose response could not be stored skips request collapsing (hit-for-pass; its answers say
+    /// `detail="hit-for-miss"` in `Cache-Status`). Default: 10 s; at most 1 h.
     #[serde(default)]
     pub hit_for_pass: Option<Dur>,
 }

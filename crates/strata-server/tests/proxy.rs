@@ -637,3 +637,50 @@ async fn the_dashboard_shows_the_proxy_routes() {
     server.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn per_route_object_limits_and_the_authorization_rule_apply() {
+    let origin = Origin::start("site");
+    let dir = common::data_dir("proxy-route-policy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("edge.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[proxy.routes]]\npath_prefix = \"/limited/\"\norigin = \"{o}\"\nmax_object_bytes = 5\n\n\
+             [[proxy.routes]]\npath_prefix = \"/auth/\"\norigin = \"{o}\"\nhonour_authorization = true\n\n\
+             [[proxy.routes]]\norigin = \"{o}\"\n",
+            o = origin.url()
+        ),
+    )
+    .unwrap();
+    let running = common::serve(&dir, &["--config", file.to_str().unwrap()]).unwrap();
+    let proxy = running.proxy.clone().unwrap();
+    let twice = |path: &str, extra: &[&str]| {
+        let first = request(&proxy, "localhost", path, extra);
+        let second = request(&proxy, "localhost", path, extra);
+        assert_eq!((first.0, second.0), (200, 200));
+        (
+            header(&first.1, "cache-status").to_owned(),
+            header(&second.1, "cache-status").to_owned(),
+        )
+    };
+    // Larger than the route stores: answered, not stored.
+    let (first, second) = twice("/limited/x", &[]);
+    assert!(first.contains("detail=\"too-large\""), "{first}");
+    // … and the URI skips request collapsing for a while (hit-for-pass).
+    assert!(second.contains("detail=\"hit-for-miss\""), "{second}");
+    assert_eq!(origin.hits(), 2);
+    // A response to an authenticated request: stored where the route honours it…
+    let (_, second) = twice("/auth/x", &["authorization: Bearer t"]);
+    assert!(second.starts_with("Strata; hit"), "{second}");
+    assert_eq!(origin.hits(), 3);
+    // … and not by default (RFC 9111 §3.5).
+    let (first, second) = twice("/other/x", &["authorization: Bearer t"]);
+    assert!(first.contains("detail=\"authorization\""), "{first}");
+    assert!(!second.starts_with("Strata; hit"), "{second}");
+    assert_eq!(origin.hits(), 5);
+    drop(running);
+    let _ = std::fs::remove_dir_all(dir);
+}
