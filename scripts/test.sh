@@ -122,16 +122,18 @@ need_chromium() {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 }
 
-# Runs the README's curl tour (between the tour markers) against a fresh embedded-default server on :8700 and
-# checks that each step answered as the README says.
+# Runs the README's curl tour (between the tour markers) against a fresh embedded-default server on :8700 (with
+# its proxy on :8780 in front of the tour's origin on :8000) and checks that each step answered as the README says.
 readme_tour() {
   local dir out pid
   dir=$(mktemp -d /tmp/strata-tour.XXXXXX)
-  if timeout 1 bash -c 'exec 3<>/dev/tcp/127.0.0.1/8700' 2>/dev/null; then
-    echo "port 8700 is taken: the README tour needs it" >&2; exit 1
-  fi
+  for port in 8700 8780 8000; do
+    if timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
+      echo "port $port is taken: the README tour needs it" >&2; exit 1
+    fi
+  done
   # The debug binary `cargo test` built: the tour checks behaviour, not speed, and needs no extra build.
-  target/debug/strata serve --data-dir "$dir/data" >/dev/null 2>"$dir/server.log" &
+  target/debug/strata serve --data-dir "$dir/data" --proxy-origin http://127.0.0.1:8000 >/dev/null 2>"$dir/server.log" &
   pid=$!
   trap 'kill '"$pid"' 2>/dev/null || true' EXIT
   for _ in $(seq 100); do grep -q "strata listening" "$dir/server.log" && break; sleep 0.1; done
@@ -140,7 +142,9 @@ readme_tour() {
   out=$(bash -e "$dir/tour.sh" 2>&1) || { echo "$out" >&2; exit 1; }
   for want in 'cache-status: strata; fwd=miss; stored' 'cache-status: strata; hit' '"write":"through"' \
               'etag: "v2"' '"name":"Product 42"' '"name":"OLED TV"' '"write":"behind"' '"9999":null' \
-              '"found":1000' 'unknown_namespace' 'colour' 'strata_hits_total' 'ready' '"openapi":"3.1.0"'; do
+              '"found":1000' 'unknown_namespace' 'colour' 'strata_hits_total' 'ready' '"openapi":"3.1.0"' \
+              'cache-status: Strata; fwd=uri-miss; fwd-status=200; stored' 'HTTP/1.1 304' \
+              'detail="stale-while-revalidate"' 'strata_proxy_requests_total'; do
     grep -qiF -- "$want" <<<"$out" || { echo "$out" >&2; echo "README tour: expected output containing: $want" >&2; exit 1; }
   done
   kill -TERM "$pid" && wait "$pid" || { cat "$dir/server.log" >&2; echo "strata did not shut down cleanly" >&2; exit 1; }

@@ -19,6 +19,7 @@
 //! | [`headers`] | hop-by-hop removal, `Via`, `Age`, request framing checks |
 //! | [`wire`] | request framing on the wire: ambiguous heads refused before hyper parses them |
 //! | [`proxy`] | the caching reverse proxy (hyper 1.x) over the engine's `Namespace<StoredResponse>` |
+//! | [`stats`] | per-route counters, and their `metrics` names |
 //!
 //! # Consistency model
 //! Every rule module is pure functions of the request, the stored response and an explicit `now`
@@ -55,6 +56,7 @@ pub mod policy;
 pub mod proxy;
 pub mod range;
 pub mod sf;
+pub mod stats;
 pub mod status;
 pub mod storable;
 pub mod stored;

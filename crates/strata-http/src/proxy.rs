@@ -68,6 +68,7 @@ use crate::invalidation;
 use crate::key::{PrimaryKey, Vary};
 use crate::policy::EdgePolicy;
 use crate::range::{self, RangeAnswer};
+use crate::stats::{RouteSnapshot, RouteStats};
 use crate::status::{CacheStatus, Fwd};
 use crate::storable::{self, Exchange, NotStorable};
 use crate::stored::StoredResponse;
@@ -88,10 +89,13 @@ pub enum ProxyError {
 /// One route: requests for `host` (any host when `None`) under `path_prefix` go to `origin`.
 #[derive(Debug, Clone)]
 pub struct Route {
+    name: Option<String>,
     host: Option<String>,
     path_prefix: String,
     origin: http::uri::Authority,
     policy: EdgePolicy,
+    max_object_bytes: Option<usize>,
+    hit_for_miss: Option<Duration>,
 }
 
 impl Route {
@@ -104,10 +108,13 @@ impl Route {
             && uri.path_and_query().is_none_or(|p| p.as_str() == "/");
         match (ok, uri.authority()) {
             (true, Some(a)) => Ok(Self {
+                name: None,
                 host: None,
                 path_prefix: "/".into(),
                 origin: a.clone(),
                 policy: EdgePolicy::default(),
+                max_object_bytes: None,
+                hit_for_miss: None,
             }),
             _ => Err(ProxyError::Origin(origin.to_string())),
         }
@@ -133,6 +140,65 @@ impl Route {
         self.policy = policy;
         self
     }
+
+    /// The route's name in metrics and stats. Default: `host` (or `*`) followed by the path prefix.
+    #[must_use]
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Responses with a larger body are answered but not stored (`detail="too-large"`). Default: no limit
+    /// but [`ProxyConfig::max_body_bytes`].
+    #[must_use]
+    pub fn with_max_object_bytes(mut self, max: usize) -> Self {
+        self.max_object_bytes = Some(max);
+        self
+    }
+
+    /// How long a URI of this route whose response could not be stored skips request collapsing. Default:
+    /// [`ProxyConfig::hit_for_miss`].
+    #[must_use]
+    pub fn with_hit_for_miss(mut self, d: Duration) -> Self {
+        self.hit_for_miss = Some(d);
+        self
+    }
+
+    /// The route's name (see [`with_name`](Self::with_name)).
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            format!(
+                "{}{}",
+                self.host.as_deref().unwrap_or("*"),
+                self.path_prefix
+            )
+        })
+    }
+
+    /// The host it serves (`None`: any).
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    /// The path prefix it serves.
+    pub fn path_prefix(&self) -> &str {
+        &self.path_prefix
+    }
+
+    /// The origin, as `http://host[:port]`.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.origin)
+    }
+
+    /// The edge policy.
+    pub fn policy(&self) -> &EdgePolicy {
+        &self.policy
+    }
+
+    /// The largest body stored, when the route limits it.
+    pub fn max_object_bytes(&self) -> Option<usize> {
+        self.max_object_bytes
+    }
 }
 
 /// The route table: a host-specific route before a wildcard one, then the longest path prefix.
@@ -152,17 +218,29 @@ impl Routes {
         self
     }
 
+    /// The routes, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.0.iter()
+    }
+
     /// The route for a request to `host` (without port) and `path`.
     pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+        self.find_index(host, path).map(|i| &self.0[i])
+    }
+
+    /// The index (in [`iter`](Self::iter) order) of the route for a request to `host` and `path`.
+    pub fn find_index(&self, host: &str, path: &str) -> Option<usize> {
         self.0
             .iter()
-            .filter(|r| {
+            .enumerate()
+            .filter(|(_, r)| {
                 r.host
                     .as_deref()
                     .is_none_or(|h| h.eq_ignore_ascii_case(host))
             })
-            .filter(|r| path.starts_with(&r.path_prefix))
-            .max_by_key(|r| (r.host.is_some(), r.path_prefix.len()))
+            .filter(|(_, r)| path.starts_with(&r.path_prefix))
+            .max_by_key(|(_, r)| (r.host.is_some(), r.path_prefix.len()))
+            .map(|(i, _)| i)
     }
 }
 
@@ -304,7 +382,13 @@ pub struct Proxy {
     revalidations: Mutex<HashMap<String, RevalFlight>>,
     /// URIs whose last response could not be stored, until when (hit-for-miss). Same locking as above.
     uncacheable: Mutex<HashMap<String, UnixMillis>>,
+    /// Per-route counters, by route index.
+    stats: Vec<RouteStats>,
 }
+
+/// The index of the route an answer was for (a response extension, read by [`Proxy::handle`]).
+#[derive(Debug, Clone, Copy)]
+struct RouteIx(usize);
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -356,13 +440,18 @@ struct Ctx {
     origin: http::uri::Authority,
     policy: EdgePolicy,
     directives: Directives,
+    route: usize,
+    max_object_bytes: Option<usize>,
+    hit_for_miss: Duration,
 }
 
 impl Proxy {
     /// A proxy over `routes`, storing in `ns` (see [`edge_namespace`]).
     pub fn new(routes: Routes, ns: Namespace<StoredResponse>, config: ProxyConfig) -> Arc<Self> {
         let client = Client::builder(TokioExecutor::new()).build_http();
+        let stats = routes.iter().map(|_| RouteStats::default()).collect();
         Arc::new(Self {
+            stats,
             routes,
             ns,
             client,
@@ -382,8 +471,48 @@ impl Proxy {
         self.ns.clock().now()
     }
 
-    /// Answers one request.
+    /// The proxy's settings.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// The route table.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// Every route's counters, in route order (see [`crate::stats`]).
+    pub fn stats(&self) -> Vec<RouteSnapshot> {
+        self.routes
+            .iter()
+            .zip(&self.stats)
+            .map(|(r, s)| s.snapshot(&r.name()))
+            .collect()
+    }
+
+    /// Hands the counters to the `metrics` facade ([`crate::stats::publish`]).
+    pub fn publish_metrics(&self) {
+        crate::stats::publish(&self.stats());
+    }
+
+    /// Answers one request, counting the answer in its route's [`stats`](Self::stats).
     pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut resp = self.answer(req).await;
+        let route = resp.extensions_mut().remove::<RouteIx>();
+        let status = resp.extensions_mut().remove::<CacheStatus>();
+        if let (Some(RouteIx(i)), Some(status)) = (route, status) {
+            if let Some(s) = self.stats.get(i) {
+                s.answered(&status);
+            }
+        }
+        resp
+    }
+
+    async fn answer<B>(self: &Arc<Self>, req: Request<B>) -> Response<Full<Bytes>>
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -422,7 +551,7 @@ impl Proxy {
         // Routed and forwarded by the normalised path, so `/api/../admin` is `/admin` for the route, the key and
         // the origin alike.
         let path_and_query = primary.path_and_query().to_string();
-        let Some(route) = self.routes.find(&host, primary.path()) else {
+        let Some(route_ix) = self.routes.find_index(&host, primary.path()) else {
             let s = status.forward(Fwd::Bypass, None).with_detail("no-route");
             return self.local(StatusCode::NOT_FOUND, s, parts.version);
         };
@@ -451,7 +580,11 @@ impl Proxy {
                 return self.local(StatusCode::BAD_REQUEST, s, parts.version);
             }
         }
+        let route = &self.routes.0[route_ix];
         let ctx = Ctx {
+            route: route_ix,
+            max_object_bytes: route.max_object_bytes,
+            hit_for_miss: route.hit_for_miss.unwrap_or(self.config.hit_for_miss),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             directives: Directives::for_request(&headers),
             method: parts.method,
@@ -718,7 +851,7 @@ impl Proxy {
                             updated.headers.remove(name);
                         }
                         let updated = Arc::new(updated);
-                        self.store(key, primary, &updated).await;
+                        self.store(request.route, key, primary, &updated).await;
                         Revalidated::Stored {
                             stored: updated,
                             origin_status: StatusCode::NOT_MODIFIED,
@@ -765,10 +898,10 @@ impl Proxy {
                 error: None,
             };
         }
-        match self.storable(&request.client, &response, policy) {
+        match self.storable(&request.client, &response, policy, request.max_object_bytes) {
             Ok(new) => {
                 let new = Arc::new(new);
-                self.store(key, primary, &new).await;
+                self.store(request.route, key, primary, &new).await;
                 Revalidated::Stored {
                     stored: new,
                     origin_status: response.status,
@@ -824,8 +957,14 @@ impl Proxy {
             .ns
             .try_get_or_load(&key, move || async move {
                 let response = this.fetch(&request).await.map_err(LoadFailure::Origin)?;
-                match this.storable(&request.client, &response, &policy) {
+                match this.storable(
+                    &request.client,
+                    &response,
+                    &policy,
+                    request.max_object_bytes,
+                ) {
                     Ok(stored) => {
+                        this.stats[request.route].stored(stored.body.len());
                         let mut tags = stored.tags();
                         tags.push(uri_tag(&request.primary));
                         Ok(Fetched::value(stored).with_tags(tags))
@@ -879,7 +1018,7 @@ impl Proxy {
                             | NotStorable::Authorization
                             | NotStorable::Incomplete
                     ) {
-                        self.mark_uncacheable(&ctx.primary);
+                        self.mark_uncacheable(&ctx.primary, ctx.hit_for_miss);
                     }
                     let s = status.forward(fwd, Some(response.status.as_u16()));
                     if *leader == ctx.id {
@@ -917,11 +1056,11 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => return self.origin_failed(ctx, status, &e),
         };
-        match self.storable(&ctx.headers, &response, &ctx.policy) {
+        match self.storable(&ctx.headers, &response, &ctx.policy, ctx.max_object_bytes) {
             Ok(stored) => {
                 self.uncacheable.lock().remove(ctx.primary.as_str());
                 let stored = Arc::new(stored);
-                self.store(key, &ctx.primary, &stored).await;
+                self.store(ctx.route, key, &ctx.primary, &stored).await;
                 self.respond_stored(ctx, &stored, self.now(), true, status.with_stored(true))
             }
             Err(_) => self.respond_origin(ctx, &response, status),
@@ -975,7 +1114,11 @@ impl Proxy {
         request_headers: &HeaderMap,
         response: &OriginResponse,
         policy: &EdgePolicy,
+        max_object_bytes: Option<usize>,
     ) -> Result<StoredResponse, NotStorable> {
+        if max_object_bytes.is_some_and(|max| response.body.len() > max) {
+            return Err(NotStorable::TooLarge);
+        }
         let complete = response
             .headers
             .get(CONTENT_LENGTH)
@@ -1005,7 +1148,14 @@ impl Proxy {
     }
 
     /// Stores a response under its engine key, and as the URI's latest response when it is a variant.
-    async fn store(&self, key: &str, primary: &PrimaryKey, stored: &Arc<StoredResponse>) {
+    async fn store(
+        &self,
+        route: usize,
+        key: &str,
+        primary: &PrimaryKey,
+        stored: &Arc<StoredResponse>,
+    ) {
+        self.stats[route].stored(stored.body.len());
         let mut tags = stored.tags();
         tags.push(uri_tag(primary));
         let value = StoredResponse::clone(stored);
@@ -1046,8 +1196,8 @@ impl Proxy {
         self.ns.invalidate_tag(&uri_tag(primary)).await;
     }
 
-    fn mark_uncacheable(&self, primary: &PrimaryKey) {
-        let until = self.now() + self.config.hit_for_miss.as_millis() as u64;
+    fn mark_uncacheable(&self, primary: &PrimaryKey, hit_for_miss: Duration) {
+        let until = self.now() + hit_for_miss.as_millis() as u64;
         self.uncacheable
             .lock()
             .insert(primary.as_str().to_string(), until);
@@ -1080,6 +1230,8 @@ impl Proxy {
             body: Bytes::new(),
             primary: ctx.primary.clone(),
             client: ctx.headers.clone(),
+            route: ctx.route,
+            max_object_bytes: ctx.max_object_bytes,
         }
     }
 
@@ -1114,9 +1266,18 @@ impl Proxy {
                 response_time,
             })
         };
-        tokio::time::timeout(self.config.origin_timeout, exchange)
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.config.origin_timeout, exchange)
             .await
-            .map_err(|_| FetchError::Timeout)?
+            .map_err(|_| FetchError::Timeout)
+            .and_then(|r| r);
+        let took = started.elapsed();
+        if let (Some(s), Some(route)) = (self.stats.get(req.route), self.routes.0.get(req.route)) {
+            s.origin(took.as_micros() as u64, result.is_ok());
+            metrics::histogram!("strata_proxy_origin_seconds", "route" => route.name())
+                .record(took.as_secs_f64());
+        }
+        result
     }
 
     /// An answer from a stored response: the client's conditionals, `HEAD`, `Age`, `Via`, `Cache-Status`.
@@ -1170,7 +1331,7 @@ impl Proxy {
         } else {
             body
         };
-        build(code, headers, body)
+        counted(build(code, headers, body), ctx, status)
     }
 
     /// An answer straight from the origin (not from the cache): hop-by-hop removed, `Via`, `Cache-Status`.
@@ -1190,7 +1351,7 @@ impl Proxy {
         } else {
             response.body.clone()
         };
-        build(response.status, headers, body)
+        counted(build(response.status, headers, body), ctx, status)
     }
 
     fn origin_failed(
@@ -1205,7 +1366,8 @@ impl Proxy {
             FetchError::Incomplete(_) => (StatusCode::BAD_GATEWAY, "origin-incomplete"),
         };
         tracing::warn!(uri = %ctx.primary, error = %e, "origin failed");
-        self.local(code, status.with_detail(detail), ctx.version)
+        let status = status.with_detail(detail);
+        counted(self.local(code, status.clone(), ctx.version), ctx, status)
     }
 
     /// An answer the proxy makes itself (errors).
@@ -1250,6 +1412,9 @@ struct OriginRequest {
     primary: PrimaryKey,
     /// The client's own fields: what `Vary` values and storability are judged on.
     client: HeaderMap,
+    /// The route's index (for its counters) and its object limit.
+    route: usize,
+    max_object_bytes: Option<usize>,
 }
 
 /// The client's fields for the origin: hop-by-hop removed, `Via` appended; `keep_conditionals` keeps the
@@ -1316,6 +1481,17 @@ fn ranged(request: &HeaderMap, headers: &mut HeaderMap, body: Bytes) -> (StatusC
     }
     headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     (code, body)
+}
+
+/// Marks a response with its route and `Cache-Status`, for [`Proxy::handle`] to count.
+fn counted(
+    mut resp: Response<Full<Bytes>>,
+    ctx: &Ctx,
+    status: CacheStatus,
+) -> Response<Full<Bytes>> {
+    resp.extensions_mut().insert(RouteIx(ctx.route));
+    resp.extensions_mut().insert(status);
+    resp
 }
 
 fn build(code: StatusCode, headers: HeaderMap, body: Bytes) -> Response<Full<Bytes>> {

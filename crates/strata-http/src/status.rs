@@ -142,6 +142,26 @@ impl CacheStatus {
         self.hit
     }
 
+    /// Why it went forward, if it did.
+    pub fn fwd(&self) -> Option<Fwd> {
+        self.fwd
+    }
+
+    /// The `detail=` reason, if any.
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+
+    /// Whether the origin's response was stored.
+    pub fn is_stored(&self) -> bool {
+        self.stored
+    }
+
+    /// Whether the response was shared with concurrent requests.
+    pub fn is_collapsed(&self) -> bool {
+        self.collapsed
+    }
+
     /// The member's text (`Strata; hit; ttl=12`).
     pub fn to_value(&self) -> String {
         let mut s = String::new();

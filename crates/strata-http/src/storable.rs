@@ -60,6 +60,8 @@ pub enum NotStorable {
     VaryStar,
     /// No explicit or heuristic freshness and no validator: it could never be reused.
     NotReusable,
+    /// The body is larger than the route stores.
+    TooLarge,
 }
 
 impl NotStorable {
@@ -85,6 +87,7 @@ impl NotStorable {
             NotStorable::SetCookie => "set-cookie",
             NotStorable::VaryStar => "vary-star",
             NotStorable::NotReusable => "not-reusable",
+            NotStorable::TooLarge => "too-large",
         }
     }
 }

@@ -709,7 +709,7 @@ pub fn stats_json(state: &AppState) -> Value {
         .expect("cdc lock")
         .as_ref()
         .map(|c| (c.stats(), c.holder()));
-    json!({
+    let mut out = json!({
         "uptime_s": state.started.elapsed().as_secs_f64(),
         "l2": state.has_l2,
         "namespaces": namespaces,
@@ -736,6 +736,55 @@ pub fn stats_json(state: &AppState) -> Value {
             "transactions": c.transactions, "invalidations": c.invalidations, "unmapped": c.unmapped,
             "undecodable": c.undecodable, "slots_lost": c.slots_lost, "acked_lsn": c.acked_lsn,
         })),
+    });
+    // Only with a proxy: without one, the answer is what it always was.
+    if let Some(edge) = &state.proxy {
+        out["proxy"] = proxy_stats_json(edge);
+    }
+    out
+}
+
+/// The proxy on `/v1/_stats`: where it listens, and each route with its counters.
+fn proxy_stats_json(edge: &crate::state::EdgeProxy) -> Value {
+    let routes: Vec<Value> = edge
+        .proxy
+        .routes()
+        .iter()
+        .zip(edge.proxy.stats())
+        .map(|(r, s)| {
+            json!({
+                "route": s.route,
+                "host": r.host(),
+                "path_prefix": r.path_prefix(),
+                "origin": r.origin(),
+                "hits": s.hits,
+                "misses": s.misses,
+                "passes": s.passes,
+                "stale_served": s.stale(),
+                "stale_while_revalidate": s.stale_while_revalidate,
+                "stale_if_error": s.stale_if_error,
+                "max_stale": s.max_stale,
+                "collapsed": s.collapsed,
+                "origin_requests": s.origin_requests,
+                "origin_errors": s.origin_errors,
+                "origin_ms_avg": if s.origin_requests == 0 {
+                    0.0
+                } else {
+                    s.origin_micros as f64 / s.origin_requests as f64 / 1000.0
+                },
+                "stored": s.stored,
+                "stored_bytes": s.stored_bytes,
+                "hit_ratio": s.hit_ratio(),
+            })
+        })
+        .collect();
+    let ns = edge.proxy.namespace().stats();
+    json!({
+        "listen": edge.listen.to_string(),
+        "namespace": ns.namespace,
+        "l1_bytes": ns.l1_bytes,
+        "l1_entries": ns.l1_entries,
+        "routes": routes,
     })
 }
 

@@ -111,6 +111,9 @@ pub struct Config {
     /// Change data capture from a PostgreSQL source.
     #[serde(default)]
     pub cdc: Option<CdcConfig>,
+    /// The edge tier: an HTTP caching reverse proxy on its own listener. Absent: no proxy.
+    #[serde(default)]
+    pub proxy: Option<ProxySection>,
     /// Where the file came from (for errors); not in the file.
     #[serde(skip)]
     pub origin: String,
@@ -404,6 +407,208 @@ fn default_slot() -> String {
     "strata".into()
 }
 
+/// `[proxy]`: the edge tier (`strata-http`), an RFC 9111 caching reverse proxy served beside the data API on its
+/// own listener, with the same connection limits and timeouts (`[server]`), stopped gracefully with it. Its
+/// responses live in the cache's `_edge` namespace: in L1 (64 MiB), and in L2 when `[redis]` is set (nodes share
+/// them). The proxy takes no token (it only forwards to its origins, which do their own access control), so any
+/// address is allowed for it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    /// Listen address. Default: `127.0.0.1:8780`.
+    #[serde(default = "default_proxy_listen")]
+    pub listen: SocketAddr,
+    /// Largest request or response body (bodies are buffered). Default: 16 MiB; at most 1 GiB.
+    #[serde(default = "default_proxy_max_body")]
+    pub max_body: Bytes,
+    /// How long an origin exchange may take (past it: 504, or stale where `stale-if-error` allows). Default:
+    /// 30 s; at most 1 h.
+    #[serde(default = "default_origin_timeout")]
+    pub origin_timeout: Dur,
+    /// The scheme of cache keys: `"https"` when TLS ends in front of the proxy. Default: `"http"`.
+    #[serde(default = "default_key_scheme")]
+    pub key_scheme: String,
+    /// The routes (`[[proxy.routes]]`), at least one.
+    #[serde(default)]
+    pub routes: Vec<ProxyRouteConfig>,
+}
+
+/// `[[proxy.routes]]`: requests for `host` (any host when absent) under `path_prefix` (`/` when absent) go to
+/// `origin`; the most specific route wins (a host before any host, then the longest prefix). The other keys
+/// override the route's edge policy (defaults: the conservative reading of RFC 9111).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyRouteConfig {
+    /// The route's name in metrics and stats. Default: host (or `*`) and path prefix, e.g. `*/` or `a.example/api/`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The `Host` it serves (without port, case-insensitive). Default: any.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The path prefix it serves, starting with `/`. Default: `/`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// The origin: `http://host[:port]`.
+    pub origin: String,
+    /// Responses with a larger body are answered but not stored. Default: `proxy.max_body`.
+    #[serde(default)]
+    pub max_object_bytes: Option<Bytes>,
+    /// Store responses to requests with `Authorization` even without `public`, `s-maxage` or `must-revalidate`
+    /// (RFC 9111 §3.5: only for an origin that varies such responses itself). Default: false.
+    #[serde(default)]
+    pub honour_authorization: bool,
+    /// Store responses with `Set-Cookie` (and the cookie) even without `public`. Default: false.
+    #[serde(default)]
+    pub store_set_cookie: bool,
+    /// A stale-while-revalidate window for responses that name none (never past `must-revalidate`,
+    /// `no-cache`…). Default: none.
+    #[serde(default)]
+    pub stale_while_revalidate: Option<Dur>,
+    /// A stale-if-error window for responses and requests that name none. Default: none.
+    #[serde(default)]
+    pub stale_if_error: Option<Dur>,
+    /// Heuristic freshness (RFC 9111 §4.2.2), per mille of the time since `Last-Modified`; 0 turns it off.
+    /// Default: 100 (10 %).
+    #[serde(default)]
+    pub heuristic_per_mille: Option<u32>,
+    /// The cap on a heuristic lifetime. Default: 1 day.
+    #[serde(default)]
+    pub heuristic_cap: Option<Dur>,
+    /// The longest a response is kept (fresh and every stale window). Default: 1 day.
+    #[serde(default)]
+    pub max_retention: Option<Dur>,
+    /// How long a URI whose response could not be stored skips request collapsing (hit-for-pass; its answers say
+    /// `detail="hit-for-miss"` in `Cache-Status`). Default: 10 s; at most 1 h.
+    #[serde(default)]
+    pub hit_for_pass: Option<Dur>,
+}
+
+fn default_proxy_listen() -> SocketAddr {
+    "127.0.0.1:8780".parse().expect("valid address")
+}
+fn default_proxy_max_body() -> Bytes {
+    Bytes(16 << 20)
+}
+fn default_origin_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_key_scheme() -> String {
+    "http".into()
+}
+
+impl ProxySection {
+    /// A proxy on `listen` with one route, to `origin`, for every host and path (`serve --proxy-origin`).
+    pub fn one_route(listen: SocketAddr, origin: &str) -> Self {
+        Self {
+            listen,
+            max_body: default_proxy_max_body(),
+            origin_timeout: default_origin_timeout(),
+            key_scheme: default_key_scheme(),
+            routes: vec![ProxyRouteConfig::to(origin)],
+        }
+    }
+
+    /// The default listen address (`127.0.0.1:8780`).
+    pub fn default_listen() -> SocketAddr {
+        default_proxy_listen()
+    }
+
+    /// The proxy's settings.
+    pub fn proxy_config(&self) -> strata_http::proxy::ProxyConfig {
+        strata_http::proxy::ProxyConfig {
+            key_scheme: self.key_scheme.clone(),
+            max_body_bytes: self.max_body.0 as usize,
+            origin_timeout: self.origin_timeout.0,
+            ..strata_http::proxy::ProxyConfig::default()
+        }
+    }
+
+    /// The route table; `Err((index, message))` for an origin that is not `http://host[:port]`.
+    pub fn routes(&self) -> Result<strata_http::proxy::Routes, (usize, String)> {
+        let mut routes = strata_http::proxy::Routes::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            routes = routes.with(r.route().map_err(|e| (i, e))?);
+        }
+        Ok(routes)
+    }
+
+    /// How long the engine keeps a response: the longest `max_retention` of any route.
+    pub fn retention(&self) -> Duration {
+        self.routes
+            .iter()
+            .map(|r| r.policy().max_retention)
+            .max()
+            .unwrap_or(Duration::from_secs(24 * 3600))
+    }
+}
+
+impl ProxyRouteConfig {
+    /// A route to `origin` for every host and path, with the default policy.
+    pub fn to(origin: &str) -> Self {
+        Self {
+            name: None,
+            host: None,
+            path_prefix: None,
+            origin: origin.to_owned(),
+            max_object_bytes: None,
+            honour_authorization: false,
+            store_set_cookie: false,
+            stale_while_revalidate: None,
+            stale_if_error: None,
+            heuristic_per_mille: None,
+            heuristic_cap: None,
+            max_retention: None,
+            hit_for_pass: None,
+        }
+    }
+
+    /// The route's edge policy: the defaults with this route's overrides.
+    pub fn policy(&self) -> strata_http::policy::EdgePolicy {
+        let mut p = strata_http::policy::EdgePolicy::default()
+            .with_store_authorized(self.honour_authorization)
+            .with_store_set_cookie(self.store_set_cookie);
+        if let Some(d) = self.stale_while_revalidate {
+            p = p.with_stale_while_revalidate(d.0);
+        }
+        if let Some(d) = self.stale_if_error {
+            p = p.with_stale_if_error(d.0);
+        }
+        if let Some(n) = self.heuristic_per_mille {
+            p = p.with_heuristic_per_mille(n);
+        }
+        if let Some(d) = self.heuristic_cap {
+            p = p.with_heuristic_cap(d.0);
+        }
+        if let Some(d) = self.max_retention {
+            p = p.with_max_retention(d.0);
+        }
+        p
+    }
+
+    /// The route; `Err(message)` for an origin that is not `http://host[:port]`.
+    pub fn route(&self) -> Result<strata_http::proxy::Route, String> {
+        let mut r = strata_http::proxy::Route::new(&self.origin)
+            .map_err(|e| e.to_string())?
+            .with_policy(self.policy());
+        if let Some(h) = &self.host {
+            r = r.with_host(h);
+        }
+        if let Some(p) = &self.path_prefix {
+            r = r.with_path_prefix(p);
+        }
+        if let Some(n) = &self.name {
+            r = r.with_name(n);
+        }
+        if let Some(b) = self.max_object_bytes {
+            r = r.with_max_object_bytes(b.0 as usize);
+        }
+        if let Some(d) = self.hit_for_pass {
+            r = r.with_hit_for_miss(d.0);
+        }
+        Ok(r)
+    }
+}
+
 /// Line and column (1-based) of a byte offset.
 fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let before = &src[..offset.min(src.len())];
@@ -415,6 +620,29 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The name a `[table]` header line gives, with the element's index for an array of tables (`[[proxy.routes]]`,
+/// the second one in `above_and_on` → `proxy.routes[1]`).
+fn header_name(header: &str, above_and_on: &str) -> String {
+    let bare = |h: &str| {
+        h.trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let name = bare(header);
+    if !header.starts_with("[[") {
+        return name;
+    }
+    let count = above_and_on
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("[[") && bare(l) == name)
+        .count();
+    format!("{name}[{}]", count.saturating_sub(1))
+}
+
 /// The dotted field at a span: the nearest `[table]` header above it plus the key on the span's line.
 fn field_at(src: &str, span: &Range<usize>) -> String {
     let start = span.start.min(src.len());
@@ -423,13 +651,8 @@ fn field_at(src: &str, span: &Range<usize>) -> String {
     let trimmed = line.trim();
     if trimmed.starts_with('[') {
         // The span is on a header (a duplicate table, an array of tables): the header is the field.
-        return trimmed
-            .trim_start_matches('[')
-            .split(']')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
+        let line_end = line_start + line.len();
+        return header_name(trimmed, &src[..line_end]);
     }
     let key = line
         .split_once('=')
@@ -439,7 +662,7 @@ fn field_at(src: &str, span: &Range<usize>) -> String {
         .rev()
         .map(str::trim)
         .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+        .map(|l| header_name(l, &src[..line_start]));
     match (header, key) {
         (Some(h), Some(k)) => format!("{h}.{k}"),
         (Some(h), None) => h,
@@ -1010,6 +1233,105 @@ impl Config {
                 }
             }
         }
+        // [proxy]
+        if let Some(p) = &self.proxy {
+            range("proxy.max_body", p.max_body.0, 1, MAX_BODY, "bytes")?;
+            timeout("proxy.origin_timeout".into(), Some(p.origin_timeout), false)?;
+            if p.key_scheme != "http" && p.key_scheme != "https" {
+                return Err(at(
+                    "proxy.key_scheme".into(),
+                    format!("{:?}: write \"http\" or \"https\"", p.key_scheme),
+                ));
+            }
+            if p.routes.is_empty() {
+                return Err(at(
+                    "proxy.routes".into(),
+                    "no routes: add a [[proxy.routes]] with `origin = \"http://host:port\"` (and `host` and/or \
+                     `path_prefix` to pick its requests)"
+                        .into(),
+                ));
+            }
+            let mut seen: Vec<(Option<String>, String, usize)> = Vec::new();
+            for (i, r) in p.routes.iter().enumerate() {
+                let f = |k: &str| format!("proxy.routes[{i}].{k}");
+                if let Err(e) = r.route() {
+                    return Err(at(f("origin"), e));
+                }
+                if let Some(h) = &r.host {
+                    let ok = !h.is_empty()
+                        && h.len() <= 253
+                        && h.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+                    if !ok {
+                        return Err(at(
+                            f("host"),
+                            format!("{h:?}: write a host name without scheme or port, e.g. \"www.example.com\""),
+                        ));
+                    }
+                }
+                if let Some(pp) = &r.path_prefix {
+                    if !pp.starts_with('/')
+                        || pp.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        return Err(at(
+                            f("path_prefix"),
+                            format!("{pp:?}: a path prefix starts with `/` and has no spaces, e.g. \"/api/\""),
+                        ));
+                    }
+                }
+                if let Some(n) = &r.name {
+                    if !valid_name(n) {
+                        return Err(at(
+                            f("name"),
+                            format!(
+                                "{n:?}: route names use letters, digits, `_` and `-` (at most 64)"
+                            ),
+                        ));
+                    }
+                }
+                if let Some(b) = r.max_object_bytes {
+                    range(&f("max_object_bytes"), b.0, 1, MAX_BODY, "bytes")?;
+                }
+                if let Some(n) = r.heuristic_per_mille {
+                    range(
+                        &f("heuristic_per_mille"),
+                        u64::from(n),
+                        0,
+                        1000,
+                        "per mille",
+                    )?;
+                }
+                ttl_like(f("stale_while_revalidate"), r.stale_while_revalidate)?;
+                ttl_like(f("stale_if_error"), r.stale_if_error)?;
+                ttl_like(f("heuristic_cap"), r.heuristic_cap)?;
+                ttl_like(f("max_retention"), r.max_retention)?;
+                if r.max_retention.is_some_and(|d| d.0.is_zero()) {
+                    return Err(at(f("max_retention"), "must be longer than zero".into()));
+                }
+                timeout(f("hit_for_pass"), r.hit_for_pass, true)?;
+                let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
+                let prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
+                if let Some((_, _, j)) = seen.iter().find(|(h, pp, _)| *h == host && *pp == prefix)
+                {
+                    let key = if r.path_prefix.is_some() {
+                        "path_prefix"
+                    } else if r.host.is_some() {
+                        "host"
+                    } else {
+                        "origin"
+                    };
+                    return Err(at(
+                        f(key),
+                        format!(
+                            "routes {j} and {i} both serve host {} under {prefix:?}: give each host and path \
+                             prefix one route",
+                            host.as_deref().unwrap_or("*")
+                        ),
+                    ));
+                }
+                seen.push((host, prefix, i));
+            }
+        }
         Ok(())
     }
 
@@ -1307,6 +1629,41 @@ mod tests {
             assert!(modes.contains(&(ns, mode)), "{ns}: {modes:?}");
         }
         assert!(c.cdc.is_some());
+    }
+
+    #[test]
+    fn the_shipped_edge_example_is_valid_and_maps_to_routes_and_policies() {
+        let src = include_str!("../../../examples/edge.toml");
+        let c = Config::parse(src, "examples/edge.toml").unwrap();
+        let p = c.proxy.as_ref().unwrap();
+        assert_eq!(p.listen.to_string(), "127.0.0.1:8780");
+        let routes = p.routes().unwrap();
+        let names: Vec<String> = routes.iter().map(|r| r.name()).collect();
+        assert_eq!(names, ["assets", "api", "site"]);
+        let assets = routes.find("static.example.com", "/api/x").unwrap();
+        assert_eq!(assets.name(), "assets");
+        assert_eq!(assets.max_object_bytes(), Some(4 << 20));
+        assert_eq!(
+            assets.policy().stale_while_revalidate,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(routes.find("other", "/api/x").unwrap().name(), "api");
+        assert_eq!(routes.find("other", "/x").unwrap().name(), "site");
+        assert_eq!(p.retention(), Duration::from_secs(24 * 3600));
+        let one = ProxySection::one_route(ProxySection::default_listen(), "http://127.0.0.1:8000");
+        assert_eq!(one.routes().unwrap().iter().next().unwrap().name(), "*/");
+    }
+
+    #[test]
+    fn errors_in_arrays_of_tables_name_the_element() {
+        let e = err(
+            "[proxy]\n\n[[proxy.routes]]\norigin = \"http://a\"\n\n[[proxy.routes]]\norign = \"http://b\"\n",
+        );
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (7, "proxy.routes[1].orign"),
+            "{e}"
+        );
     }
 
     #[test]

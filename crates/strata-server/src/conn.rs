@@ -10,6 +10,10 @@
 //! - **Requests per connection** (`max_requests_per_connection`, 10,000): the last one is answered with
 //!   `Connection: close`.
 //!
+//! The proxy's listener ([`serve_edge`]) has the same limits (its own connection cap, counted in the same
+//! metrics), with the proxy's request-framing guard ([`strata_http::wire::FramingGuard`]) in front of hyper and
+//! hyper's own error answers left as they are (not rewritten to JSON: the proxy speaks plain HTTP).
+//!
 //! Each connection is served by hyper's HTTP/1.1 server with a watchdog task beside it that knows, from the
 //! bytes read and the requests dispatched, whether the connection is reading a head, busy or idle. Shutdown
 //! stops accepting, closes every connection that has no request in flight, and waits for the rest to answer.
@@ -153,6 +157,8 @@ impl Drop for InFlight {
 struct Watched {
     stream: TcpStream,
     state: Arc<ConnState>,
+    /// Rewrite hyper's automatic error answers to JSON (the data API; not the proxy).
+    json_errors: bool,
     /// A rewritten answer being written: the bytes, how many are written, and how many of hyper's it stands for.
     rewrite: Option<(Vec<u8>, usize, usize)>,
 }
@@ -164,6 +170,9 @@ impl Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Option<Poll<io::Result<usize>>> {
+        if !self.json_errors {
+            return None;
+        }
         if self.rewrite.is_none() {
             let with_json = crate::edge::rewrite_automatic(buf)?;
             self.rewrite = Some((with_json, 0, buf.len()));
@@ -292,6 +301,15 @@ async fn watchdog(
 /// What a refused connection reads before it is closed.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 97\r\n\r\n{\"error\":\"too_many_connections\",\"message\":\"the server holds server.max_connections; retry later\"}";
 
+/// How a listener's connections are read.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    /// The data API: hyper's automatic error answers get JSON bodies.
+    Api,
+    /// The proxy: heads with ambiguous framing (or longer than this) are refused before hyper parses them.
+    Edge { max_head: usize },
+}
+
 /// Serves `app` on `listener` under `limits` until `shutdown` resolves; then stops accepting, closes idle
 /// connections, lets in-flight requests finish (up to `drain`) and returns.
 pub async fn serve(
@@ -300,6 +318,43 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
+) -> io::Result<()> {
+    serve_framed(listener, app, limits, shutdown, drain, Framing::Api).await
+}
+
+/// Serves the caching reverse proxy on `listener` like [`serve`] does the data API (same limits, same graceful
+/// shutdown: in-flight responses finish), behind the proxy's framing guard.
+pub async fn serve_edge(
+    listener: TcpListener,
+    proxy: Arc<strata_http::proxy::Proxy>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> io::Result<()> {
+    // The guard's limit is a hard wall well past the proxy's own header limit, which answers first.
+    let max_head = proxy.config().max_header_bytes.saturating_mul(2);
+    let app = axum::Router::new().fallback(move |req: Request<axum::body::Body>| {
+        let proxy = proxy.clone();
+        async move { proxy.handle(req).await }
+    });
+    serve_framed(
+        listener,
+        app,
+        limits,
+        shutdown,
+        drain,
+        Framing::Edge { max_head },
+    )
+    .await
+}
+
+async fn serve_framed(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+    framing: Framing,
 ) -> io::Result<()> {
     let max = fit_fd_limit(limits.max_connections);
     let permits = Arc::new(Semaphore::new(max));
@@ -338,50 +393,17 @@ pub async fn serve(
         tokio::spawn(async move {
             metrics::gauge!("strata_http_connections_open").increment(1.0);
             let state = Arc::new(ConnState::new());
-            let io = TokioIo::new(Watched {
+            let watched = Watched {
                 stream,
                 state: state.clone(),
+                json_errors: matches!(framing, Framing::Api),
                 rewrite: None,
-            });
-            let per_conn = state.clone();
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let (n, guard) = per_conn.begin();
-                let app = app.clone();
-                async move {
-                    let mut resp = app.oneshot(req).await?;
-                    drop(guard);
-                    if n >= limits.max_requests_per_connection {
-                        resp.headers_mut()
-                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
-            let conn = builder.serve_connection(io, service);
-            let mut conn = std::pin::pin!(conn);
-            let mut dog = std::pin::pin!(watchdog(state, limits, stop.clone()));
-            let mut stop = stop;
-            let mut graceful = false;
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    reason = dog.as_mut() => {
-                        match reason {
-                            Closed::HeaderTimeout => metrics::counter!("strata_http_connections_closed_total", "reason" => "header_timeout").increment(1),
-                            Closed::IdleTimeout => metrics::counter!("strata_http_connections_closed_total", "reason" => "idle_timeout").increment(1),
-                            Closed::Shutdown => {}
-                        }
-                        break;
-                    }
-                    _ = stop.changed(), if !graceful => {
-                        graceful = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
+            };
+            match framing {
+                Framing::Api => connection(watched, app, builder, state, limits, stop).await,
+                Framing::Edge { max_head } => {
+                    let io = strata_http::wire::FramingGuard::new(watched, max_head);
+                    connection(io, app, builder, state, limits, stop).await
                 }
             }
             metrics::gauge!("strata_http_connections_open").decrement(1.0);
@@ -397,6 +419,62 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Serves one connection until it ends, its watchdog closes it, or (after shutdown) its last request is
+/// answered.
+async fn connection<I>(
+    io: I,
+    app: axum::Router,
+    builder: Arc<hyper::server::conn::http1::Builder>,
+    state: Arc<ConnState>,
+    limits: Limits,
+    stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    let per_conn = state.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (n, guard) = per_conn.begin();
+        let app = app.clone();
+        async move {
+            let mut resp = app.oneshot(req).await?;
+            drop(guard);
+            if n >= limits.max_requests_per_connection {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let mut dog = std::pin::pin!(watchdog(state, limits, stop.clone()));
+    let mut stop = stop;
+    let mut graceful = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            reason = dog.as_mut() => {
+                match reason {
+                    Closed::HeaderTimeout => metrics::counter!("strata_http_connections_closed_total", "reason" => "header_timeout").increment(1),
+                    Closed::IdleTimeout => metrics::counter!("strata_http_connections_closed_total", "reason" => "idle_timeout").increment(1),
+                    Closed::Shutdown => {}
+                }
+                break;
+            }
+            _ = stop.changed(), if !graceful => {
+                graceful = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
 }
 
 /// Errors of one incoming connection (it went away before it was accepted), not of the listener.

@@ -94,9 +94,33 @@ pub async fn run(
 
 /// Serves an already built state (see [`run`]) through the connection layer of [`conn`] (header-read and idle
 /// timeouts, a cap on connections and on requests per connection). Refuses a non-loopback `listener` when no
-/// token is set and `allow_unauthenticated` is not (protected mode).
+/// token is set and `allow_unauthenticated` is not (protected mode). With `[proxy]`, the proxy is served too, on
+/// its configured address (see [`serve_with`]).
 pub async fn serve(
     listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with(listener, None, state, shutdown).await
+}
+
+/// Binds the proxy's listener (`[proxy] listen`), when there is a proxy.
+pub async fn bind_proxy(state: &AppState) -> anyhow::Result<Option<TcpListener>> {
+    use anyhow::Context;
+    match &state.proxy {
+        Some(p) => Ok(Some(TcpListener::bind(p.listen).await.with_context(
+            || format!("binding the proxy's listener {} ([proxy] listen)", p.listen),
+        )?)),
+        None => Ok(None),
+    }
+}
+
+/// [`serve`], with the proxy's listener already bound (else it is bound here, when there is a proxy). The proxy
+/// runs beside the data API with the same connection limits; on shutdown both stop accepting and finish their
+/// in-flight requests before the cache closes.
+pub async fn serve_with(
+    listener: TcpListener,
+    proxy_listener: Option<TcpListener>,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -118,19 +142,53 @@ pub async fn serve(
             }
         })
     };
+    let drain = Duration::from_secs(60);
+    let limits = conn::Limits::of(&state.server);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let proxy_listener = match proxy_listener {
+        Some(l) => Some(l),
+        None => bind_proxy(&state).await?,
+    };
+    let edge = match (proxy_listener, &state.proxy) {
+        (Some(l), Some(p)) => {
+            tracing::info!(addr = %l.local_addr()?, routes = p.proxy.routes().iter().count(), "strata proxy serving");
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(conn::serve_edge(
+                l,
+                p.proxy.clone(),
+                limits,
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+                drain,
+            )))
+        }
+        _ => None,
+    };
     let for_shutdown = state.clone();
-    conn::serve(
+    let served = conn::serve(
         listener,
         app(state.clone(), addr),
-        conn::Limits::of(&state.server),
+        limits,
         async move {
             shutdown.await;
             for_shutdown.ready.store(false, Ordering::Relaxed);
             tracing::info!("shutting down: finishing in-flight requests");
+            let _ = stop_tx.send(true);
         },
-        Duration::from_secs(60),
+        drain,
     )
-    .await?;
+    .await;
+    if let Some(edge) = edge {
+        // Stopped with the data API: by the shutdown signal, or (the API's listener failed) by the signal's
+        // sender going away.
+        match edge.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the proxy's listener failed"),
+            Err(e) => tracing::warn!(error = %e, "the proxy's task failed"),
+        }
+    }
+    served?;
     publisher.abort();
     close(&state).await;
     Ok(())

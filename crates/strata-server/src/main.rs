@@ -60,6 +60,13 @@ enum Command {
         /// are kept as *.damaged). Without it, damage stops the start and names the file and byte offset.
         #[arg(long)]
         recover_journal: bool,
+        /// Also serve the edge tier: an RFC 9111 caching reverse proxy in front of this origin
+        /// (`http://host[:port]`), one route for every host and path (replacing the config's `[proxy]` routes).
+        #[arg(long)]
+        proxy_origin: Option<String>,
+        /// The proxy's listen address (overrides `[proxy] listen`). Default: 127.0.0.1:8780.
+        #[arg(long)]
+        proxy_listen: Option<SocketAddr>,
         /// Log as JSON lines.
         #[arg(long)]
         json_logs: bool,
@@ -276,6 +283,8 @@ fn main() -> anyhow::Result<()> {
             token,
             allow_unauthenticated,
             recover_journal,
+            proxy_origin,
+            proxy_listen,
             json_logs,
         } => {
             init_logs(json_logs);
@@ -326,6 +335,30 @@ fn main() -> anyhow::Result<()> {
             if allow_unauthenticated {
                 config.server.allow_unauthenticated = true;
             }
+            if let Some(origin) = &proxy_origin {
+                let listen = proxy_listen
+                    .or(config.proxy.as_ref().map(|p| p.listen))
+                    .unwrap_or_else(strata_server::config::ProxySection::default_listen);
+                let section = match config.proxy.take() {
+                    Some(mut p) => {
+                        p.routes = vec![strata_server::config::ProxyRouteConfig::to(origin)];
+                        p.listen = listen;
+                        p
+                    }
+                    None => strata_server::config::ProxySection::one_route(listen, origin),
+                };
+                section
+                    .routes()
+                    .map_err(|(_, e)| anyhow::anyhow!("--proxy-origin: {e}"))?;
+                config.proxy = Some(section);
+            } else if let Some(l) = proxy_listen {
+                match &mut config.proxy {
+                    Some(p) => p.listen = l,
+                    None => anyhow::bail!(
+                        "--proxy-listen needs a proxy: give --proxy-origin URL, or a config with a [proxy] section"
+                    ),
+                }
+            }
             // Before binding or connecting anything: the token variable, protected mode.
             if let Err(e) = config.check_start() {
                 if seed_demo {
@@ -349,6 +382,17 @@ fn main() -> anyhow::Result<()> {
                     recover_journal,
                 };
                 let state = strata_server::build(&config, &options).await?;
+                let proxy_listener = strata_server::bind_proxy(&state).await?;
+                if let (Some(l), Some(p)) = (&proxy_listener, &config.proxy) {
+                    let origins: Vec<&str> = p.routes.iter().map(|r| r.origin.as_str()).collect();
+                    eprintln!(
+                        "strata proxy listening on http://{} ({} route{}: {})",
+                        l.local_addr()?,
+                        origins.len(),
+                        if origins.len() == 1 { "" } else { "s" },
+                        origins.join(", ")
+                    );
+                }
                 // Printed once the server can answer: scripts and tests wait for this line.
                 eprintln!(
                     "strata listening on http://{} ({})",
@@ -359,7 +403,7 @@ fn main() -> anyhow::Result<()> {
                         (true, true) => "embedded default: demo catalog in PostgreSQL, with CDC",
                     }
                 );
-                strata_server::serve(listener, state, shutdown_signal()).await
+                strata_server::serve_with(listener, proxy_listener, state, shutdown_signal()).await
             })
         }
         Command::Init { config, data_dir } => {
@@ -423,12 +467,18 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 println!(
-                    "{}: ok ({} namespaces, {} sources{}{})",
+                    "{}: ok ({} namespaces, {} sources{}{}{})",
                     file.display(),
                     c.namespaces.len(),
                     c.sources.len(),
                     if c.redis.is_some() { ", Redis" } else { "" },
-                    if c.cdc.is_some() { ", CDC" } else { "" }
+                    if c.cdc.is_some() { ", CDC" } else { "" },
+                    c.proxy.as_ref().map_or(String::new(), |p| format!(
+                        ", proxy on {} with {} route{}",
+                        p.listen,
+                        p.routes.len(),
+                        if p.routes.len() == 1 { "" } else { "s" }
+                    ))
                 );
                 // The file is valid; what depends on the environment is checked when `serve` starts, and said
                 // here so a missing secret is not a surprise.

@@ -32,6 +32,10 @@ pub fn publish(state: &AppState) {
     if let Some(wb) = &state.write_behind {
         wb.publish_metrics();
     }
+    // The proxy's per-route counters (`strata_proxy_*`, see `strata_http::stats`).
+    if let Some(edge) = &state.proxy {
+        edge.proxy.publish_metrics();
+    }
     metrics::gauge!("strata_uptime_seconds").set(state.started.elapsed().as_secs_f64());
     // 1 on the node whose CDC consumer holds the slot and streams, 0 on standbys.
     let cdc_active = state

@@ -266,7 +266,7 @@ pub fn document(state: &AppState) -> Value {
         },
         "paths": {
             "/v1/_stats": {
-                "get": {"summary": "Every namespace's counters, the bus, write-behind and CDC", "responses": all_stats}
+                "get": {"summary": "Every namespace's counters, the bus, write-behind, CDC and the proxy's routes", "responses": all_stats}
             },
             "/v1/_dead_letters": {
                 "get": {"summary": "Write-behind writes the source kept refusing (parked after max_attempts)",

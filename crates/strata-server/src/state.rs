@@ -138,6 +138,40 @@ pub struct AppState {
     pub has_l2: bool,
     /// `[server]` as configured (access rules and connection limits).
     pub server: crate::config::ServerConfig,
+    /// The edge tier, when `[proxy]` is configured: the proxy and where it listens.
+    pub proxy: Option<EdgeProxy>,
+}
+
+/// The cache namespace the proxy stores responses in (not a data API namespace: those never start with `_`).
+pub const EDGE_NAMESPACE: &str = "_edge";
+
+/// The proxy of `[proxy]`.
+pub struct EdgeProxy {
+    /// The proxy (its routes, counters and namespace).
+    pub proxy: Arc<strata_http::proxy::Proxy>,
+    /// Where it listens.
+    pub listen: std::net::SocketAddr,
+}
+
+impl EdgeProxy {
+    /// The proxy of `section` over `cache`, storing in [`EDGE_NAMESPACE`] (in L2 too when `with_l2`: nodes share
+    /// responses).
+    pub fn build(
+        cache: &Cache,
+        section: &crate::config::ProxySection,
+        with_l2: bool,
+    ) -> anyhow::Result<Self> {
+        let routes = section
+            .routes()
+            .map_err(|(i, e)| anyhow::anyhow!("proxy.routes[{i}]: {e}"))?;
+        let ns =
+            strata_http::proxy::edge_namespace(cache, EDGE_NAMESPACE, section.retention(), with_l2)
+                .context("the proxy's namespace")?;
+        Ok(Self {
+            proxy: strata_http::proxy::Proxy::new(routes, ns, section.proxy_config()),
+            listen: section.listen,
+        })
+    }
 }
 
 /// Opens (creating if missing) a SQLite file with WAL and `synchronous=FULL` (write-behind's checkpoint relies on
@@ -286,6 +320,10 @@ impl AppState {
             builder = builder.with_shared_tier(l2.clone());
         }
         let cache = builder.build();
+        let proxy = match &config.proxy {
+            Some(section) => Some(EdgeProxy::build(&cache, section, shared.is_some())?),
+            None => None,
+        };
 
         // Write-behind, when needed.
         let needs_behind = config
@@ -439,6 +477,7 @@ impl AppState {
             ready: AtomicBool::new(true),
             has_l2: shared.is_some(),
             server: config.server.clone(),
+            proxy,
         }))
     }
 

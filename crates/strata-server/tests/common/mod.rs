@@ -31,6 +31,8 @@ pub struct Running {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// The proxy's `http://ADDR`, when it serves one (`--proxy-origin`, `[proxy]`).
+    pub proxy: Option<String>,
 }
 
 impl Drop for Running {
@@ -60,8 +62,13 @@ pub fn serve(dir: &Path, extra: &[&str]) -> Result<Running, String> {
         };
         if let Some(rest) = line.strip_prefix("strata listening on ") {
             let base = rest.split_whitespace().next().unwrap().to_owned();
+            let proxy = seen.iter().find_map(|l: &String| {
+                l.strip_prefix("strata proxy listening on ")
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(str::to_owned)
+            });
             std::thread::spawn(move || for _ in lines.by_ref() {});
-            return Ok(Running { child, base });
+            return Ok(Running { child, base, proxy });
         }
         seen.push(line);
     }
