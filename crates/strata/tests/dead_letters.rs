@@ -60,22 +60,11 @@ async fn a_parked_write_leaves_the_caches_and_can_be_listed_retried_and_discarde
         "the write never settled"
     );
     assert_eq!(wb.stats().dead_lettered, 1);
-    // The value will never be persisted: the caches serve the source's row again.
-    let mut served = None;
-    for _ in 0..100 {
-        let got = ns.fetch("views").await.unwrap();
-        served = got.value().copied();
-        if served == Some(1) {
-            assert_ne!(
-                got.status(),
-                Status::Hit(strata::Tier::L1),
-                "the first read after the park is a load"
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(served, Some(1), "the parked value is still served");
+    // The value will never be persisted: from the moment it is a dead letter, the caches serve the source's row
+    // again — the first read after the park is a load, not the parked value.
+    let got = ns.fetch("views").await.unwrap();
+    assert_eq!(got.value(), Some(&1), "the parked value is still served");
+    assert_ne!(got.status(), Status::Hit(strata::Tier::L1));
     let letters = wb.dead_letters().unwrap();
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
@@ -106,4 +95,33 @@ async fn a_parked_write_leaves_the_caches_and_can_be_listed_retried_and_discarde
     assert!(wb.discard_dead_letter(seq).unwrap());
     assert!(!wb.discard_dead_letter(seq).unwrap());
     assert!(wb.dead_letters().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reader_sees_the_parked_value_once_the_dead_letter_is_listed() {
+    let strict = Arc::new(Strict {
+        table: VersionedTable::new(),
+        failing: AtomicBool::new(true),
+    });
+    strict.table.set("views", 1);
+    let options = WriteBehindOptions {
+        max_attempts: 1,
+        linger: Duration::from_millis(1),
+        ..WriteBehindOptions::default()
+    };
+    let wb = WriteBehind::open(fresh_dir("dlq-order"), options).unwrap();
+    let cache = Cache::new();
+    let ns = counters(&cache, &strict, &wb);
+    ns.write("views", 7).await.unwrap();
+    // Watch as closely as a reader can: the instant the letter is listed, the cached value must be gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while wb.stats().dead_lettered == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never parked");
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        ns.get("views").is_none_or(|l| l.value() != Some(&7)),
+        "the dead letter was listed while L1 still served the parked value"
+    );
+    assert_eq!(ns.fetch("views").await.unwrap().value(), Some(&1));
 }

@@ -41,8 +41,9 @@ pub(crate) trait FlushTarget: Send + Sync {
     fn apply_batch<'a>(&'a self, items: &'a [Item<'a>]) -> BoxFuture<'a, Result<u64, String>>;
     /// The write `seq` of `key` is in the source (or parked): stop serving it from the pending overlay.
     fn settled(&self, key: &str, seq: u64);
-    /// The write of `key` was parked: the caches must stop serving it.
-    fn parked(&self, key: &str);
+    /// The write of `key` is being parked: resolves once the caches no longer serve it, so that nobody who sees
+    /// the dead letter can still read the value it will never persist.
+    fn parked<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()>;
 }
 
 /// One key's newest pending write and the older writes it covers.
@@ -318,9 +319,11 @@ async fn round(inner: &Arc<Inner>, queue: &Queue, target: &Arc<dyn FlushTarget>)
                 inner.failures.fetch_add(1, Ordering::Relaxed);
                 l.attempts += 1;
                 if l.attempts >= o.max_attempts {
-                    park(inner, &queue.namespace, &key, &l, &error);
+                    // Out of the overlay and every tier first, then on the dead-letter list: whoever lists it
+                    // reads the key's persisted state, never the value that will not be persisted.
                     target.settled(&key, l.seq);
-                    target.parked(&key);
+                    target.parked(&key).await;
+                    park(inner, &queue.namespace, &key, &l, &error);
                     settled.extend(l.covered);
                     settled.push(l.seq);
                 } else {

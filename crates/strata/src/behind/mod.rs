@@ -543,17 +543,21 @@ pub(crate) struct BehindNs<V> {
     pub overlay: Arc<Overlay<V>>,
     /// The namespace's flusher; the cache holds a clone to drain and stop it at `Cache::close`.
     pub flusher: Arc<Flusher>,
-    /// Keys whose write was parked (taken by the namespace, which invalidates them in every tier).
-    pub parked: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    /// Keys whose write is being parked (taken by the namespace, which invalidates them in every tier and then
+    /// says so on the key's `oneshot`).
+    pub parked: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Parked>>>,
 }
 
 struct NsTarget<V> {
     sink: Arc<dyn strata_core::Sink<V>>,
     codec: Arc<dyn crate::codec::Codec<V>>,
     overlay: Arc<Overlay<V>>,
-    /// Keys whose write was parked, for the namespace to invalidate.
-    parked: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Keys whose write is being parked, for the namespace to invalidate.
+    parked: tokio::sync::mpsc::UnboundedSender<Parked>,
 }
+
+/// A key whose write is being parked, and the signal that every tier has dropped it.
+pub(crate) type Parked = (String, tokio::sync::oneshot::Sender<()>);
 
 impl<V: Send + Sync + 'static> NsTarget<V> {
     fn decode(&self, bytes: &[u8]) -> Result<V, String> {
@@ -626,8 +630,14 @@ impl<V: Send + Sync + 'static> FlushTarget for NsTarget<V> {
         self.overlay.flushed(key, seq);
     }
 
-    fn parked(&self, key: &str) {
-        let _ = self.parked.send(key.to_owned());
+    fn parked<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let (done, dropped) = tokio::sync::oneshot::channel();
+            if self.parked.send((key.to_owned(), done)).is_ok() {
+                // Err: the namespace is gone, and its caches with it.
+                let _ = dropped.await;
+            }
+        })
     }
 }
 

@@ -136,9 +136,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
             // A parked write-behind value will never be persisted: drop it from every tier.
             let weak = Arc::downgrade(&inner);
             tokio::spawn(async move {
-                while let Some(key) = parked.recv().await {
+                while let Some((key, done)) = parked.recv().await {
                     let Some(inner) = weak.upgrade() else { return };
                     inner.invalidate(&key, None).await;
+                    let _ = done.send(());
                 }
             });
         }
