@@ -289,6 +289,9 @@ pub fn edge_namespace(
         .with_ttl(retention)
         .with_jitter(0.0)
         .with_l2(with_l2)
+        // With a shared tier, one node fetches a missing URL for all of them: the key's lease (see strata's
+        // read path), on top of each node's single-flight.
+        .with_distributed_coalescing(with_l2)
         .build()
         .map_err(strata::Error::InvalidPolicy)?;
     let mut b = cache

@@ -51,6 +51,13 @@ impl Origin {
                         }),
                     )
                     .route(
+                        "/collapse",
+                        get(|| async {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            ([("cache-control", "max-age=60")], "fetched once\n")
+                        }),
+                    )
+                    .route(
                         "/slow",
                         get(|| async {
                             tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -513,7 +520,8 @@ fn the_proxy_listener_refuses_ambiguous_framing_before_the_origin_sees_it() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Two nodes on one Redis: a response one node fetched is the other's hit (the proxy's namespace is in L2).
+/// Two nodes on one Redis: a response one node fetched is the other's hit (the proxy's namespace is in L2), and
+/// concurrent misses on both nodes make one origin request.
 /// Needs Redis (`STRATA_REDIS_URL`, default `redis://127.0.0.1:6379`), as `cluster.rs` does.
 #[test]
 fn nodes_on_one_redis_share_stored_responses() {
@@ -559,6 +567,24 @@ fn nodes_on_one_redis_share_stored_responses() {
         "{h:?}"
     );
     assert_eq!(origin.hits(), 1, "the second node answered from L2");
+    // Concurrent misses of one URL on both nodes: one origin request in all — each node's single-flight, and
+    // the key's lease in Redis between the nodes.
+    let proxies = [a.proxy.clone().unwrap(), b.proxy.clone().unwrap()];
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let proxy = proxies[i % 2].clone();
+            std::thread::spawn(move || request(&proxy, "shop.test", "/collapse", &[]))
+        })
+        .collect();
+    for c in clients {
+        let (status, _, body) = c.join().unwrap();
+        assert_eq!((status, body.as_str()), (200, "fetched once\n"));
+    }
+    assert_eq!(
+        origin.hits(),
+        2,
+        "8 concurrent misses on 2 nodes fetched more than once"
+    );
     drop((a, b));
     let _ = std::fs::remove_dir_all(dir_a);
     let _ = std::fs::remove_dir_all(dir_b);
