@@ -115,6 +115,14 @@ need_logical_replication() {
           where slot_name like 'strata\_t\_%' and not active" >/dev/null
 }
 
+# nginx for the edge-tier benchmarks beside proxy_cache (strata-bench proxy writes its own config and runs its own
+# nginx on a free port; the system service is not used).
+need_nginx() {
+  if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then return; fi
+  say "nginx not found: installing Debian's nginx (for strata bench proxy)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+}
+
 # Headless Chromium for the dashboard test.
 need_chromium() {
   for c in chromium chromium-browser google-chrome; do command -v "$c" >/dev/null 2>&1 && return; done
@@ -187,6 +195,7 @@ need_redis
 need_postgres
 need_logical_replication
 need_chromium
+need_nginx
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
@@ -213,6 +222,16 @@ say "strata bench api (smoke, debug binary: the figures are not meaningful here)
 line=$(target/debug/strata bench api --seconds 1 --budget-mib 16 --connections 4)
 echo "$line"
 echo "$line" | grep -q ' non_hits=0 ' || { echo "bench api: some reads were not L1 hits" >&2; exit 1; }
+
+say "strata bench proxy and proxy-stampede (smoke: one 1-second round; the figures are not meaningful here)"
+line=$(target/release/strata bench proxy --seconds 1 --rounds 1)
+echo "$line"
+echo "$line" | grep -Eq '^proxy hit_rps=[0-9]+ nginx_hit_rps=[0-9]+ ratio=[0-9.]+ p99_ms=[0-9.]+ nginx_p99_ms=[0-9.]+$' ||
+  { echo "bench proxy: unexpected report line" >&2; exit 1; }
+line=$(target/release/strata bench proxy-stampede)
+echo "$line"
+echo "$line" | grep -Eq '^proxy_stampede requests=10000 origin_requests=1 nginx_origin_requests=[0-9]+$' ||
+  { echo "bench proxy-stampede: expected origin_requests=1" >&2; exit 1; }
 
 REDIS_URL="${STRATA_REDIS_URL:-redis://127.0.0.1:6379}"
 line=$(cargo run --release --quiet -p strata-bench -- stampede)

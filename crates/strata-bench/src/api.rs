@@ -13,11 +13,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::loadgen::{hammer, Conn, Pinning};
 
 /// Figures of one run.
 #[derive(Debug, Clone, Copy)]
@@ -44,94 +43,6 @@ impl std::fmt::Display for ApiReport {
     }
 }
 
-/// One keep-alive HTTP/1.1 connection.
-struct Conn {
-    addr: String,
-    stream: TcpStream,
-    buf: Vec<u8>,
-    /// The server answered `Connection: close` (its `max_requests_per_connection`): reconnect first.
-    closed: bool,
-}
-
-impl Conn {
-    async fn open(addr: &str) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            addr: addr.to_owned(),
-            stream,
-            buf: Vec::with_capacity(16 << 10),
-            closed: false,
-        })
-    }
-
-    /// Sends a request and reads the whole response; returns (status, whether `Cache-Status` says hit).
-    async fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: &[u8],
-    ) -> anyhow::Result<(u16, bool)> {
-        if self.closed {
-            *self = Self::open(&self.addr).await?;
-        }
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        );
-        self.stream.write_all(head.as_bytes()).await?;
-        if !body.is_empty() {
-            self.stream.write_all(body).await?;
-        }
-        // Read until the end of the headers, then the body by Content-Length.
-        self.buf.clear();
-        let header_end = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 8192];
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("the server closed the connection");
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = std::str::from_utf8(&self.buf[..header_end]).context("response head")?;
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("status line")?;
-        let mut length = 0usize;
-        let mut hit = false;
-        for line in head.lines() {
-            let lower = line.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                length = v.trim().parse().context("content-length")?;
-            } else if lower.starts_with("cache-status:") {
-                hit = lower.contains("; hit");
-            } else if lower.starts_with("connection:") && lower.contains("close") {
-                self.closed = true;
-            }
-        }
-        let mut have = self.buf.len() - header_end;
-        while have < length {
-            let mut chunk = vec![0u8; (length - have).min(64 << 10)];
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("the server closed the connection mid-body");
-            }
-            have += n;
-        }
-        Ok((status, hit))
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: u64 = status
@@ -143,13 +54,6 @@ fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
-fn have_taskset() -> bool {
-    Command::new("taskset")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Runs the scenario.
 pub async fn run(
     strata: &std::path::Path,
@@ -158,8 +62,8 @@ pub async fn run(
     budget_mib: u64,
     value_bytes: usize,
 ) -> anyhow::Result<ApiReport> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pinned = cores > 1 && have_taskset();
+    let pinning = Pinning::detect();
+    let pinned = pinning.pinned;
     let dir = std::env::temp_dir().join(format!("strata-bench-api-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("strata.toml");
@@ -169,15 +73,8 @@ pub async fn run(
             "[server]\nmax_body = \"4MiB\"\n\n[l1]\nbudget = \"{budget_mib}MiB\"\n\n[namespaces.blob]\nttl = \"1h\"\njitter = 0.0\n"
         ),
     )?;
-    let exe = strata.to_path_buf();
-    let mut cmd = if pinned {
-        let mut c = Command::new("taskset");
-        c.args(["-c", &(cores - 1).to_string()]).arg(&exe);
-        c
-    } else {
-        Command::new(&exe)
-    };
-    let mut child = cmd
+    let mut child = pinning
+        .server_command(strata)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .arg("--data-dir")
@@ -201,11 +98,7 @@ pub async fn run(
         }
     };
     std::thread::spawn(move || for _ in lines.by_ref() {});
-    if pinned {
-        let _ = Command::new("taskset")
-            .args(["-p", "-c", "0", &std::process::id().to_string()])
-            .output();
-    }
+    pinning.pin_load_generator();
     let result = measure(
         &addr,
         pid,
@@ -276,48 +169,17 @@ async fn measure(
     spread(hot, "GET", "hot", String::new()).await?;
     spread(hot, "GET", "hot", String::new()).await?;
     spread(cold, "PUT", "cold", value.clone()).await?;
-    let until = Instant::now() + Duration::from_secs_f64(seconds);
-    let mut tasks = Vec::new();
-    for w in 0..connections.max(1) {
-        let addr = addr.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let mut c = Conn::open(&addr).await?;
-            let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
-            let (mut hits, mut other) = (0u64, 0u64);
-            let mut i = w as u64 * 7919;
-            while Instant::now() < until {
-                i = i
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let k = (i >> 33) as usize % hot.max(1);
-                let started = Instant::now();
-                let (status, hit) = c.request("GET", &format!("/v1/blob/hot{k}"), &[]).await?;
-                let _ = hist.record(started.elapsed().as_micros().max(1) as u64);
-                if status == 200 && hit {
-                    hits += 1;
-                } else {
-                    other += 1;
-                }
-            }
-            Ok::<_, anyhow::Error>((hist, hits, other))
-        }));
-    }
-    let started = Instant::now();
-    let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
-    let (mut hits, mut other) = (0u64, 0u64);
-    for t in tasks {
-        let (h, a, b) = t.await??;
-        hist.add(&h).expect("same bounds");
-        hits += a;
-        other += b;
-    }
-    let elapsed = started.elapsed().as_secs_f64().max(seconds);
+    let hot = hot.max(1);
+    let load = hammer(addr, connections, seconds, move |i| {
+        format!("/v1/blob/hot{}", (i >> 33) as usize % hot)
+    })
+    .await?;
     let rss = rss_bytes(pid)?;
     Ok(ApiReport {
-        hit_rps: hits as f64 / elapsed,
-        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        hit_rps: load.hits as f64 / load.elapsed,
+        p99_ms: load.hist.value_at_quantile(0.99) as f64 / 1000.0,
         rss_over_budget: rss as f64 / budget as f64,
-        non_hits: other,
+        non_hits: load.other,
         pinned,
     })
 }

@@ -12,6 +12,8 @@ pub mod consistency;
 pub mod invalidation;
 pub mod l1;
 pub mod l2;
+pub mod loadgen;
+pub mod proxy;
 pub mod stampede;
 pub mod writes;
 pub mod xfetch;

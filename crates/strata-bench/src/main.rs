@@ -120,6 +120,52 @@ enum Scenario {
         #[arg(long, default_value_t = 1024)]
         value_bytes: usize,
     },
+    /// Cache hits through the edge tier (`strata-bench-proxy`, on its own core) beside nginx's `proxy_cache` (same
+    /// origin, same run, alternating rounds): hits per second and p99 for one object over keep-alive connections.
+    Proxy {
+        /// Seconds of load per round and server.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Rounds (each: Strata, then nginx).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Bytes of the object.
+        #[arg(long, default_value_t = 1024)]
+        object_bytes: usize,
+        /// The nginx binary. Default: `nginx` on PATH or in /usr/sbin (installed with apt when missing).
+        #[arg(long)]
+        nginx: Option<std::path::PathBuf>,
+        /// The `strata-bench-proxy` binary. Default: next to this one.
+        #[arg(long)]
+        proxy: Option<std::path::PathBuf>,
+    },
+    /// Concurrent requests for a just-expired URL through the edge tier and through nginx without
+    /// `proxy_cache_lock`: how many reach the origin.
+    ProxyStampede {
+        /// Concurrent requests (each on a keep-alive connection of its own).
+        #[arg(long, default_value_t = 10_000)]
+        requests: usize,
+        /// Origin latency in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        load_ms: u64,
+        /// The nginx binary. Default: `nginx` on PATH or in /usr/sbin (installed with apt when missing).
+        #[arg(long)]
+        nginx: Option<std::path::PathBuf>,
+        /// The `strata-bench-proxy` binary. Default: next to this one.
+        #[arg(long)]
+        proxy: Option<std::path::PathBuf>,
+    },
+    /// The clients of `proxy-stampede` (internal).
+    #[command(hide = true)]
+    ProxyStampedeClients {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        requests: usize,
+    },
     /// A child writing through write-behind is SIGKILLed at random moments; no acknowledged write may be lost.
     WriteBehindCrash {
         /// Kill cycles.
@@ -326,6 +372,42 @@ fn main() {
                 strata_bench::api::run(&strata, seconds, connections, budget_mib, value_bytes),
             );
         }
+        Scenario::Proxy {
+            seconds,
+            rounds,
+            connections,
+            object_bytes,
+            nginx,
+            proxy,
+        } => {
+            let servers = strata_bench::proxy::Servers { nginx, proxy };
+            report(
+                "proxy",
+                strata_bench::proxy::hits(servers, seconds, rounds, connections, object_bytes),
+            );
+        }
+        Scenario::ProxyStampede {
+            requests,
+            load_ms,
+            nginx,
+            proxy,
+        } => {
+            let servers = strata_bench::proxy::Servers { nginx, proxy };
+            report(
+                "proxy-stampede",
+                strata_bench::proxy::stampede(servers, requests, Duration::from_millis(load_ms)),
+            );
+        }
+        Scenario::ProxyStampedeClients { addr, requests } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            if let Err(e) = rt.block_on(strata_bench::proxy::stampede_clients(addr, requests)) {
+                eprintln!("proxy-stampede-clients: {e:#}");
+                std::process::exit(1);
+            }
+        }
         Scenario::Consistency {
             strata,
             nodes,
@@ -398,7 +480,7 @@ fn report<R: std::fmt::Display, E: std::fmt::Display>(
     match rt.block_on(run) {
         Ok(report) => println!("{report}"),
         Err(e) => {
-            eprintln!("{scenario}: {e}");
+            eprintln!("{scenario}: {e:#}");
             std::process::exit(1);
         }
     }
