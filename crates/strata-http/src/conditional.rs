@@ -318,16 +318,7 @@ mod tests {
 
     const T: u64 = 1_700_000_000;
 
-    fn map(fields: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in fields {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::testing::fields as map;
 
     fn date(secs: u64) -> String {
         format_http_date(secs * 1000)
@@ -511,9 +502,9 @@ mod tests {
             true
         ));
         // No validator in the 304: only a stored response without validators, or the one this cache validated.
-        assert!(selects(&map(&[]), &map(&[]), false));
-        assert!(!selects(&strong, &map(&[]), false));
-        assert!(selects(&strong, &map(&[]), true));
+        assert!(selects(&map::<&str>(&[]), &map::<&str>(&[]), false));
+        assert!(!selects(&strong, &map::<&str>(&[]), false));
+        assert!(selects(&strong, &map::<&str>(&[]), true));
     }
 
     #[test]

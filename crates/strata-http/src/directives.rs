@@ -510,23 +510,13 @@ pub(crate) fn unquote(v: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
     use proptest::prelude::*;
 
     fn cc(v: &str) -> Directives {
         Directives::parse_cache_control(v)
     }
 
-    fn response(fields: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in fields {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::testing::fields as response;
 
     #[test]
     fn surrogate_control_overrides_cache_control_when_it_speaks_of_caching() {

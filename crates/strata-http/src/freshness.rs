@@ -415,7 +415,7 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderName, HeaderValue};
+    use http::HeaderValue;
     use proptest::prelude::*;
     use std::time::Duration;
 
@@ -423,14 +423,7 @@ mod tests {
     const T: u64 = 1_700_000_000;
 
     fn headers(fields: &[(&str, String)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in fields {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
+        crate::testing::fields(fields)
     }
 
     fn date(secs: u64) -> String {

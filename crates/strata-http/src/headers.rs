@@ -178,16 +178,7 @@ pub fn check_request_framing(
 mod tests {
     use super::*;
 
-    fn map(fields: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in fields {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::testing::fields as map;
 
     #[test]
     fn rfc9110_7_6_1_hop_by_hop_and_connection_listed_fields_are_removed() {

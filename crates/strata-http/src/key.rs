@@ -385,16 +385,7 @@ mod tests {
         PrimaryKey::new(s, a, p).unwrap().0
     }
 
-    fn map(fields: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in fields {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::testing::fields as map;
 
     #[test]
     fn rfc3986_6_2_2_1_scheme_and_host_lower_cased_default_port_dropped() {

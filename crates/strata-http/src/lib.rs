@@ -61,3 +61,6 @@ pub mod status;
 pub mod storable;
 pub mod stored;
 pub mod wire;
+
+#[cfg(test)]
+mod testing;

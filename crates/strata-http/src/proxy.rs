@@ -1325,7 +1325,20 @@ impl Proxy {
             (code, body)
         };
         set_age(&mut headers, age);
-        // Strata-Cache-Control speaks to this tier only (RFC 9213): it stays stored, never goes downstream.
+        self.downstream(ctx, code, headers, body, status)
+    }
+
+    /// The last step of every answer that carries a stored or an origin response: `Strata-Cache-Control` speaks
+    /// to this tier only (RFC 9213) — it stays stored, never goes downstream — then `Via`, `Cache-Status`, and no
+    /// body for `HEAD`.
+    fn downstream(
+        &self,
+        ctx: &Ctx,
+        code: StatusCode,
+        mut headers: HeaderMap,
+        body: Bytes,
+        status: CacheStatus,
+    ) -> Response<Full<Bytes>> {
         headers.remove(&STRATA_CACHE_CONTROL);
         append_via(&mut headers, ctx.version, &self.config.via);
         status.append_to(&mut headers);
@@ -1346,15 +1359,7 @@ impl Proxy {
     ) -> Response<Full<Bytes>> {
         let mut headers = response.headers.clone();
         remove_hop_by_hop(&mut headers);
-        headers.remove(&STRATA_CACHE_CONTROL);
-        append_via(&mut headers, ctx.version, &self.config.via);
-        status.append_to(&mut headers);
-        let body = if ctx.method == Method::HEAD {
-            Bytes::new()
-        } else {
-            response.body.clone()
-        };
-        counted(build(response.status, headers, body), ctx, status)
+        self.downstream(ctx, response.status, headers, response.body.clone(), status)
     }
 
     fn origin_failed(

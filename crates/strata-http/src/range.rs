@@ -125,13 +125,7 @@ mod tests {
     use http::HeaderValue;
     use proptest::prelude::*;
 
-    fn h(fields: &[(&'static str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (n, v) in fields {
-            m.append(*n, HeaderValue::from_str(v).unwrap());
-        }
-        m
-    }
+    use crate::testing::fields as h;
 
     fn range(v: &str, len: u64) -> RangeAnswer {
         evaluate(&h(&[("range", v)]), &HeaderMap::new(), len)

@@ -195,18 +195,8 @@ pub fn check(ex: Exchange<'_>, policy: &EdgePolicy) -> Result<StorePlan, NotStor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
-    fn map(fields: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in fields {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::testing::fields as map;
 
     fn run(
         method: Method,

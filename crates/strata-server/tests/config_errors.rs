@@ -2,6 +2,8 @@
 //! (and a column on it) of the key it is about and its dotted field; bounds on durations, sizes and counts; the
 //! checks `serve` makes at start (the token variable, protected mode) and what `check-config` says about them.
 
+mod common;
+
 use std::path::PathBuf;
 
 use strata_server::Config;
@@ -362,56 +364,9 @@ const MUTATIONS: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-fn line_of(src: &str, marker: &str) -> usize {
-    let at = src
-        .rfind(marker)
-        .unwrap_or_else(|| panic!("marker {marker:?} not in the mutated file"));
-    src[..at].matches('\n').count() + 1
-}
-
 #[test]
 fn every_error_in_a_mutated_example_names_its_line_column_and_field() {
-    // The example itself is valid.
-    Config::parse(EXAMPLE, "strata.toml").unwrap();
-    let mut failures = Vec::new();
-    for (from, to, marker, field) in MUTATIONS {
-        let src = if from.is_empty() {
-            format!("{EXAMPLE}{to}")
-        } else {
-            assert!(EXAMPLE.contains(from), "{from:?} is not in the example");
-            EXAMPLE.replacen(from, to, 1)
-        };
-        let marker_line = line_of(&src, marker);
-        let e = match Config::parse(&src, "strata.toml") {
-            Ok(_) => {
-                failures.push(format!("{from:?} -> {to:?}: accepted"));
-                continue;
-            }
-            Err(e) => e,
-        };
-        let line_len = src
-            .lines()
-            .nth(e.line.saturating_sub(1))
-            .map_or(0, str::len);
-        if e.line != marker_line
-            || e.field != *field
-            || e.column == 0
-            || e.column > line_len.max(1)
-            || e.file != "strata.toml"
-            || e.message.is_empty()
-        {
-            failures.push(format!(
-                "{to:?}: want line {marker_line} field {field}, got {e}"
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} mutations badly located:\n{}",
-        failures.len(),
-        MUTATIONS.len(),
-        failures.join("\n")
-    );
+    common::assert_mutations_located(EXAMPLE, "strata.toml", MUTATIONS);
 }
 
 #[test]

@@ -7,21 +7,8 @@ use std::sync::Arc;
 
 mod common;
 
-use common::InProcess;
+use common::{chromium, dump_dom, InProcess};
 use strata_server::Config;
-
-fn chromium() -> String {
-    for c in ["chromium", "chromium-browser", "google-chrome"] {
-        if std::process::Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return c.to_owned();
-        }
-    }
-    panic!("no headless browser found: install Debian's `chromium` (scripts/test.sh does)");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_renders_live_charts_in_a_browser() {
@@ -56,22 +43,9 @@ async fn the_dashboard_renders_live_charts_in_a_browser() {
         })
     };
     let url = format!("http://{addr}/?interval=200");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(browser)
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--virtual-time-budget=4000",
-                "--dump-dom",
-                &url,
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = tokio::task::spawn_blocking(move || dump_dom(&browser, &url, 4000))
+        .await
+        .unwrap();
     running.store(false, Ordering::Relaxed);
     traffic.await.unwrap();
     let dom = String::from_utf8_lossy(&out.stdout).into_owned();

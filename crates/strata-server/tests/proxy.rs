@@ -144,6 +144,22 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The `strata` binary on the embedded default with its proxy in front of `origin` on a port of its own, and its
+/// data directory; `extra` arguments go after the proxy's.
+fn proxied(name: &str, origin: &Origin, extra: &[&str]) -> (std::path::PathBuf, common::Running) {
+    let dir = common::data_dir(name);
+    let url = origin.url();
+    let mut args = vec![
+        "--proxy-origin",
+        url.as_str(),
+        "--proxy-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let running = common::serve(&dir, &args).unwrap();
+    (dir, running)
+}
+
 #[test]
 fn the_binary_with_proxy_origin_misses_then_hits_and_counts_it() {
     let origin = Origin::start("site");
@@ -266,13 +282,6 @@ fn a_config_with_two_routes_sends_each_host_and_prefix_to_its_origin() {
 
 const EDGE: &str = include_str!("../../../examples/edge.toml");
 
-fn line_of(src: &str, marker: &str) -> usize {
-    let at = src
-        .rfind(marker)
-        .unwrap_or_else(|| panic!("marker {marker:?} not in the mutated file"));
-    src[..at].matches('\n').count() + 1
-}
-
 /// As `config_errors.rs` does for `examples/strata.toml`: `(what, replacement, text on the blamed line, field)`.
 const MUTATIONS: &[(&str, &str, &str, &str)] = &[
     (
@@ -363,42 +372,7 @@ const MUTATIONS: &[(&str, &str, &str, &str)] = &[
 
 #[test]
 fn proxy_config_errors_name_their_line_column_and_field() {
-    Config::parse(EDGE, "edge.toml").unwrap();
-    let mut failures = Vec::new();
-    for (from, to, marker, field) in MUTATIONS {
-        assert!(EDGE.contains(from), "{from:?} is not in the example");
-        let src = EDGE.replacen(from, to, 1);
-        let marker_line = line_of(&src, marker);
-        let e = match Config::parse(&src, "edge.toml") {
-            Ok(_) => {
-                failures.push(format!("{to:?}: accepted"));
-                continue;
-            }
-            Err(e) => e,
-        };
-        let line_len = src
-            .lines()
-            .nth(e.line.saturating_sub(1))
-            .map_or(0, str::len);
-        if e.line != marker_line
-            || e.field != *field
-            || e.column == 0
-            || e.column > line_len.max(1)
-            || e.file != "edge.toml"
-            || e.message.is_empty()
-        {
-            failures.push(format!(
-                "{to:?}: want line {marker_line} field {field}, got {e}"
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} mutations badly located:\n{}",
-        failures.len(),
-        MUTATIONS.len(),
-        failures.join("\n")
-    );
+    common::assert_mutations_located(EDGE, "edge.toml", MUTATIONS);
 }
 
 #[test]
@@ -417,36 +391,68 @@ fn an_empty_route_list_and_a_duplicate_route_say_what_to_do() {
     assert!(e.message.contains("routes 0 and 1"), "{e}");
 }
 
+/// A server in this process (the embedded default, the demo seeded) with its proxy in front of an origin.
+struct EdgeServer {
+    dir: std::path::PathBuf,
+    /// The data API.
+    addr: std::net::SocketAddr,
+    /// The proxy.
+    proxy_addr: String,
+    /// Stops the server (it finishes what is in flight).
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl EdgeServer {
+    async fn start(name: &str, origin: &Origin) -> Self {
+        let dir = common::data_dir(name);
+        let mut config = Config::embedded(&dir);
+        config.proxy = Some(ProxySection::one_route(
+            "127.0.0.1:0".parse().unwrap(),
+            &origin.url(),
+        ));
+        let state = strata_server::build(
+            &config,
+            &strata_server::RunOptions {
+                seed_demo: true,
+                ..strata_server::RunOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let proxy_listener = strata_server::bind_proxy(&state).await.unwrap().unwrap();
+        let proxy_addr = proxy_listener.local_addr().unwrap().to_string();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(strata_server::serve_with(
+            listener,
+            Some(proxy_listener),
+            state,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            dir,
+            addr,
+            proxy_addr,
+            stop,
+            server,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_an_in_flight_slow_response() {
     let origin = Origin::start("slow");
-    let dir = common::data_dir("proxy-shutdown");
-    let mut config = Config::embedded(&dir);
-    config.proxy = Some(ProxySection::one_route(
-        "127.0.0.1:0".parse().unwrap(),
-        &origin.url(),
-    ));
-    let state = strata_server::build(
-        &config,
-        &strata_server::RunOptions {
-            seed_demo: true,
-            ..strata_server::RunOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_listener = strata_server::bind_proxy(&state).await.unwrap().unwrap();
-    let proxy_addr = proxy_listener.local_addr().unwrap().to_string();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(strata_server::serve_with(
-        listener,
-        Some(proxy_listener),
-        state,
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let EdgeServer {
+        dir,
+        proxy_addr,
+        stop,
+        server,
+        ..
+    } = EdgeServer::start("proxy-shutdown", &origin).await;
     let addr = proxy_addr.clone();
     let slow = tokio::task::spawn_blocking(move || request(&addr, "localhost", "/slow", &[]));
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -469,17 +475,7 @@ async fn shutdown_finishes_an_in_flight_slow_response() {
 fn the_data_api_answers_as_before_beside_the_proxy() {
     // The proxy's own answers are plain HTTP; the data API's errors stay JSON.
     let origin = Origin::start("site");
-    let dir = common::data_dir("proxy-api");
-    let running = common::serve(
-        &dir,
-        &[
-            "--proxy-origin",
-            &origin.url(),
-            "--proxy-listen",
-            "127.0.0.1:0",
-        ],
-    )
-    .unwrap();
+    let (dir, running) = proxied("proxy-api", &origin, &[]);
     let (code, body) = common::call("GET", &format!("{}/v1/prodcut/1", running.base), "");
     assert_eq!(code, 404);
     assert!(body.contains("unknown_namespace"), "{body}");
@@ -493,17 +489,7 @@ fn the_data_api_answers_as_before_beside_the_proxy() {
 #[test]
 fn the_proxy_listener_refuses_ambiguous_framing_before_the_origin_sees_it() {
     let origin = Origin::start("site");
-    let dir = common::data_dir("proxy-framing");
-    let running = common::serve(
-        &dir,
-        &[
-            "--proxy-origin",
-            &origin.url(),
-            "--proxy-listen",
-            "127.0.0.1:0",
-        ],
-    )
-    .unwrap();
+    let (dir, running) = proxied("proxy-framing", &origin, &[]);
     let proxy = running.proxy.clone().unwrap();
     let mut s = TcpStream::connect(proxy.trim_start_matches("http://")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -537,22 +523,11 @@ fn nodes_on_one_redis_share_stored_responses() {
     );
     let origin = Origin::start("site");
     let node = |name: &str| {
-        let dir = common::data_dir(name);
-        let running = common::serve(
-            &dir,
-            &[
-                "--redis",
-                &redis,
-                "--redis-prefix",
-                &prefix,
-                "--proxy-origin",
-                &origin.url(),
-                "--proxy-listen",
-                "127.0.0.1:0",
-            ],
+        proxied(
+            name,
+            &origin,
+            &["--redis", &redis, "--redis-prefix", &prefix],
         )
-        .unwrap();
-        (dir, running)
     };
     let (dir_a, a) = node("proxy-l2-a");
     let (dir_b, b) = node("proxy-l2-b");
@@ -593,60 +568,20 @@ fn nodes_on_one_redis_share_stored_responses() {
 /// The dashboard shows the proxy's routes (in a headless browser, as `dashboard.rs` does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_proxy_routes() {
-    let browser = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|c| {
-            std::process::Command::new(c)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .expect("no headless browser found: install Debian's `chromium` (scripts/test.sh does)");
+    let browser = common::chromium();
     let origin = Origin::start("site");
-    let dir = common::data_dir("proxy-dashboard");
-    let mut config = Config::embedded(&dir);
-    config.proxy = Some(ProxySection::one_route(
-        "127.0.0.1:0".parse().unwrap(),
-        &origin.url(),
-    ));
-    let state = strata_server::build(
-        &config,
-        &strata_server::RunOptions {
-            seed_demo: true,
-            ..strata_server::RunOptions::default()
-        },
-    )
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let proxy_listener = strata_server::bind_proxy(&state).await.unwrap().unwrap();
-    let proxy_addr = proxy_listener.local_addr().unwrap().to_string();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(strata_server::serve_with(
-        listener,
-        Some(proxy_listener),
-        state,
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let EdgeServer {
+        dir,
+        addr,
+        proxy_addr,
+        stop,
+        server,
+    } = EdgeServer::start("proxy-dashboard", &origin).await;
     let out = tokio::task::spawn_blocking(move || {
         for _ in 0..3 {
             request(&proxy_addr, "localhost", "/page", &[]);
         }
-        std::process::Command::new(browser)
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--virtual-time-budget=2000",
-                "--dump-dom",
-                &format!("http://{addr}/?interval=200"),
-            ])
-            .output()
-            .unwrap()
+        common::dump_dom(&browser, &format!("http://{addr}/?interval=200"), 2000)
     })
     .await
     .unwrap();

@@ -131,3 +131,87 @@ impl InProcess {
         (&mut self.join).await.unwrap().unwrap();
     }
 }
+
+/// Parses each mutation of a valid config `example` (`(from, to, marker, field)`: `from` replaced by `to` once, or
+/// `to` appended when `from` is empty) and checks that the error names the line of `marker`'s last occurrence, a
+/// column on it, `field`, and `file`. Panics listing every mutation that was accepted or badly located.
+pub fn assert_mutations_located(example: &str, file: &str, mutations: &[(&str, &str, &str, &str)]) {
+    strata_server::Config::parse(example, file).unwrap();
+    let mut failures = Vec::new();
+    for (from, to, marker, field) in mutations {
+        let src = if from.is_empty() {
+            format!("{example}{to}")
+        } else {
+            assert!(example.contains(from), "{from:?} is not in the example");
+            example.replacen(from, to, 1)
+        };
+        let marker_line = line_of(&src, marker);
+        let e = match strata_server::Config::parse(&src, file) {
+            Ok(_) => {
+                failures.push(format!("{from:?} -> {to:?}: accepted"));
+                continue;
+            }
+            Err(e) => e,
+        };
+        let line_len = src
+            .lines()
+            .nth(e.line.saturating_sub(1))
+            .map_or(0, str::len);
+        if e.line != marker_line
+            || e.field != *field
+            || e.column == 0
+            || e.column > line_len.max(1)
+            || e.file != file
+            || e.message.is_empty()
+        {
+            failures.push(format!(
+                "{to:?}: want line {marker_line} field {field}, got {e}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} mutations badly located:\n{}",
+        failures.len(),
+        mutations.len(),
+        failures.join("\n")
+    );
+}
+
+/// The 1-based line of `marker`'s last occurrence in `src`.
+pub fn line_of(src: &str, marker: &str) -> usize {
+    let at = src
+        .rfind(marker)
+        .unwrap_or_else(|| panic!("marker {marker:?} not in the mutated file"));
+    src[..at].matches('\n').count() + 1
+}
+
+/// The first headless browser on the PATH (Debian's `chromium`, which scripts/test.sh installs); panics without one.
+pub fn chromium() -> String {
+    for c in ["chromium", "chromium-browser", "google-chrome"] {
+        if Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return c.to_owned();
+        }
+    }
+    panic!("no headless browser found: install Debian's `chromium` (scripts/test.sh does)");
+}
+
+/// The DOM `browser` renders for `url` after `budget_ms` of virtual time (the page's timers run meanwhile).
+pub fn dump_dom(browser: &str, url: &str, budget_ms: u64) -> std::process::Output {
+    Command::new(browser)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            &format!("--virtual-time-budget={budget_ms}"),
+            "--dump-dom",
+            url,
+        ])
+        .output()
+        .unwrap()
+}
