@@ -13,6 +13,7 @@
 //! | [`storable`] | whether a response may be stored (RFC 9111 §3), with the reason when not |
 //! | [`key`] | the primary cache key (normalised URI) and the `Vary` secondary key |
 //! | [`stored`] | [`StoredResponse`](stored::StoredResponse): what is stored, its binary codec, its tags |
+//! | [`body`] | the proxy's response bodies, and the tee that streams a fill while it is stored |
 //! | [`conditional`] | client conditionals answered from the cache, revalidation, 304 updates |
 //! | [`invalidation`] | URIs an unsafe method's success invalidates (RFC 9111 §4.4) |
 //! | [`status`] | the `Cache-Status` value (RFC 9211) |
@@ -46,6 +47,7 @@
 //! Hand-written rules are about the same amount of code as the adapter would be, each rule has its own test,
 //! and the stored form is ours (a compact binary [`Codec`](strata::codec::Codec) with tags for purges).
 
+pub mod body;
 pub mod conditional;
 pub mod directives;
 pub mod freshness;

@@ -33,9 +33,18 @@
 //! Client conditionals are answered from the stored response (304 or the full response); `HEAD` is answered
 //! from a stored `GET` (a `HEAD` miss loads the `GET`).
 //!
-//! # Limits of this first version
-//! Bodies are buffered (up to [`ProxyConfig::max_body_bytes`]), origins are plain HTTP/1.1, ranges are not
-//! served (a full response is always allowed).
+//! # Bodies
+//! A fill's leader is answered as soon as the origin's head is in: the load task reads the body, queues each
+//! chunk for the leader's client and keeps it for the store ([`crate::body`]); the stored response is written
+//! when the last byte is in, and the collapsed waiters get it whole. `Cache-Status: stored` on a streamed answer
+//! says the response is being stored — a body that then breaks off or outgrows the route's limit is not, and
+//! the client whose answer broke off sees the response aborted, never presented as complete. A range request
+//! that misses waits for the whole body to cut its range from it. Passes (unsafe methods, uncacheable answers,
+//! hit-for-miss) stream without keeping anything, at the client's pace. Revalidations read the origin's answer
+//! whole (up to [`ProxyConfig::max_body_bytes`]), because every request that waited shares it.
+//!
+//! # Limits of this version
+//! Origins are plain HTTP/1.1; a `HEAD` does not freshen a stored `GET` (RFC 9111 §4.3.5).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -59,7 +68,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
 use strata::{Fetched, Namespace, Status, UnixMillis};
+use tokio::sync::oneshot;
 
+use crate::body::{self, BodyError, ProxyBody, Tee, PASS_BACKLOG};
 use crate::conditional::{self, ClientConditional};
 use crate::directives::{Directives, FieldList, STRATA_CACHE_CONTROL};
 use crate::freshness::{self, Decision, Evaluation};
@@ -253,7 +264,8 @@ pub struct ProxyConfig {
     pub via: String,
     /// The scheme of primary keys (`https` when TLS ends in front of the proxy). Default: `http`.
     pub key_scheme: String,
-    /// Largest request or response body. Default: 16 MiB.
+    /// Largest request body, largest response body stored (a route may set less) and largest body a
+    /// revalidation reads. Larger responses stream through unstored. Default: 16 MiB.
     pub max_body_bytes: usize,
     /// Largest request header section (larger: 400). Default: 64 KiB.
     pub max_header_bytes: usize,
@@ -319,6 +331,35 @@ pub struct OriginResponse {
     pub response_time: UnixMillis,
 }
 
+/// A response head from the origin, its body still to be read.
+#[derive(Debug)]
+struct OriginHead {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Incoming,
+    request_time: UnixMillis,
+    response_time: UnixMillis,
+}
+
+/// What a fill hands its leader as soon as the origin's head is in, so the leader's client is answered while
+/// the body is still arriving (see [`crate::body`]).
+#[derive(Debug)]
+enum Streaming {
+    /// A response being stored: the leader's view of it (the origin's fields, less hop-by-hop ones) and its
+    /// body.
+    Storing {
+        view: StoredResponse,
+        body: ProxyBody,
+    },
+    /// A response that may not be stored, for the leader alone.
+    Passing {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: ProxyBody,
+        reason: NotStorable,
+    },
+}
+
 /// Why an origin exchange failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
@@ -336,13 +377,9 @@ pub enum FetchError {
 /// What a load gives back instead of a value, shared with every coalesced waiter.
 #[derive(Debug, Clone, thiserror::Error)]
 enum LoadFailure {
-    /// The origin answered, but the answer may not be stored; only the request `leader` may use it.
+    /// The origin answered, but the answer may not be stored; only the request `leader` got it (streamed).
     #[error("not storable: {reason:?}")]
-    NotStored {
-        leader: u64,
-        reason: NotStorable,
-        response: Arc<OriginResponse>,
-    },
+    NotStored { leader: u64, reason: NotStorable },
     /// The origin failed.
     #[error(transparent)]
     Origin(FetchError),
@@ -499,7 +536,7 @@ impl Proxy {
     }
 
     /// Answers one request, counting the answer in its route's [`stats`](Self::stats).
-    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<Full<Bytes>>
+    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<ProxyBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -515,7 +552,7 @@ impl Proxy {
         resp
     }
 
-    async fn answer<B>(self: &Arc<Self>, req: Request<B>) -> Response<Full<Bytes>>
+    async fn answer<B>(self: &Arc<Self>, req: Request<B>) -> Response<ProxyBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -662,7 +699,7 @@ impl Proxy {
         key: String,
         stored: Arc<StoredResponse>,
         status: CacheStatus,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<ProxyBody> {
         let now = self.now();
         let eval = freshness::evaluate(stored.view(), &ctx.directives, now, &ctx.policy);
         match eval.decision {
@@ -704,7 +741,7 @@ impl Proxy {
         fwd: Fwd,
         status: CacheStatus,
         outcome: &Revalidated,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<ProxyBody> {
         match outcome {
             Revalidated::Stored {
                 stored: fresh,
@@ -932,7 +969,7 @@ impl Proxy {
         key: String,
         fwd: Fwd,
         status: CacheStatus,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<ProxyBody> {
         if ctx.directives.only_if_cached {
             let s = status.forward(fwd, None).with_detail("only-if-cached");
             return self.local(StatusCode::GATEWAY_TIMEOUT, s, ctx.version);
@@ -956,30 +993,40 @@ impl Proxy {
         let request = self.origin_request_parts(&ctx);
         let leader = ctx.id;
         let policy = ctx.policy.clone();
-        let loaded = self
-            .ns
-            .try_get_or_load(&key, move || async move {
-                let response = this.fetch(&request).await.map_err(LoadFailure::Origin)?;
-                match this.storable(
-                    &request.client,
-                    &response,
+        let hit_for_miss = ctx.hit_for_miss;
+        let fill_key = key.clone();
+        // Only this request's loader can run (when it leads): the head then comes here at once.
+        let (head_tx, mut head_rx) = oneshot::channel::<Streaming>();
+        let ranges = ctx.method == Method::GET && ctx.headers.contains_key(RANGE);
+        let loaded = {
+            let load = self.ns.try_get_or_load(&key, move || async move {
+                let head = this
+                    .fetch_head(&request)
+                    .await
+                    .map_err(LoadFailure::Origin)?;
+                this.fill(
+                    request,
+                    head,
+                    &fill_key,
                     &policy,
-                    request.max_object_bytes,
-                ) {
-                    Ok(stored) => {
-                        this.stats[request.route].stored(stored.body.len());
-                        let mut tags = stored.tags();
-                        tags.push(uri_tag(&request.primary));
-                        Ok(Fetched::value(stored).with_tags(tags))
-                    }
-                    Err(reason) => Err(LoadFailure::NotStored {
-                        leader,
-                        reason,
-                        response: Arc::new(response),
-                    }),
-                }
-            })
-            .await;
+                    hit_for_miss,
+                    leader,
+                    head_tx,
+                )
+                .await
+            });
+            tokio::pin!(load);
+            tokio::select! {
+                biased;
+                head = &mut head_rx => match head {
+                    // A range is cut from the whole body: the stored response is awaited for it.
+                    Ok(Streaming::Storing { .. }) if ranges => load.await,
+                    Ok(streaming) => return self.respond_streaming(&ctx, streaming, fwd, status),
+                    Err(_) => load.await,
+                },
+                loaded = &mut load => loaded,
+            }
+        };
         match loaded {
             Ok(lookup) => {
                 let Some(stored) = lookup.to_arc() else {
@@ -989,9 +1036,6 @@ impl Proxy {
                     Status::Miss | Status::Coalesced => {
                         if !stored.vary.matches(&ctx.headers) {
                             return self.pass(&ctx, status.forward(Fwd::VaryMiss, None)).await;
-                        }
-                        if lookup.status() == Status::Miss {
-                            self.index_variant(&key, &ctx.primary, &stored).await;
                         }
                         let s = status
                             .forward(fwd, Some(stored.status.as_u16()))
@@ -1009,27 +1053,15 @@ impl Proxy {
                 }
             }
             Err(e) => match e.loader_error::<LoadFailure>() {
-                Some(LoadFailure::NotStored {
-                    leader,
-                    reason,
-                    response,
-                }) => {
-                    // Hit-for-miss only for what the response itself says, never for this request's own traits.
-                    if !matches!(
-                        reason,
-                        NotStorable::RequestNoStore
-                            | NotStorable::Authorization
-                            | NotStorable::Incomplete
-                    ) {
-                        self.mark_uncacheable(&ctx.primary, ctx.hit_for_miss);
-                    }
-                    let s = status.forward(fwd, Some(response.status.as_u16()));
+                Some(LoadFailure::NotStored { leader, reason }) => {
                     if *leader == ctx.id {
-                        self.respond_origin(&ctx, response, s.with_detail(reason.as_str()))
-                    } else {
-                        self.load_uncollapsed(&ctx, &key, s.with_detail(reason.as_str()))
-                            .await
+                        if let Ok(streaming) = head_rx.try_recv() {
+                            return self.respond_streaming(&ctx, streaming, fwd, status);
+                        }
                     }
+                    let s = status.forward(fwd, None).with_detail(reason.as_str());
+                    // A waiter may not use the leader's answer: it asks for its own.
+                    self.load_uncollapsed(&ctx, &key, s).await
                 }
                 Some(LoadFailure::Origin(err)) => {
                     let err = err.clone();
@@ -1047,68 +1079,206 @@ impl Proxy {
         }
     }
 
-    /// A load that does not join others (hit-for-miss, or a waiter that may not use the leader's answer).
+    /// The body of a fill, in the load task: the head goes to the leader (`head_tx`) at once, with the body
+    /// streamed; the stored response is what the load returns once the body is complete. A response that may
+    /// not be stored streams to the leader alone and marks the URI hit-for-miss when the reason is the
+    /// response's own.
+    #[allow(clippy::too_many_arguments)]
+    async fn fill(
+        self: &Arc<Self>,
+        request: OriginRequest,
+        head: OriginHead,
+        key: &str,
+        policy: &EdgePolicy,
+        hit_for_miss: Duration,
+        leader: u64,
+        head_tx: oneshot::Sender<Streaming>,
+    ) -> Result<Fetched<StoredResponse>, LoadFailure> {
+        let length = content_length(&head.headers);
+        let idle = self.config.origin_timeout;
+        let limit = self.store_limit(request.max_object_bytes);
+        let (tee, streamed) = body::tee(length);
+        let stored = match self.storable_head(&request.client, &head, policy, limit) {
+            Ok(stored) => stored,
+            Err(reason) => {
+                // Hit-for-miss only for what the response itself says, never for this request's own traits.
+                if !reason.is_the_requests() && reason != NotStorable::Incomplete {
+                    self.mark_uncacheable(&request.primary, hit_for_miss);
+                }
+                let streaming = Streaming::Passing {
+                    status: head.status,
+                    headers: head.headers,
+                    body: ProxyBody::Streamed(streamed),
+                    reason,
+                };
+                if head_tx.send(streaming).is_ok() {
+                    tokio::spawn(read_body(head.body, Some(tee), 0, None, idle));
+                }
+                return Err(LoadFailure::NotStored { leader, reason });
+            }
+        };
+        let view = self.leader_view(&head, &stored);
+        let streaming = Streaming::Storing {
+            view,
+            body: ProxyBody::Streamed(streamed),
+        };
+        let tee = head_tx.send(streaming).is_ok().then_some(tee);
+        let body = match read_body(head.body, tee, limit, length, idle).await {
+            Ok(body) => body,
+            Err(reason) => {
+                // Too large is the response's own trait; a body cut off says nothing of the next one.
+                if reason == NotStorable::TooLarge {
+                    self.mark_uncacheable(&request.primary, hit_for_miss);
+                }
+                return Err(LoadFailure::NotStored { leader, reason });
+            }
+        };
+        let stored = StoredResponse { body, ..stored };
+        self.stats[request.route].stored(stored.body.len());
+        let stored = Arc::new(stored);
+        self.index_variant(key, &request.primary, &stored).await;
+        let mut tags = stored.tags();
+        tags.push(uri_tag(&request.primary));
+        Ok(Fetched::value(Arc::unwrap_or_clone(stored)).with_tags(tags))
+    }
+
+    /// The largest body stored for a route.
+    fn store_limit(&self, max_object_bytes: Option<usize>) -> usize {
+        max_object_bytes.map_or(self.config.max_body_bytes, |m| {
+            m.min(self.config.max_body_bytes)
+        })
+    }
+
+    /// What the client whose request fetched a response is told: the origin's own fields (less hop-by-hop ones;
+    /// fields kept out of the stored copy, such as `private="…"` ones or a `public` response's `Set-Cookie`, are
+    /// for it), with the stored copy's times and `Vary` values.
+    fn leader_view(&self, head: &OriginHead, stored: &StoredResponse) -> StoredResponse {
+        StoredResponse::new(
+            head.status,
+            head.headers.clone(),
+            Bytes::new(),
+            stored.request_time,
+            stored.response_time,
+            stored.vary.clone(),
+            &storable::StorePlan::default(),
+        )
+    }
+
+    /// The answer to a fill's leader while the body streams in (see [`Self::fill`]).
+    fn respond_streaming(
+        &self,
+        ctx: &Ctx,
+        streaming: Streaming,
+        fwd: Fwd,
+        status: CacheStatus,
+    ) -> Response<ProxyBody> {
+        match streaming {
+            Streaming::Storing { view, body } => {
+                let s = status
+                    .forward(fwd, Some(view.status.as_u16()))
+                    .with_stored(true);
+                self.respond_view(ctx, &view, body, self.now(), true, s)
+            }
+            Streaming::Passing {
+                status: code,
+                mut headers,
+                body,
+                reason,
+            } => {
+                remove_hop_by_hop(&mut headers);
+                let s = status
+                    .forward(fwd, Some(code.as_u16()))
+                    .with_detail(reason.as_str());
+                self.downstream(ctx, code, headers, body, s)
+            }
+        }
+    }
+
+    /// A load that does not join others (hit-for-miss, or a waiter that may not use the leader's answer); a
+    /// storable answer is streamed to the client and stored once complete.
     async fn load_uncollapsed(
         self: &Arc<Self>,
         ctx: &Ctx,
         key: &str,
         status: CacheStatus,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<ProxyBody> {
         let request = self.origin_request_parts(ctx);
-        let response = match self.fetch(&request).await {
+        let head = match self.fetch_head(&request).await {
             Ok(r) => r,
             Err(e) => return self.origin_failed(ctx, status, &e),
         };
-        match self.storable(&ctx.headers, &response, &ctx.policy, ctx.max_object_bytes) {
+        let idle = self.config.origin_timeout;
+        let limit = self.store_limit(ctx.max_object_bytes);
+        let length = content_length(&head.headers);
+        match self.storable_head(&ctx.headers, &head, &ctx.policy, limit) {
             Ok(stored) => {
-                self.uncacheable.lock().remove(ctx.primary.as_str());
-                let stored = Arc::new(stored);
-                self.store(ctx.route, key, &ctx.primary, &stored).await;
-                self.respond_stored(ctx, &stored, self.now(), true, status.with_stored(true))
+                let view = self.leader_view(&head, &stored);
+                let (tee, streamed) = body::tee(length);
+                let this = self.clone();
+                let (key, primary, route) = (key.to_string(), ctx.primary.clone(), ctx.route);
+                tokio::spawn(async move {
+                    if let Ok(body) = read_body(head.body, Some(tee), limit, length, idle).await {
+                        this.uncacheable.lock().remove(primary.as_str());
+                        let stored = Arc::new(StoredResponse { body, ..stored });
+                        this.store(route, &key, &primary, &stored).await;
+                    }
+                });
+                let body = ProxyBody::Streamed(streamed);
+                self.respond_view(ctx, &view, body, self.now(), true, status.with_stored(true))
             }
-            Err(_) => self.respond_origin(ctx, &response, status),
+            Err(_) => self.respond_passed(ctx, head, status),
         }
     }
 
     /// Unsafe (and other non-GET/HEAD) methods: forwarded; success invalidates (RFC 9111 §4.4).
-    async fn unsafe_or_other(&self, ctx: Ctx, status: CacheStatus) -> Response<Full<Bytes>> {
+    async fn unsafe_or_other(&self, ctx: Ctx, status: CacheStatus) -> Response<ProxyBody> {
         let request = OriginRequest {
             method: ctx.method.clone(),
             headers: forward_headers(&ctx.headers, ctx.version, &self.config.via, true),
             body: ctx.body.clone(),
             ..self.origin_request_parts(&ctx)
         };
-        match self.fetch(&request).await {
-            Ok(response) => {
-                for k in invalidation::invalidated(
-                    &ctx.method,
-                    response.status,
-                    &ctx.primary,
-                    &response.headers,
-                ) {
+        match self.fetch_head(&request).await {
+            Ok(head) => {
+                for k in
+                    invalidation::invalidated(&ctx.method, head.status, &ctx.primary, &head.headers)
+                {
                     self.evict(&k).await;
                 }
-                let s = status.forward(Fwd::Method, Some(response.status.as_u16()));
-                self.respond_origin(&ctx, &response, s)
+                let s = status.forward(Fwd::Method, Some(head.status.as_u16()));
+                self.respond_passed(&ctx, head, s)
             }
             Err(e) => self.origin_failed(&ctx, status.forward(Fwd::Method, None), &e),
         }
     }
 
     /// Forwards the request as it is (method, conditionals), storing nothing.
-    async fn pass(&self, ctx: &Ctx, status: CacheStatus) -> Response<Full<Bytes>> {
+    async fn pass(&self, ctx: &Ctx, status: CacheStatus) -> Response<ProxyBody> {
         let request = OriginRequest {
             method: ctx.method.clone(),
             headers: forward_headers(&ctx.headers, ctx.version, &self.config.via, true),
             ..self.origin_request_parts(ctx)
         };
-        match self.fetch(&request).await {
-            Ok(r) => {
-                let origin_status = r.status.as_u16();
-                self.respond_origin(ctx, &r, status.with_fwd_status(origin_status))
+        match self.fetch_head(&request).await {
+            Ok(head) => {
+                let origin_status = head.status.as_u16();
+                self.respond_passed(ctx, head, status.with_fwd_status(origin_status))
             }
             Err(e) => self.origin_failed(ctx, status, &e),
         }
+    }
+
+    /// An origin response streamed through unstored: hop-by-hop removed, `Via`, `Cache-Status`.
+    fn respond_passed(
+        &self,
+        ctx: &Ctx,
+        head: OriginHead,
+        status: CacheStatus,
+    ) -> Response<ProxyBody> {
+        let mut headers = head.headers;
+        remove_hop_by_hop(&mut headers);
+        let body = pass_through(head.body, self.config.origin_timeout);
+        self.downstream(ctx, head.status, headers, body, status)
     }
 
     /// Whether an origin response may be stored, as the stored response.
@@ -1145,6 +1315,40 @@ impl Proxy {
             response.body.clone(),
             response.request_time,
             response.response_time,
+            vary,
+            &plan,
+        ))
+    }
+
+    /// Whether a response may be stored, judged on its head (the body is still to come): the stored response
+    /// with an empty body, to be completed when the body is in. An announced length past `limit` is too large.
+    fn storable_head(
+        &self,
+        request_headers: &HeaderMap,
+        head: &OriginHead,
+        policy: &EdgePolicy,
+        limit: usize,
+    ) -> Result<StoredResponse, NotStorable> {
+        if content_length(&head.headers).is_some_and(|n| n > limit as u64) {
+            return Err(NotStorable::TooLarge);
+        }
+        let plan = storable::check(
+            Exchange {
+                method: &Method::GET,
+                request_headers,
+                status: head.status,
+                response_headers: &head.headers,
+                complete: true,
+            },
+            policy,
+        )?;
+        let vary = Vary::from_headers(&head.headers).values(request_headers);
+        Ok(StoredResponse::new(
+            head.status,
+            head.headers.clone(),
+            Bytes::new(),
+            head.request_time,
+            head.response_time,
             vary,
             &plan,
         ))
@@ -1238,7 +1442,9 @@ impl Proxy {
         }
     }
 
-    async fn fetch(&self, req: &OriginRequest) -> Result<OriginResponse, FetchError> {
+    /// Sends `req` and waits for the response head (at most [`ProxyConfig::origin_timeout`]); the body is left
+    /// to the caller.
+    async fn fetch_head(&self, req: &OriginRequest) -> Result<OriginHead, FetchError> {
         let uri = format!("http://{}{}", req.origin, req.path_and_query);
         let mut builder = Request::builder().method(req.method.clone()).uri(uri);
         if let Some(h) = builder.headers_mut() {
@@ -1248,42 +1454,54 @@ impl Proxy {
             .body(Full::new(req.body.clone()))
             .map_err(|e| FetchError::Connect(e.to_string()))?;
         let request_time = self.now();
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| FetchError::Connect(e.to_string()))?;
-            let response_time = self.now();
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, self.config.max_body_bytes)
-                .collect()
-                .await
-                .map_err(|e| FetchError::Incomplete(e.to_string()))?
-                .to_bytes();
-            Ok(OriginResponse {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-                request_time,
-                response_time,
-            })
-        };
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.config.origin_timeout, exchange)
+        let result = tokio::time::timeout(self.config.origin_timeout, self.client.request(request))
             .await
             .map_err(|_| FetchError::Timeout)
-            .and_then(|r| r);
+            .and_then(|r| r.map_err(|e| FetchError::Connect(e.to_string())));
         let took = started.elapsed();
         if let (Some(s), Some(route)) = (self.stats.get(req.route), self.routes.0.get(req.route)) {
             s.origin(took.as_micros() as u64, result.is_ok());
             metrics::histogram!("strata_proxy_origin_seconds", "route" => route.name())
                 .record(took.as_secs_f64());
         }
-        result
+        let response = result?;
+        let response_time = self.now();
+        let (parts, body) = response.into_parts();
+        Ok(OriginHead {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            request_time,
+            response_time,
+        })
     }
 
-    /// An answer from a stored response: the client's conditionals, `HEAD`, `Age`, `Via`, `Cache-Status`.
+    /// Sends `req` and reads the whole response (up to [`ProxyConfig::max_body_bytes`]); for revalidations,
+    /// whose answer is shared by every request that waited for it.
+    async fn fetch(&self, req: &OriginRequest) -> Result<OriginResponse, FetchError> {
+        let head = self.fetch_head(req).await?;
+        let length = content_length(&head.headers);
+        let body = read_body(
+            head.body,
+            None,
+            self.config.max_body_bytes,
+            length,
+            self.config.origin_timeout,
+        )
+        .await
+        .map_err(|e| FetchError::Incomplete(e.as_str().into()))?;
+        Ok(OriginResponse {
+            status: head.status,
+            headers: head.headers,
+            body,
+            request_time: head.request_time,
+            response_time: head.response_time,
+        })
+    }
+
+    /// An answer from a stored response: the client's conditionals, ranges, `HEAD`, `Age`, `Via`,
+    /// `Cache-Status`.
     fn respond_stored(
         &self,
         ctx: &Ctx,
@@ -1291,7 +1509,22 @@ impl Proxy {
         now: UnixMillis,
         validated: bool,
         status: CacheStatus,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<ProxyBody> {
+        let body = ProxyBody::full(stored.body.clone());
+        self.respond_view(ctx, stored, body, now, validated, status)
+    }
+
+    /// An answer from the head of a stored (or being stored) response with `body` as its content: the client's
+    /// conditionals, `HEAD`, `Age`, `Via`, `Cache-Status`, and ranges when the body is whole.
+    fn respond_view(
+        &self,
+        ctx: &Ctx,
+        stored: &StoredResponse,
+        body: ProxyBody,
+        now: UnixMillis,
+        validated: bool,
+        status: CacheStatus,
+    ) -> Response<ProxyBody> {
         let mut headers = stored.headers.clone();
         if !validated {
             // no-cache="field": the field is not sent without a successful validation (§5.2.2.4).
@@ -1315,14 +1548,17 @@ impl Proxy {
                 ClientConditional::NotModified => (
                     StatusCode::NOT_MODIFIED,
                     conditional::not_modified_headers(&headers),
-                    Bytes::new(),
+                    ProxyBody::empty(),
                 ),
-                _ => (stored.status, headers, stored.body.clone()),
+                _ => (stored.status, headers, body),
             };
-        let (code, body) = if code == StatusCode::OK && ctx.method == Method::GET {
-            ranged(&ctx.headers, &mut headers, body)
-        } else {
-            (code, body)
+        let (code, body) = match body {
+            ProxyBody::Full(_) if code == StatusCode::OK && ctx.method == Method::GET => {
+                let (code, b) = ranged(&ctx.headers, &mut headers, stored.body.clone());
+                (code, ProxyBody::full(b))
+            }
+            // A body still streaming in is sent whole: a full 200 answers a range request too (RFC 9110 §14.2).
+            other => (code, other),
         };
         set_age(&mut headers, age);
         self.downstream(ctx, code, headers, body, status)
@@ -1336,14 +1572,14 @@ impl Proxy {
         ctx: &Ctx,
         code: StatusCode,
         mut headers: HeaderMap,
-        body: Bytes,
+        body: ProxyBody,
         status: CacheStatus,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<ProxyBody> {
         headers.remove(&STRATA_CACHE_CONTROL);
         append_via(&mut headers, ctx.version, &self.config.via);
         status.append_to(&mut headers);
         let body = if ctx.method == Method::HEAD {
-            Bytes::new()
+            ProxyBody::empty()
         } else {
             body
         };
@@ -1356,18 +1592,14 @@ impl Proxy {
         ctx: &Ctx,
         response: &OriginResponse,
         status: CacheStatus,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<ProxyBody> {
         let mut headers = response.headers.clone();
         remove_hop_by_hop(&mut headers);
-        self.downstream(ctx, response.status, headers, response.body.clone(), status)
+        let body = ProxyBody::full(response.body.clone());
+        self.downstream(ctx, response.status, headers, body, status)
     }
 
-    fn origin_failed(
-        &self,
-        ctx: &Ctx,
-        status: CacheStatus,
-        e: &FetchError,
-    ) -> Response<Full<Bytes>> {
+    fn origin_failed(&self, ctx: &Ctx, status: CacheStatus, e: &FetchError) -> Response<ProxyBody> {
         let (code, detail) = match e {
             FetchError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "origin-timeout"),
             FetchError::Connect(_) => (StatusCode::BAD_GATEWAY, "origin-unreachable"),
@@ -1384,7 +1616,7 @@ impl Proxy {
         code: StatusCode,
         status: CacheStatus,
         version: Version,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<ProxyBody> {
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -1405,7 +1637,7 @@ impl Proxy {
             code.as_u16(),
             code.canonical_reason().unwrap_or("")
         ));
-        build(code, headers, body)
+        build(code, headers, ProxyBody::full(body))
     }
 }
 
@@ -1491,19 +1723,98 @@ fn ranged(request: &HeaderMap, headers: &mut HeaderMap, body: Bytes) -> (StatusC
     (code, body)
 }
 
+/// The announced `Content-Length` of a message, when it is one valid number.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// Reads an origin body to its end, queuing every chunk for a client on `tee` (see [`crate::body`]), and gives
+/// the whole body back when it is complete and at most `limit` bytes. Past `limit` nothing more is kept, and the
+/// read then keeps pace with the client (and stops when it has gone); `idle` bounds the wait for each chunk.
+async fn read_body(
+    mut body: Incoming,
+    mut tee: Option<Tee>,
+    limit: usize,
+    length: Option<u64>,
+    idle: Duration,
+) -> Result<Bytes, NotStorable> {
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    let mut keeping = length.is_none_or(|n| n <= limit as u64);
+    let fail = |tee: &mut Option<Tee>, why: String| {
+        if let Some(t) = tee {
+            t.fail(BodyError(why));
+        }
+        NotStorable::Incomplete
+    };
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(fail(&mut tee, "origin timed out".into())),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(fail(&mut tee, e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        // Trailers are not stored nor forwarded.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if keeping && len > limit {
+            keeping = false;
+            parts = Vec::new();
+        }
+        if keeping {
+            parts.push(data.clone());
+        }
+        let sent = tee.as_mut().is_some_and(|t| t.send(data));
+        if !keeping {
+            let Some(t) = tee.as_ref().filter(|_| sent) else {
+                // Nothing to keep and nobody to give it to.
+                return Err(NotStorable::TooLarge);
+            };
+            t.backlog_below(PASS_BACKLOG).await;
+        }
+    }
+    if length.is_some_and(|n| n != len as u64) {
+        return Err(fail(&mut tee, "shorter than its Content-Length".into()));
+    }
+    if !keeping {
+        return Err(NotStorable::TooLarge);
+    }
+    Ok(match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().unwrap_or_default(),
+        _ => {
+            let mut whole = bytes::BytesMut::with_capacity(len);
+            for p in &parts {
+                whole.extend_from_slice(p);
+            }
+            whole.freeze()
+        }
+    })
+}
+
+/// Streams an origin body to a client without keeping it, on a task of its own.
+fn pass_through(body: Incoming, idle: Duration) -> ProxyBody {
+    let (tee, streamed) = body::tee(None);
+    tokio::spawn(async move {
+        let _ = read_body(body, Some(tee), 0, None, idle).await;
+    });
+    ProxyBody::Streamed(streamed)
+}
+
 /// Marks a response with its route and `Cache-Status`, for [`Proxy::handle`] to count.
-fn counted(
-    mut resp: Response<Full<Bytes>>,
-    ctx: &Ctx,
-    status: CacheStatus,
-) -> Response<Full<Bytes>> {
+fn counted(mut resp: Response<ProxyBody>, ctx: &Ctx, status: CacheStatus) -> Response<ProxyBody> {
     resp.extensions_mut().insert(RouteIx(ctx.route));
     resp.extensions_mut().insert(status);
     resp
 }
 
-fn build(code: StatusCode, headers: HeaderMap, body: Bytes) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body));
+fn build(code: StatusCode, headers: HeaderMap, body: ProxyBody) -> Response<ProxyBody> {
+    let mut r = Response::new(body);
     *r.status_mut() = code;
     *r.headers_mut() = headers;
     r

@@ -17,7 +17,8 @@
 //!    (§3.5), or a route that allows it;
 //! 7. a response with `Set-Cookie` only with `public`, a `private`/`no-cache` naming `Set-Cookie` (the field is
 //!    then dropped or revalidated), or a route that allows it — a shared cache must not hand one user's cookie
-//!    to another;
+//!    to another: with `public` the response is stored *without* its `Set-Cookie` (the client whose request
+//!    fetched it still gets the cookie); only a route's `store_set_cookie` stores the field itself;
 //! 8. not `Vary: *` (it can never be selected, §4.1);
 //! 9. the response can be reused at all: explicit freshness (`max-age`, `s-maxage`, `Expires`), `public`, a
 //!    heuristic freshness (a heuristically cacheable status with `Last-Modified`, §4.2.2), or a validator
@@ -173,6 +174,14 @@ pub fn check(ex: Exchange<'_>, policy: &EdgePolicy) -> Result<StorePlan, NotStor
             || policy.store_set_cookie)
         {
             return Err(NotStorable::SetCookie);
+        }
+        // `public` makes the response shareable, not the cookie: it goes to the client whose request fetched
+        // it and stays out of the stored copy, unless the route says cookies are shared.
+        if !policy.store_set_cookie
+            && !named(&resp.no_cache)
+            && !plan.omit.contains(&SET_COOKIE)
+        {
+            plan.omit.push(SET_COOKIE);
         }
     }
     if Vary::from_headers(ex.response_headers) == Vary::Star {
@@ -347,7 +356,12 @@ mod tests {
     fn set_cookie_is_not_shared_unless_allowed() {
         let cookie = ("set-cookie", "session=abc");
         assert_eq!(get(&[], 200, &[FRESH, cookie]), Err(NotStorable::SetCookie));
-        assert!(get(&[], 200, &[("cache-control", "max-age=60, public"), cookie]).is_ok());
+        let public = get(&[], 200, &[("cache-control", "max-age=60, public"), cookie]).unwrap();
+        assert_eq!(
+            public.omit,
+            vec![SET_COOKIE],
+            "public shares the response, not the cookie"
+        );
         let plan = get(
             &[],
             200,
@@ -368,7 +382,10 @@ mod tests {
         )
         .is_ok());
         let allow = EdgePolicy::default().with_store_set_cookie(true);
-        assert!(run(Method::GET, &[], 200, &[FRESH, cookie], &allow).is_ok());
+        assert_eq!(
+            run(Method::GET, &[], 200, &[FRESH, cookie], &allow).map(|p| p.omit),
+            Ok(vec![])
+        );
     }
 
     #[test]
