@@ -294,14 +294,14 @@ pub fn update_from_304(
     if let Some(date) = date {
         headers.insert(DATE, date);
     }
-    StoredResponse {
-        status: stored.status,
+    StoredResponse::from_parts(
+        stored.status,
         headers,
-        body: stored.body.clone(),
+        stored.body.clone(),
         request_time,
         response_time,
-        vary: stored.vary.clone(),
-    }
+        stored.vary.clone(),
+    )
 }
 
 #[cfg(test)]

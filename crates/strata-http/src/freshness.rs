@@ -136,42 +136,113 @@ pub fn freshness_lifetime(
     response_time: UnixMillis,
     policy: &EdgePolicy,
 ) -> Lifetime {
-    if let Some(secs) = directives.s_maxage {
-        return Lifetime {
-            secs,
-            source: LifetimeSource::SMaxAge,
+    let mut facts = Facts::parse(status, headers, response_time, response_time);
+    facts.directives = directives.clone();
+    facts.source = source;
+    facts.lifetime(policy)
+}
+
+/// What the freshness rules read of a stored response, parsed once from its fields — when it is stored, not on
+/// every hit: the directives for this tier and the field they came from, `Date`, `Expires`, `Last-Modified`, and
+/// the corrected initial age (§4.2.3), so the current age is one addition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// The stored status.
+    pub status: StatusCode,
+    /// The response's directives for this tier ([`Directives::for_response`]).
+    pub directives: Directives,
+    /// The field they came from.
+    pub source: DirectiveSource,
+    /// `Date` (Unix seconds), when present and valid.
+    pub date: Option<u64>,
+    /// `Expires`: absent, or present with its value (`None` when invalid or given twice with different values).
+    pub expires: Option<Option<u64>>,
+    /// `Last-Modified`, read like `Expires`.
+    pub last_modified: Option<Option<u64>>,
+    /// When the response arrived.
+    pub response_time: UnixMillis,
+    /// The age it had on arrival, in ms (§4.2.3's `corrected_initial_age`).
+    pub corrected_initial_age_ms: u64,
+}
+
+impl Facts {
+    /// The facts of a response with `headers` (see the type docs).
+    pub fn parse(
+        status: StatusCode,
+        headers: &HeaderMap,
+        request_time: UnixMillis,
+        response_time: UnixMillis,
+    ) -> Self {
+        let (directives, source) = Directives::for_response(headers);
+        let date = date_value(headers);
+        let apparent_age = match date {
+            Some(date) => response_time.saturating_sub(date.saturating_mul(1000)),
+            None => 0,
         };
-    }
-    if let Some(secs) = directives.max_age {
-        return Lifetime {
-            secs,
-            source: LifetimeSource::MaxAge,
-        };
-    }
-    let date = date_value(headers).unwrap_or(response_time / 1000);
-    if let Some(expires) = single_date(headers, EXPIRES).filter(|_| source.expires_applies()) {
-        let secs = expires.map_or(0, |e| e.saturating_sub(date).min(DELTA_SECONDS_MAX));
-        return Lifetime {
-            secs,
-            source: LifetimeSource::Expires,
-        };
-    }
-    if policy.heuristic_per_mille > 0 && (heuristically_cacheable(status) || directives.public) {
-        if let Some(Some(lm)) = single_date(headers, LAST_MODIFIED) {
-            if lm <= date {
-                let secs = ((date - lm) as u128 * u128::from(policy.heuristic_per_mille) / 1000)
-                    .min(u128::from(policy.heuristic_cap.as_secs()))
-                    as u64;
-                return Lifetime {
-                    secs,
-                    source: LifetimeSource::Heuristic,
-                };
-            }
+        let response_delay = response_time.saturating_sub(request_time);
+        let corrected_age_value = age_value(headers)
+            .saturating_mul(1000)
+            .saturating_add(response_delay);
+        Self {
+            status,
+            directives,
+            source,
+            date,
+            expires: single_date(headers, EXPIRES),
+            last_modified: single_date(headers, LAST_MODIFIED),
+            response_time,
+            corrected_initial_age_ms: apparent_age.max(corrected_age_value),
         }
     }
-    Lifetime {
-        secs: 0,
-        source: LifetimeSource::None,
+
+    /// The current age at `now`, in ms (§4.2.3: the corrected initial age plus the time resident here).
+    pub fn age_ms(&self, now: UnixMillis) -> u64 {
+        self.corrected_initial_age_ms
+            .saturating_add(now.saturating_sub(self.response_time))
+    }
+
+    /// The freshness lifetime under `policy` (see the module docs).
+    pub fn lifetime(&self, policy: &EdgePolicy) -> Lifetime {
+        let directives = &self.directives;
+        if let Some(secs) = directives.s_maxage {
+            return Lifetime {
+                secs,
+                source: LifetimeSource::SMaxAge,
+            };
+        }
+        if let Some(secs) = directives.max_age {
+            return Lifetime {
+                secs,
+                source: LifetimeSource::MaxAge,
+            };
+        }
+        let date = self.date.unwrap_or(self.response_time / 1000);
+        if let Some(expires) = self.expires.filter(|_| self.source.expires_applies()) {
+            let secs = expires.map_or(0, |e| e.saturating_sub(date).min(DELTA_SECONDS_MAX));
+            return Lifetime {
+                secs,
+                source: LifetimeSource::Expires,
+            };
+        }
+        if policy.heuristic_per_mille > 0
+            && (heuristically_cacheable(self.status) || directives.public)
+        {
+            if let Some(Some(lm)) = self.last_modified {
+                if lm <= date {
+                    let secs = ((date - lm) as u128 * u128::from(policy.heuristic_per_mille) / 1000)
+                        .min(u128::from(policy.heuristic_cap.as_secs()))
+                        as u64;
+                    return Lifetime {
+                        secs,
+                        source: LifetimeSource::Heuristic,
+                    };
+                }
+            }
+        }
+        Lifetime {
+            secs: 0,
+            source: LifetimeSource::None,
+        }
     }
 }
 
@@ -207,18 +278,7 @@ pub fn current_age_ms(
     response_time: UnixMillis,
     now: UnixMillis,
 ) -> u64 {
-    let age_value = age_value(headers);
-    let apparent_age = match date_value(headers) {
-        Some(date) => response_time.saturating_sub(date.saturating_mul(1000)),
-        None => 0,
-    };
-    let response_delay = response_time.saturating_sub(request_time);
-    let corrected_age_value = age_value
-        .saturating_mul(1000)
-        .saturating_add(response_delay);
-    let corrected_initial_age = apparent_age.max(corrected_age_value);
-    let resident_time = now.saturating_sub(response_time);
-    corrected_initial_age.saturating_add(resident_time)
+    Facts::parse(StatusCode::OK, headers, request_time, response_time).age_ms(now)
 }
 
 /// Why the stored response cannot answer without the origin.
@@ -328,26 +388,30 @@ pub fn evaluate(
     now: UnixMillis,
     policy: &EdgePolicy,
 ) -> Evaluation {
-    let (response, source) = Directives::for_response(stored.headers);
-    let lifetime = freshness_lifetime(
+    let facts = Facts::parse(
         stored.status,
-        stored.headers,
-        &response,
-        source,
-        stored.response_time,
-        policy,
-    );
-    let age_ms = current_age_ms(
         stored.headers,
         stored.request_time,
         stored.response_time,
-        now,
     );
+    evaluate_facts(&facts, request, now, policy)
+}
+
+/// [`evaluate`] on facts parsed beforehand (the hit path: nothing is parsed per request).
+pub fn evaluate_facts(
+    facts: &Facts,
+    request: &Directives,
+    now: UnixMillis,
+    policy: &EdgePolicy,
+) -> Evaluation {
+    let response = &facts.directives;
+    let lifetime = facts.lifetime(policy);
+    let age_ms = facts.age_ms(now);
     let age = age_ms / 1000;
     let fresh = age_ms < lifetime.secs.saturating_mul(1000);
     let staleness = age.saturating_sub(lifetime.secs);
 
-    let forbidden = stale_forbidden(&response);
+    let forbidden = stale_forbidden(response);
     // s-maxage's implied proxy-revalidate: only the response's own stale directives still apply.
     let implied = response.s_maxage.is_some();
     let window = |own: Option<u64>, route: Option<std::time::Duration>| -> Option<u64> {

@@ -46,6 +46,14 @@ impl PrimaryKey {
     /// The key from its parts: `scheme` (`http`/`https`), `authority` (`host[:port]`, no userinfo) and the
     /// request target's path and query (origin-form, e.g. `/a/b?x=1`).
     pub fn new(scheme: &str, authority: &str, path_and_query: &str) -> Result<Self, KeyError> {
+        match already_normal(scheme, authority, path_and_query) {
+            Some(key) => Ok(key),
+            None => Self::normalised(scheme, authority, path_and_query),
+        }
+    }
+
+    /// The full normalisation behind [`new`](Self::new).
+    fn normalised(scheme: &str, authority: &str, path_and_query: &str) -> Result<Self, KeyError> {
         let scheme = scheme.to_ascii_lowercase();
         let default_port = match scheme.as_str() {
             "http" => "80",
@@ -103,6 +111,16 @@ impl PrimaryKey {
         &self.0[self.origin().len()..]
     }
 
+    /// The host, lower-case, without its port (an IPv6 literal without its brackets): what routes match on.
+    pub fn host(&self) -> &str {
+        let origin = self.origin();
+        let authority = origin.find("://").map_or(origin, |i| &origin[i + 3..]);
+        if let Some(rest) = authority.strip_prefix('[') {
+            return rest.split(']').next().unwrap_or("");
+        }
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    }
+
     /// The normalised path.
     pub fn path(&self) -> &str {
         let pq = self.path_and_query();
@@ -114,6 +132,45 @@ impl std::fmt::Display for PrimaryKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The key of a request whose parts are already in normal form — the common case, built with one allocation:
+/// a lower-case scheme, a lower-case host name with no port or a non-default one without leading zeros, and a
+/// path and query of ASCII without `%`, `#` or a segment starting with a dot. `None` sends everything else
+/// through the full normalisation, which gives the same key for these (a property test holds them equal).
+fn already_normal(scheme: &str, authority: &str, path_and_query: &str) -> Option<PrimaryKey> {
+    let default_port = match scheme {
+        "http" => "80",
+        "https" => "443",
+        _ => return None,
+    };
+    let (host, port) = match authority.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && !p.starts_with('0')
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p != default_port
+    });
+    let b = path_and_query.as_bytes();
+    let path_ok = b.first() == Some(&b'/')
+        && b.iter().all(|&c| c.is_ascii() && c != b'%' && c != b'#')
+        && !path_and_query.contains("/.");
+    if !(host_ok && port_ok && path_ok) {
+        return None;
+    }
+    let mut key = String::with_capacity(scheme.len() + 3 + authority.len() + b.len());
+    key.push_str(scheme);
+    key.push_str("://");
+    key.push_str(authority);
+    key.push_str(path_and_query);
+    Some(PrimaryKey(key))
 }
 
 fn normalise_authority(authority: &str, default_port: &str) -> Result<String, KeyError> {
@@ -507,6 +564,18 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_fast_path_gives_the_full_normalisations_key(
+            https in any::<bool>(),
+            auth in "[a-zA-Z0-9.-]{1,12}(:[0-9]{1,6})?",
+            path in "/[a-zA-Z0-9/._~?=&%#-]{0,30}",
+        ) {
+            let scheme = if https { "https" } else { "http" };
+            if let Some(fast) = already_normal(scheme, &auth, &path) {
+                prop_assert_eq!(Ok(fast), PrimaryKey::normalised(scheme, &auth, &path));
+            }
+        }
+
         #[test]
         fn keys_never_panic_and_normalising_is_idempotent(auth in "[a-zA-Z0-9.:\\[\\]@%-]{0,20}", path in "\\PC{0,40}") {
             if let Ok(k) = PrimaryKey::new("http", &auth, &path) {

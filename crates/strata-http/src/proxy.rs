@@ -57,8 +57,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+    HeaderMap, HeaderValue, CONTENT_LENGTH, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
 };
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
@@ -72,7 +72,7 @@ use tokio::sync::oneshot;
 
 use crate::body::{self, BodyError, ProxyBody, Tee, PASS_BACKLOG};
 use crate::conditional::{self, ClientConditional};
-use crate::directives::{Directives, FieldList, STRATA_CACHE_CONTROL};
+use crate::directives::{Directives, STRATA_CACHE_CONTROL};
 use crate::freshness::{self, Decision, Evaluation};
 use crate::headers::{append_via, check_request_framing, remove_hop_by_hop, set_age};
 use crate::invalidation;
@@ -348,7 +348,7 @@ enum Streaming {
     /// A response being stored: the leader's view of it (the origin's fields, less hop-by-hop ones) and its
     /// body.
     Storing {
-        view: StoredResponse,
+        view: Box<StoredResponse>,
         body: ProxyBody,
     },
     /// A response that may not be stored, for the leader alone.
@@ -424,11 +424,11 @@ pub struct Proxy {
     uncacheable: Mutex<HashMap<String, UnixMillis>>,
     /// Per-route counters, by route index.
     stats: Vec<RouteStats>,
+    /// [`ProxyConfig::name`], shared by every answer's `Cache-Status`.
+    name: Arc<str>,
+    /// The `Via` value of an HTTP/1.1 answer, made once.
+    via_11: HeaderValue,
 }
-
-/// The index of the route an answer was for (a response extension, read by [`Proxy::handle`]).
-#[derive(Debug, Clone, Copy)]
-struct RouteIx(usize);
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -476,7 +476,6 @@ struct Ctx {
     headers: HeaderMap,
     body: Bytes,
     primary: PrimaryKey,
-    path_and_query: String,
     origin: http::uri::Authority,
     policy: EdgePolicy,
     directives: Directives,
@@ -495,10 +494,17 @@ impl Proxy {
             routes,
             ns,
             client,
-            config,
             next_id: AtomicU64::new(1),
             revalidations: Mutex::new(HashMap::new()),
             uncacheable: Mutex::new(HashMap::new()),
+            name: Arc::from(config.name.as_str()),
+            via_11: {
+                let mut h = HeaderMap::new();
+                append_via(&mut h, Version::HTTP_11, &config.via);
+                h.remove(http::header::VIA)
+                    .unwrap_or(HeaderValue::from_static("1.1 strata"))
+            },
+            config,
         })
     }
 
@@ -541,15 +547,7 @@ impl Proxy {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let mut resp = self.answer(req).await;
-        let route = resp.extensions_mut().remove::<RouteIx>();
-        let status = resp.extensions_mut().remove::<CacheStatus>();
-        if let (Some(RouteIx(i)), Some(status)) = (route, status) {
-            if let Some(s) = self.stats.get(i) {
-                s.answered(&status);
-            }
-        }
-        resp
+        self.answer(req).await
     }
 
     async fn answer<B>(self: &Arc<Self>, req: Request<B>) -> Response<ProxyBody>
@@ -558,7 +556,7 @@ impl Proxy {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = req.into_parts();
-        let status = CacheStatus::new(self.config.name.clone());
+        let status = CacheStatus::new(self.name.clone());
         if let Err(e) = check_request_framing(&parts.headers, self.config.max_header_bytes) {
             let s = status.forward(Fwd::Bypass, None).with_detail(e.as_str());
             return self.local(StatusCode::BAD_REQUEST, s, parts.version);
@@ -568,57 +566,60 @@ impl Proxy {
             let s = status.forward(Fwd::Bypass, None).with_detail("host");
             return self.local(StatusCode::BAD_REQUEST, s, parts.version);
         }
-        let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
-            parts
-                .headers
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
+        let authority = match parts.uri.authority() {
+            Some(a) => Some(a.as_str()),
+            None => parts.headers.get(HOST).and_then(|h| h.to_str().ok()),
+        };
         let Some(authority) = authority else {
             let s = status.forward(Fwd::Bypass, None).with_detail("no-host");
             return self.local(StatusCode::BAD_REQUEST, s, parts.version);
         };
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let primary = match PrimaryKey::new(&self.config.key_scheme, &authority, target) {
+        let primary = match PrimaryKey::new(&self.config.key_scheme, authority, target) {
             Ok(k) => k,
             Err(_) => {
                 let s = status.forward(Fwd::Bypass, None).with_detail("bad-uri");
                 return self.local(StatusCode::BAD_REQUEST, s, parts.version);
             }
         };
-        let host = authority_host(&authority);
         // Routed and forwarded by the normalised path, so `/api/../admin` is `/admin` for the route, the key and
         // the origin alike.
-        let path_and_query = primary.path_and_query().to_string();
-        let Some(route_ix) = self.routes.find_index(&host, primary.path()) else {
+        let Some(route_ix) = self.routes.find_index(primary.host(), primary.path()) else {
             let s = status.forward(Fwd::Bypass, None).with_detail("no-route");
             return self.local(StatusCode::NOT_FOUND, s, parts.version);
         };
-        let body = match Limited::new(body, self.config.max_body_bytes)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                let s = status
-                    .forward(Fwd::Bypass, None)
-                    .with_detail("request-body");
-                return self.local(StatusCode::PAYLOAD_TOO_LARGE, s, parts.version);
-            }
-        };
-        let mut headers = parts.headers;
         // RFC 9112 §3.2.2: the origin sees the target's authority as `Host` — the one the key is built from — so a
         // request in absolute form cannot send another `Host` to the origin and have its answer stored under this
         // key.
-        match HeaderValue::from_str(&authority) {
-            Ok(v) => {
-                headers.insert(HOST, v);
+        let host_value = match parts.headers.get(HOST) {
+            Some(h) if h.as_bytes() == authority.as_bytes() => None,
+            _ => match HeaderValue::from_str(authority) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    let s = status.forward(Fwd::Bypass, None).with_detail("host");
+                    return self.local(StatusCode::BAD_REQUEST, s, parts.version);
+                }
+            },
+        };
+        let body = if body.is_end_stream() {
+            Bytes::new()
+        } else {
+            match Limited::new(body, self.config.max_body_bytes)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    let s = status
+                        .forward(Fwd::Bypass, None)
+                        .with_detail("request-body");
+                    return self.local(StatusCode::PAYLOAD_TOO_LARGE, s, parts.version);
+                }
             }
-            Err(_) => {
-                let s = status.forward(Fwd::Bypass, None).with_detail("host");
-                return self.local(StatusCode::BAD_REQUEST, s, parts.version);
-            }
+        };
+        let mut headers = parts.headers;
+        if let Some(v) = host_value {
+            headers.insert(HOST, v);
         }
         let route = &self.routes.0[route_ix];
         let ctx = Ctx {
@@ -632,7 +633,6 @@ impl Proxy {
             headers,
             body,
             primary,
-            path_and_query,
             origin: route.origin.clone(),
             policy: route.policy.clone(),
         };
@@ -665,7 +665,7 @@ impl Proxy {
                 fwd: Fwd::UriMiss,
             };
         };
-        match Vary::from_headers(&latest.headers) {
+        match latest.varies() {
             Vary::None => Found::Hit {
                 key: primary,
                 stored: latest,
@@ -681,7 +681,7 @@ impl Proxy {
                         stored: latest,
                     };
                 }
-                let key = variant_key(&primary, &vary, &ctx.headers);
+                let key = variant_key(&primary, vary, &ctx.headers);
                 match self.ns.get(&key).and_then(|l| l.to_arc()) {
                     Some(s) if s.vary.matches(&ctx.headers) => Found::Hit { key, stored: s },
                     _ => Found::Miss {
@@ -701,7 +701,7 @@ impl Proxy {
         status: CacheStatus,
     ) -> Response<ProxyBody> {
         let now = self.now();
-        let eval = freshness::evaluate(stored.view(), &ctx.directives, now, &ctx.policy);
+        let eval = freshness::evaluate_facts(stored.facts(), &ctx.directives, now, &ctx.policy);
         match eval.decision {
             Decision::Fresh | Decision::StaleAllowed | Decision::StaleWhileRevalidate => {
                 let mut s = status.hit().with_ttl(eval.ttl());
@@ -886,10 +886,22 @@ impl Proxy {
                     Ok(plan) => {
                         // The 304's fields are stored too: those `private="…"` / `no-cache="…"` name stay out
                         // (RFC 9111 §5.2.2.4, §5.2.2.7), as on a full response.
-                        let mut updated = updated;
-                        for name in &plan.omit {
-                            updated.headers.remove(name);
-                        }
+                        let updated = if plan.omit.is_empty() {
+                            updated
+                        } else {
+                            let mut headers = updated.headers.clone();
+                            for name in &plan.omit {
+                                headers.remove(name);
+                            }
+                            StoredResponse::from_parts(
+                                updated.status,
+                                headers,
+                                updated.body.clone(),
+                                updated.request_time,
+                                updated.response_time,
+                                updated.vary.clone(),
+                            )
+                        };
                         let updated = Arc::new(updated);
                         self.store(request.route, key, primary, &updated).await;
                         Revalidated::Stored {
@@ -1117,7 +1129,7 @@ impl Proxy {
                 return Err(LoadFailure::NotStored { leader, reason });
             }
         };
-        let view = self.leader_view(&head, &stored);
+        let view = Box::new(self.leader_view(&head, &stored));
         let streaming = Streaming::Storing {
             view,
             body: ProxyBody::Streamed(streamed),
@@ -1133,7 +1145,7 @@ impl Proxy {
                 return Err(LoadFailure::NotStored { leader, reason });
             }
         };
-        let stored = StoredResponse { body, ..stored };
+        let stored = stored.with_body(body);
         self.stats[request.route].stored(stored.body.len());
         let stored = Arc::new(stored);
         self.index_variant(key, &request.primary, &stored).await;
@@ -1219,7 +1231,7 @@ impl Proxy {
                 tokio::spawn(async move {
                     if let Ok(body) = read_body(head.body, Some(tee), limit, length, idle).await {
                         this.uncacheable.lock().remove(primary.as_str());
-                        let stored = Arc::new(StoredResponse { body, ..stored });
+                        let stored = Arc::new(stored.with_body(body));
                         this.store(route, &key, &primary, &stored).await;
                     }
                 });
@@ -1384,8 +1396,7 @@ impl Proxy {
         if key != primary.as_str() {
             return;
         }
-        let vary = Vary::from_headers(&stored.headers);
-        if let Vary::Fields(_) = vary {
+        if let Vary::Fields(_) = stored.varies() {
             let variant = format!("{}\n{}", primary.as_str(), stored.vary.secondary_key());
             let mut tags = stored.tags();
             tags.push(uri_tag(primary));
@@ -1432,7 +1443,7 @@ impl Proxy {
         OriginRequest {
             method: Method::GET,
             origin: ctx.origin.clone(),
-            path_and_query: ctx.path_and_query.clone(),
+            path_and_query: ctx.primary.path_and_query().to_string(),
             headers,
             body: Bytes::new(),
             primary: ctx.primary.clone(),
@@ -1525,24 +1536,9 @@ impl Proxy {
         validated: bool,
         status: CacheStatus,
     ) -> Response<ProxyBody> {
-        let mut headers = stored.headers.clone();
-        if !validated {
-            // no-cache="field": the field is not sent without a successful validation (§5.2.2.4).
-            let (d, _) = Directives::for_response(&stored.headers);
-            if let Some(FieldList::Fields(fields)) = &d.no_cache {
-                for f in fields {
-                    if let Ok(name) = HeaderName::from_bytes(f.as_bytes()) {
-                        headers.remove(name);
-                    }
-                }
-            }
-        }
-        let age = freshness::current_age_ms(
-            &stored.headers,
-            stored.request_time,
-            stored.response_time,
-            now,
-        ) / 1000;
+        // no-cache="field": the field is not sent without a successful validation (§5.2.2.4).
+        let headers = stored.downstream_headers(validated);
+        let age = stored.facts().age_ms(now) / 1000;
         let (code, mut headers, body) =
             match conditional::evaluate_client(&ctx.method, &ctx.headers, stored) {
                 ClientConditional::NotModified => (
@@ -1576,14 +1572,19 @@ impl Proxy {
         status: CacheStatus,
     ) -> Response<ProxyBody> {
         headers.remove(&STRATA_CACHE_CONTROL);
-        append_via(&mut headers, ctx.version, &self.config.via);
+        if ctx.version == Version::HTTP_11 {
+            headers.append(http::header::VIA, self.via_11.clone());
+        } else {
+            append_via(&mut headers, ctx.version, &self.config.via);
+        }
         status.append_to(&mut headers);
         let body = if ctx.method == Method::HEAD {
             ProxyBody::empty()
         } else {
             body
         };
-        counted(build(code, headers, body), ctx, status)
+        self.count(ctx, &status);
+        build(code, headers, body)
     }
 
     /// An answer straight from the origin (not from the cache): hop-by-hop removed, `Via`, `Cache-Status`.
@@ -1607,7 +1608,15 @@ impl Proxy {
         };
         tracing::warn!(uri = %ctx.primary, error = %e, "origin failed");
         let status = status.with_detail(detail);
-        counted(self.local(code, status.clone(), ctx.version), ctx, status)
+        self.count(ctx, &status);
+        self.local(code, status, ctx.version)
+    }
+
+    /// Counts an answer for a routed request in its route's counters.
+    fn count(&self, ctx: &Ctx, status: &CacheStatus) {
+        if let Some(s) = self.stats.get(ctx.route) {
+            s.answered(status);
+        }
     }
 
     /// An answer the proxy makes itself (errors).
@@ -1689,14 +1698,6 @@ pub fn uri_tag(primary: &PrimaryKey) -> String {
 /// The engine key of a request's variant: `primary ⏎ secondary key`.
 fn variant_key(primary: &str, vary: &Vary, request: &HeaderMap) -> String {
     format!("{primary}\n{}", vary.values(request).secondary_key())
-}
-
-fn authority_host(authority: &str) -> String {
-    let a = authority.to_ascii_lowercase();
-    if let Some(rest) = a.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or("").to_string();
-    }
-    a.rsplit_once(':').map_or(a.clone(), |(h, _)| h.to_string())
 }
 
 /// A stored complete `200` answering the request's `Range` (see [`crate::range`]): the status and the body to
@@ -1804,13 +1805,6 @@ fn pass_through(body: Incoming, idle: Duration) -> ProxyBody {
         let _ = read_body(body, Some(tee), 0, None, idle).await;
     });
     ProxyBody::Streamed(streamed)
-}
-
-/// Marks a response with its route and `Cache-Status`, for [`Proxy::handle`] to count.
-fn counted(mut resp: Response<ProxyBody>, ctx: &Ctx, status: CacheStatus) -> Response<ProxyBody> {
-    resp.extensions_mut().insert(RouteIx(ctx.route));
-    resp.extensions_mut().insert(status);
-    resp
 }
 
 fn build(code: StatusCode, headers: HeaderMap, body: ProxyBody) -> Response<ProxyBody> {

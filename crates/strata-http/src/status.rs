@@ -17,6 +17,8 @@
 //! range, so the value always parses.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::sf::{is_token, write_integer, write_string};
 
@@ -61,7 +63,7 @@ impl Fwd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub struct CacheStatus {
-    cache: String,
+    cache: Arc<str>,
     hit: bool,
     fwd: Option<Fwd>,
     fwd_status: Option<u16>,
@@ -69,12 +71,12 @@ pub struct CacheStatus {
     stored: bool,
     collapsed: bool,
     key: Option<String>,
-    detail: Option<String>,
+    detail: Option<Cow<'static, str>>,
 }
 
 impl CacheStatus {
     /// A member for the cache named `cache` (an sf-token such as `Strata`, else written as an sf-string).
-    pub fn new(cache: impl Into<String>) -> Self {
+    pub fn new(cache: impl Into<Arc<str>>) -> Self {
         Self {
             cache: cache.into(),
             hit: false,
@@ -132,7 +134,7 @@ impl CacheStatus {
     }
 
     /// Sets `detail=`.
-    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+    pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
         self.detail = Some(detail.into());
         self
     }
@@ -164,7 +166,7 @@ impl CacheStatus {
 
     /// The member's text (`Strata; hit; ttl=12`).
     pub fn to_value(&self) -> String {
-        let mut s = String::new();
+        let mut s = String::with_capacity(48);
         if is_token(&self.cache) {
             s.push_str(&self.cache);
         } else {
@@ -204,7 +206,8 @@ impl CacheStatus {
 
     /// Appends this member to the response's `Cache-Status` (after the members of caches nearer the origin).
     pub fn append_to(&self, headers: &mut HeaderMap) {
-        if let Ok(v) = HeaderValue::from_str(&self.to_value()) {
+        // The String's buffer becomes the value's bytes: no second copy.
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(self.to_value())) {
             headers.append(CACHE_STATUS.clone(), v);
         }
     }

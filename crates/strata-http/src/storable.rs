@@ -177,10 +177,7 @@ pub fn check(ex: Exchange<'_>, policy: &EdgePolicy) -> Result<StorePlan, NotStor
         }
         // `public` makes the response shareable, not the cookie: it goes to the client whose request fetched
         // it and stays out of the stored copy, unless the route says cookies are shared.
-        if !policy.store_set_cookie
-            && !named(&resp.no_cache)
-            && !plan.omit.contains(&SET_COOKIE)
-        {
+        if !policy.store_set_cookie && !named(&resp.no_cache) && !plan.omit.contains(&SET_COOKIE) {
             plan.omit.push(SET_COOKIE);
         }
     }

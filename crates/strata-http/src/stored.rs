@@ -28,9 +28,10 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, DATE};
 use http::StatusCode;
 use strata_core::UnixMillis;
 
-use crate::freshness::{format_http_date, StoredView};
+use crate::directives::{FieldList, STRATA_CACHE_CONTROL};
+use crate::freshness::{format_http_date, Facts, StoredView};
 use crate::headers::remove_hop_by_hop;
-use crate::key::VaryValues;
+use crate::key::{Vary, VaryValues};
 use crate::storable::StorePlan;
 
 /// `Surrogate-Key`: space-separated tags of a response (Fastly's convention).
@@ -39,6 +40,11 @@ pub static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 pub static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 
 /// A stored HTTP response.
+///
+/// Besides what is stored, it carries what the hit path reads, derived from the fields when it is built (by
+/// [`new`](Self::new), [`from_parts`](Self::from_parts), [`decode`](Self::decode)) rather than on every hit:
+/// the [`Facts`] of freshness, its `Vary`, and the header block an unvalidated answer starts from. The public
+/// fields are read-only by contract: to change one, build a new response (the derived parts would not follow).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
     /// The status.
@@ -53,6 +59,9 @@ pub struct StoredResponse {
     pub response_time: UnixMillis,
     /// The request's values of the fields the response varies on.
     pub vary: VaryValues,
+    facts: Facts,
+    varies: Vary,
+    downstream: HeaderMap,
 }
 
 impl StoredResponse {
@@ -76,6 +85,31 @@ impl StoredResponse {
                 headers.insert(DATE, v);
             }
         }
+        Self::from_parts(status, headers, body, request_time, response_time, vary)
+    }
+
+    /// A response from fields that are already what is stored (a decoded entry, a 304 update).
+    pub fn from_parts(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        request_time: UnixMillis,
+        response_time: UnixMillis,
+        vary: VaryValues,
+    ) -> Self {
+        let facts = Facts::parse(status, &headers, request_time, response_time);
+        let varies = Vary::from_headers(&headers);
+        // An answer without a successful validation: `Strata-Cache-Control` targets this tier only (RFC 9213)
+        // and the fields `no-cache="…"` names are not sent (RFC 9111 §5.2.2.4).
+        let mut downstream = headers.clone();
+        downstream.remove(&STRATA_CACHE_CONTROL);
+        if let Some(FieldList::Fields(fields)) = &facts.directives.no_cache {
+            for f in fields {
+                if let Ok(name) = HeaderName::from_bytes(f.as_bytes()) {
+                    downstream.remove(name);
+                }
+            }
+        }
         Self {
             status,
             headers,
@@ -83,6 +117,37 @@ impl StoredResponse {
             request_time,
             response_time,
             vary,
+            facts,
+            varies,
+            downstream,
+        }
+    }
+
+    /// The same response with `body` as its content.
+    pub fn with_body(self, body: Bytes) -> Self {
+        Self { body, ..self }
+    }
+
+    /// The freshness facts of its fields.
+    pub fn facts(&self) -> &Facts {
+        &self.facts
+    }
+
+    /// Its `Vary`.
+    pub fn varies(&self) -> &Vary {
+        &self.varies
+    }
+
+    /// The header fields an answer from it starts from: without `Strata-Cache-Control`, and — unless
+    /// `validated` (the answer to the request whose revalidation or fill it was) — without the fields
+    /// `no-cache="…"` names.
+    pub fn downstream_headers(&self, validated: bool) -> HeaderMap {
+        if validated {
+            let mut h = self.headers.clone();
+            h.remove(&STRATA_CACHE_CONTROL);
+            h
+        } else {
+            self.downstream.clone()
         }
     }
 
@@ -212,14 +277,14 @@ impl StoredResponse {
         if !r.b.is_empty() {
             return Err(DecodeError::TrailingBytes);
         }
-        Ok(Self {
+        Ok(Self::from_parts(
             status,
             headers,
             body,
             request_time,
             response_time,
-            vary: VaryValues(vary),
-        })
+            VaryValues(vary),
+        ))
     }
 }
 
