@@ -1293,7 +1293,7 @@ impl Proxy {
         self.downstream(ctx, head.status, headers, body, status)
     }
 
-    /// Whether an origin response may be stored, as the stored response.
+    /// Whether an origin response read whole may be stored, as the stored response.
     fn storable(
         &self,
         request_headers: &HeaderMap,
@@ -1304,32 +1304,12 @@ impl Proxy {
         if max_object_bytes.is_some_and(|max| response.body.len() > max) {
             return Err(NotStorable::TooLarge);
         }
-        let complete = response
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .is_none_or(|n| n == response.body.len());
-        let plan = storable::check(
-            Exchange {
-                method: &Method::GET,
-                request_headers,
-                status: response.status,
-                response_headers: &response.headers,
-                complete,
-            },
-            policy,
-        )?;
-        let vary = Vary::from_headers(&response.headers).values(request_headers);
-        Ok(StoredResponse::new(
-            response.status,
-            response.headers.clone(),
-            response.body.clone(),
-            response.request_time,
-            response.response_time,
-            vary,
-            &plan,
-        ))
+        let complete =
+            content_length(&response.headers).is_none_or(|n| n == response.body.len() as u64);
+        let parts = (response.status, &response.headers);
+        let times = (response.request_time, response.response_time);
+        let head = stored_head(request_headers, parts, times, policy, complete)?;
+        Ok(head.with_body(response.body.clone()))
     }
 
     /// Whether a response may be stored, judged on its head (the body is still to come): the stored response
@@ -1344,26 +1324,9 @@ impl Proxy {
         if content_length(&head.headers).is_some_and(|n| n > limit as u64) {
             return Err(NotStorable::TooLarge);
         }
-        let plan = storable::check(
-            Exchange {
-                method: &Method::GET,
-                request_headers,
-                status: head.status,
-                response_headers: &head.headers,
-                complete: true,
-            },
-            policy,
-        )?;
-        let vary = Vary::from_headers(&head.headers).values(request_headers);
-        Ok(StoredResponse::new(
-            head.status,
-            head.headers.clone(),
-            Bytes::new(),
-            head.request_time,
-            head.response_time,
-            vary,
-            &plan,
-        ))
+        let parts = (head.status, &head.headers);
+        let times = (head.request_time, head.response_time);
+        stored_head(request_headers, parts, times, policy, true)
     }
 
     /// Stores a response under its engine key, and as the URI's latest response when it is a variant.
@@ -1722,6 +1685,37 @@ fn ranged(request: &HeaderMap, headers: &mut HeaderMap, body: Bytes) -> (StatusC
     }
     headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     (code, body)
+}
+
+/// The stored form of a response's head (status and fields; times sent and received), with an empty body, when
+/// [`storable::check`] allows it.
+fn stored_head(
+    request_headers: &HeaderMap,
+    (status, headers): (StatusCode, &HeaderMap),
+    (request_time, response_time): (UnixMillis, UnixMillis),
+    policy: &EdgePolicy,
+    complete: bool,
+) -> Result<StoredResponse, NotStorable> {
+    let plan = storable::check(
+        Exchange {
+            method: &Method::GET,
+            request_headers,
+            status,
+            response_headers: headers,
+            complete,
+        },
+        policy,
+    )?;
+    let vary = Vary::from_headers(headers).values(request_headers);
+    Ok(StoredResponse::new(
+        status,
+        headers.clone(),
+        Bytes::new(),
+        request_time,
+        response_time,
+        vary,
+        &plan,
+    ))
 }
 
 /// The announced `Content-Length` of a message, when it is one valid number.
