@@ -136,10 +136,9 @@ pub fn freshness_lifetime(
     response_time: UnixMillis,
     policy: &EdgePolicy,
 ) -> Lifetime {
-    let mut facts = Facts::parse(status, headers, response_time, response_time);
-    facts.directives = directives.clone();
-    facts.source = source;
-    facts.lifetime(policy)
+    let directives = (directives.clone(), source);
+    Facts::with_directives(status, headers, directives, response_time, response_time)
+        .lifetime(policy)
 }
 
 /// What the freshness rules read of a stored response, parsed once from its fields — when it is stored, not on
@@ -173,7 +172,18 @@ impl Facts {
         request_time: UnixMillis,
         response_time: UnixMillis,
     ) -> Self {
-        let (directives, source) = Directives::for_response(headers);
+        let directives = Directives::for_response(headers);
+        Self::with_directives(status, headers, directives, request_time, response_time)
+    }
+
+    /// The facts of a response whose directives (and their field) are already known.
+    pub fn with_directives(
+        status: StatusCode,
+        headers: &HeaderMap,
+        (directives, source): (Directives, DirectiveSource),
+        request_time: UnixMillis,
+        response_time: UnixMillis,
+    ) -> Self {
         let date = date_value(headers);
         let apparent_age = match date {
             Some(date) => response_time.saturating_sub(date.saturating_mul(1000)),
@@ -278,7 +288,8 @@ pub fn current_age_ms(
     response_time: UnixMillis,
     now: UnixMillis,
 ) -> u64 {
-    Facts::parse(StatusCode::OK, headers, request_time, response_time).age_ms(now)
+    let none = (Directives::default(), DirectiveSource::None);
+    Facts::with_directives(StatusCode::OK, headers, none, request_time, response_time).age_ms(now)
 }
 
 /// Why the stored response cannot answer without the origin.

@@ -547,14 +547,6 @@ impl Proxy {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.answer(req).await
-    }
-
-    async fn answer<B>(self: &Arc<Self>, req: Request<B>) -> Response<ProxyBody>
-    where
-        B: hyper::body::Body<Data = Bytes> + Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
         let (parts, body) = req.into_parts();
         let status = CacheStatus::new(self.name.clone());
         if let Err(e) = check_request_framing(&parts.headers, self.config.max_header_bytes) {
@@ -886,23 +878,15 @@ impl Proxy {
                     Ok(plan) => {
                         // The 304's fields are stored too: those `private="…"` / `no-cache="…"` name stay out
                         // (RFC 9111 §5.2.2.4, §5.2.2.7), as on a full response.
-                        let updated = if plan.omit.is_empty() {
-                            updated
-                        } else {
-                            let mut headers = updated.headers.clone();
-                            for name in &plan.omit {
-                                headers.remove(name);
-                            }
-                            StoredResponse::from_parts(
-                                updated.status,
-                                headers,
-                                updated.body.clone(),
-                                updated.request_time,
-                                updated.response_time,
-                                updated.vary.clone(),
-                            )
-                        };
-                        let updated = Arc::new(updated);
+                        let updated = Arc::new(StoredResponse::new(
+                            updated.status,
+                            updated.headers.clone(),
+                            updated.body.clone(),
+                            updated.request_time,
+                            updated.response_time,
+                            updated.vary.clone(),
+                            &plan,
+                        ));
                         self.store(request.route, key, primary, &updated).await;
                         Revalidated::Stored {
                             stored: updated,
