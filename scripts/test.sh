@@ -152,7 +152,10 @@ readme_tour() {
               'etag: "v2"' '"name":"Product 42"' '"name":"OLED TV"' '"write":"behind"' '"9999":null' \
               '"found":1000' 'unknown_namespace' 'colour' 'strata_hits_total' 'ready' '"openapi":"3.1.0"' \
               'cache-status: Strata; fwd=uri-miss; fwd-status=200; stored' 'HTTP/1.1 304' \
-              'detail="stale-while-revalidate"' 'strata_proxy_requests_total'; do
+              'detail="stale-while-revalidate"' 'strata_proxy_requests_total' '"purged":{"tag":"product:42"}' \
+              'after the purge: cache-status: Strata; fwd=uri-miss' 'after the purge: cache-status: strata; fwd=miss' \
+              'after the write: cache-status: Strata; fwd=uri-miss' '"soft":true' 'surrogate-key: product product:7' \
+              'HTTP/1.1 304' 'max-age=31536000, immutable'; do
     grep -qiF -- "$want" <<<"$out" || { echo "$out" >&2; echo "README tour: expected output containing: $want" >&2; exit 1; }
   done
   kill -TERM "$pid" && wait "$pid" || { cat "$dir/server.log" >&2; echo "strata did not shut down cleanly" >&2; exit 1; }
@@ -234,31 +237,31 @@ echo "$line" | grep -Eq '^proxy_stampede requests=10000 origin_requests=1 nginx_
   { echo "bench proxy-stampede: expected origin_requests=1" >&2; exit 1; }
 
 REDIS_URL="${STRATA_REDIS_URL:-redis://127.0.0.1:6379}"
-line=$(cargo run --release --quiet -p strata-bench -- stampede)
+line=$(target/release/strata-bench stampede)
 echo "$line"
 echo "$line" | grep -q ' loader_calls=1 ' || { echo "stampede: expected loader_calls=1" >&2; exit 1; }
-cargo run --release --quiet -p strata-bench -- xfetch --seconds 20
-cargo run --release --quiet -p strata-bench -- l2 --samples 2000 --redis "$REDIS_URL"
-cargo run --release --quiet -p strata-bench -- invalidation --nodes 4 --samples 200 --redis "$REDIS_URL"
-line=$(cargo run --release --quiet -p strata-bench -- stampede --nodes 4 --redis "$REDIS_URL")
+target/release/strata-bench xfetch --seconds 20
+target/release/strata-bench l2 --samples 2000 --redis "$REDIS_URL"
+target/release/strata-bench invalidation --nodes 4 --samples 200 --redis "$REDIS_URL"
+line=$(target/release/strata-bench stampede --nodes 4 --redis "$REDIS_URL")
 echo "$line"
 echo "$line" | grep -q ' source_loads=1 ' || { echo "stampede --nodes 4: expected source_loads=1" >&2; exit 1; }
-line=$(cargo run --release --quiet -p strata-bench -- hotkey --nodes 4 --redis "$REDIS_URL")
+line=$(target/release/strata-bench hotkey --nodes 4 --redis "$REDIS_URL")
 echo "$line"
 pct=$(echo "$line" | sed -n 's/.*reduction_pct=\([0-9.]*\).*/\1/p')
 awk -v p="$pct" 'BEGIN { exit !(p >= 99.9) }' || { echo "hotkey: reduction_pct=$pct, expected >= 99.9" >&2; exit 1; }
-line=$(cargo run --release --quiet -p strata-bench -- write-behind-crash --cycles 50)
+line=$(target/release/strata-bench write-behind-crash --cycles 50)
 echo "$line"
 echo "$line" | grep -q ' lost_acked_writes=0$' || { echo "write-behind-crash: acknowledged writes were lost" >&2; exit 1; }
-line=$(cargo run --release --quiet -p strata-bench -- writes --seconds 3 --pg "$STRATA_PG_URL")
+line=$(target/release/strata-bench writes --seconds 3 --pg "$STRATA_PG_URL")
 echo "$line"
 lag=$(echo "$line" | sed -n 's/.*behind_lag_p99_ms=\([0-9.]*\).*/\1/p')
 awk -v p="$lag" 'BEGIN { exit !(p < 1000) }' || { echo "writes: behind_lag_p99_ms=$lag, expected < 1000" >&2; exit 1; }
-line=$(cargo run --release --quiet -p strata-bench -- cdc --nodes 4 --samples 500 --redis "$REDIS_URL" --pg "$STRATA_PG_URL")
+line=$(target/release/strata-bench cdc --nodes 4 --samples 500 --redis "$REDIS_URL" --pg "$STRATA_PG_URL")
 echo "$line"
 p99=$(echo "$line" | sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p')
 awk -v p="$p99" 'BEGIN { exit !(p < 100) }' || { echo "cdc: p99_ms=$p99, expected < 100" >&2; exit 1; }
-cargo run --release --quiet --example black_friday -- --requests 2000
+target/release/examples/black_friday --requests 2000
 
 # The consistency guarantee, from the outside: three strata serve processes, API and SQL writers, readers on every
 # node, with Redis kill -9 + restart, a node kill -9, the CDC node kill -9 and a SIGSTOP. No read may be stale

@@ -196,6 +196,8 @@ pub struct Mapping {
     by_table: HashMap<(String, String), Vec<usize>>,
     /// The primary-key columns per table, in key order (empty: the table has none).
     primary_keys: HashMap<(String, String), Vec<String>>,
+    /// Namespaces that take every tag any rule invalidates (see [`Mapping::mirror_tags`]).
+    mirrors: Vec<String>,
 }
 
 /// A row change, as the mapping sees it.
@@ -410,6 +412,13 @@ impl Mapping {
         Ok(m)
     }
 
+    /// Every tag a rule invalidates is invalidated in `namespaces` too (the edge proxy's namespace: one tag covers
+    /// cached rows and proxied pages). A change a rule cannot map clears them with the rule's namespace, since its
+    /// tags are not known.
+    pub fn mirror_tags(&mut self, namespaces: impl IntoIterator<Item = String>) {
+        self.mirrors.extend(namespaces);
+    }
+
     /// Sets the tables' `PRIMARY KEY` columns (in key order; empty for a table without one), as read from the
     /// catalog. Default keys are built from them; a table not listed has no known key, and a rule without a key
     /// template then clears its namespace on every change of the table. See [`Mapping::check_keys`].
@@ -540,9 +549,22 @@ impl Mapping {
                 update_without_old,
                 &mut local,
             ) {
-                Ok(()) => out.merge(local),
+                Ok(()) => {
+                    if let Some(c) = local.namespaces.get(&rule.namespace) {
+                        let tags: Vec<String> = c.tags.iter().cloned().collect();
+                        for m in &self.mirrors {
+                            for t in &tags {
+                                local.tag(m, t.clone());
+                            }
+                        }
+                    }
+                    out.merge(local)
+                }
                 Err(reason) => {
                     out.clear(&rule.namespace);
+                    for m in &self.mirrors {
+                        out.clear(m);
+                    }
                     unmapped.push(Unmapped {
                         namespace: rule.namespace.clone(),
                         reason,
@@ -751,6 +773,41 @@ mod tests {
             vec!["category:audio", "category:tv"]
         );
         assert!(!listing.clear);
+    }
+
+    #[test]
+    fn mirrored_namespaces_take_every_tag_and_are_cleared_when_tags_are_unknown() {
+        let mut m = mapping();
+        m.mirror_tags(["_edge".to_string()]);
+        let (old, new) = ([t("7"), t("tv"), t("3")], [t("7"), t("audio"), t("4")]);
+        let mut b = Batch::default();
+        let change = Change::Update {
+            old: Some((OldKind::Full, &old)),
+            new: &new,
+        };
+        assert!(m.map(&rel(), change, 900, &mut b).is_empty());
+        let edge = ns(&b, "_edge");
+        assert_eq!(
+            edge.tags.iter().cloned().collect::<Vec<_>>(),
+            vec!["category:audio", "category:tv"]
+        );
+        assert!(edge.keys.is_empty() && !edge.clear);
+        // Without the old row the listing's tags are unknown: the mirror goes with it.
+        let mut b = Batch::default();
+        let change = Change::Update {
+            old: None,
+            new: &new,
+        };
+        assert_eq!(m.map(&rel(), change, 900, &mut b).len(), 1);
+        assert!(ns(&b, "_edge").clear);
+        // A mapping without mirrors never names one.
+        let mut b = Batch::default();
+        let change = Change::Update {
+            old: Some((OldKind::Full, &old)),
+            new: &new,
+        };
+        mapping().map(&rel(), change, 900, &mut b);
+        assert!(!b.namespaces.contains_key("_edge"));
     }
 
     #[test]

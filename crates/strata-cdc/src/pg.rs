@@ -118,6 +118,9 @@ pub struct PgCdcOptions {
     pub publication: String,
     /// The mapping rules.
     pub rules: Vec<Rule>,
+    /// Namespaces that take every tag a rule invalidates, whatever the rule's namespace: the edge proxy's, so
+    /// that one tag (`product:{id}`) covers the cached rows and the proxied pages that carry it. Default: none.
+    pub tag_mirrors: Vec<String>,
     /// Create the publication over the mapped tables when it is missing, add mapped tables it lacks, and set
     /// `REPLICA IDENTITY FULL` on tables whose tag templates read non-key columns. Default: true.
     pub manage_publication: bool,
@@ -142,6 +145,7 @@ impl PgCdcOptions {
             slot: slot.into(),
             publication: publication.into(),
             rules: Vec::new(),
+            tag_mirrors: Vec::new(),
             manage_publication: true,
             status_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
@@ -509,6 +513,7 @@ impl PgCdc {
             });
         }
         let mut mapping = Mapping::new(&options.rules)?;
+        mapping.mirror_tags(options.tag_mirrors.iter().cloned());
         let app_name = application_name(&options.node);
         let connect: PgConnectOptions = options.url.parse().map_err(|e| CdcError::Option {
             field: "url",

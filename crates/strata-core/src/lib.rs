@@ -30,5 +30,8 @@ pub use policy::{
     Coalescing, EarlyRefresh, Eviction, HotKeys, L1Policy, L2Policy, LoadTimeout, Policy,
     PolicyBuilder, PolicyError, WriteMode,
 };
-pub use shared::{Barriers, Fence, FillOutcome, LeaseGrant, LeaseToken, SharedTier, Stamped};
+pub use shared::{
+    soft_tag, Barriers, Fence, FillOutcome, LeaseGrant, LeaseToken, SharedTier, Stamped,
+    SOFT_TAG_PREFIX,
+};
 pub use source::{Sink, Source};

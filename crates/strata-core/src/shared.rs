@@ -97,7 +97,37 @@ pub struct Barriers {
     pub tags: HashMap<String, UnixMillis>,
 }
 
+/// The name prefix of a *soft* tag barrier: softening tag `T` raises the barrier `SOFT_TAG_PREFIX + T`, kept,
+/// published and stored like any tag barrier. It hides nothing (no entry carries such a tag); a read reports an
+/// entry tagged `T` stamped before it as soft-purged, for its user to treat as stale (the edge proxy's soft purge).
+pub const SOFT_TAG_PREFIX: &str = "\u{1}soft ";
+
+/// The barrier name that softens `tag`.
+pub fn soft_tag(tag: &str) -> String {
+    format!("{SOFT_TAG_PREFIX}{tag}")
+}
+
 impl Barriers {
+    /// The latest soft barrier (see [`SOFT_TAG_PREFIX`]) over an entry stamped `stamp` with `tags`: the tag and the
+    /// barrier's time.
+    pub fn softened<'t>(
+        &self,
+        tags: &'t [String],
+        stamp: UnixMillis,
+    ) -> Option<(&'t str, UnixMillis)> {
+        if self.tags.is_empty() {
+            return None;
+        }
+        tags.iter()
+            .filter_map(|t| {
+                self.tags
+                    .get(&soft_tag(t))
+                    .filter(|&&b| stamp <= b)
+                    .map(|&b| (t.as_str(), b))
+            })
+            .max_by_key(|&(_, b)| b)
+    }
+
     /// Whether an entry stamped `stamp` with `tags` is behind a barrier (and so reads as absent). Stamps have
     /// millisecond resolution: an entry stamped in the barrier's own millisecond may predate it, so it is behind it
     /// (the cost is one extra miss).

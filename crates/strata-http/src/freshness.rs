@@ -73,6 +73,8 @@ pub enum LifetimeSource {
     Heuristic,
     /// No explicit or heuristic freshness: lifetime 0.
     None,
+    /// Soft-purged: the lifetime ended when the purge came (see [`evaluate_purged`]).
+    Purged,
 }
 
 /// A freshness lifetime in seconds, with its source.
@@ -415,8 +417,38 @@ pub fn evaluate_facts(
     now: UnixMillis,
     policy: &EdgePolicy,
 ) -> Evaluation {
+    evaluate_with(facts, facts.lifetime(policy), request, now, policy)
+}
+
+/// [`evaluate_facts`] for a response soft-purged at `purged_at` (a purge that marks stale instead of removing,
+/// see `crate::purge`): its freshness lifetime ends at the purge, so from then on it is stale — answered only
+/// where a stale window (`stale-while-revalidate`, `stale-if-error`, the route's, a client's `max-stale`) allows
+/// and never past `must-revalidate`/`no-cache`, with its staleness counted from the purge. `None`: not purged.
+pub fn evaluate_purged(
+    facts: &Facts,
+    request: &Directives,
+    now: UnixMillis,
+    policy: &EdgePolicy,
+    purged_at: Option<UnixMillis>,
+) -> Evaluation {
+    let mut lifetime = facts.lifetime(policy);
+    if let Some(at) = purged_at {
+        lifetime = Lifetime {
+            secs: lifetime.secs.min(facts.age_ms(at) / 1000),
+            source: LifetimeSource::Purged,
+        };
+    }
+    evaluate_with(facts, lifetime, request, now, policy)
+}
+
+fn evaluate_with(
+    facts: &Facts,
+    lifetime: Lifetime,
+    request: &Directives,
+    now: UnixMillis,
+    policy: &EdgePolicy,
+) -> Evaluation {
     let response = &facts.directives;
-    let lifetime = facts.lifetime(policy);
     let age_ms = facts.age_ms(now);
     let age = age_ms / 1000;
     let fresh = age_ms < lifetime.secs.saturating_mul(1000);
@@ -540,6 +572,68 @@ mod tests {
     }
 
     const STALE: Decision = Decision::Revalidate(RevalidateReason::Stale);
+
+    /// [`evaluate_purged`] of a 200 received at `T`, soft-purged at `T + purged`, at `T + after`.
+    fn purged(h: &HeaderMap, req: &str, purged: Option<u64>, after: u64) -> Evaluation {
+        let req_headers = if req.is_empty() {
+            HeaderMap::new()
+        } else {
+            headers(&[("cache-control", req.to_string())])
+        };
+        let facts = Facts::parse(StatusCode::OK, h, T * 1000, T * 1000);
+        evaluate_purged(
+            &facts,
+            &Directives::for_request(&req_headers),
+            (T + after) * 1000,
+            &EdgePolicy::default(),
+            purged.map(|p| (T + p) * 1000),
+        )
+    }
+
+    #[test]
+    fn a_soft_purge_ends_freshness_and_counts_staleness_from_the_purge() {
+        let h = headers(&[(
+            "cache-control",
+            "max-age=600, stale-while-revalidate=30, stale-if-error=300".into(),
+        )]);
+        assert_eq!(purged(&h, "", None, 100).decision, Decision::Fresh);
+        // Purged at 100 s: stale at once, inside the 30 s window until 130 s, then revalidated.
+        let e = purged(&h, "", Some(100), 100);
+        assert!(!e.fresh);
+        assert_eq!(e.lifetime.source, LifetimeSource::Purged);
+        assert_eq!(e.decision, Decision::StaleWhileRevalidate);
+        assert_eq!(
+            purged(&h, "", Some(100), 129).decision,
+            Decision::StaleWhileRevalidate
+        );
+        let late = purged(&h, "", Some(100), 131);
+        assert_eq!(late.decision, STALE);
+        assert!(late.stale_if_error, "still inside stale-if-error=300");
+        assert!(!purged(&h, "", Some(100), 401).stale_if_error);
+        // A response already stale at the purge keeps its own staleness.
+        let short = headers(&[("cache-control", "max-age=10".into())]);
+        assert_eq!(purged(&short, "", Some(100), 100).lifetime.secs, 10);
+    }
+
+    #[test]
+    fn a_soft_purge_never_serves_past_must_revalidate_or_without_a_window() {
+        for cc in [
+            "max-age=600, stale-while-revalidate=30, must-revalidate",
+            "max-age=600, stale-while-revalidate=30, proxy-revalidate",
+            "max-age=600",
+        ] {
+            let h = headers(&[("cache-control", cc.into())]);
+            let e = purged(&h, "", Some(100), 100);
+            assert_eq!(e.decision, STALE, "{cc}");
+            assert!(!e.stale_if_error, "{cc}");
+        }
+        // A client's max-stale is a stale window too.
+        let h = headers(&[("cache-control", "max-age=600".into())]);
+        assert_eq!(
+            purged(&h, "max-stale=60", Some(100), 120).decision,
+            Decision::StaleAllowed
+        );
+    }
 
     #[test]
     fn rfc9111_4_2_1_s_maxage_over_max_age_over_expires() {

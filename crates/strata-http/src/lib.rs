@@ -16,6 +16,7 @@
 //! | [`body`] | the proxy's response bodies, and the tee that streams a fill while it is stored |
 //! | [`conditional`] | client conditionals answered from the cache, revalidation, 304 updates |
 //! | [`invalidation`] | URIs an unsafe method's success invalidates (RFC 9111 §4.4) |
+//! | [`purge`] | purges by URL, surrogate key, prefix, route or everything, through the engine's tag barriers |
 //! | [`status`] | the `Cache-Status` value (RFC 9211) |
 //! | [`headers`] | hop-by-hop removal, `Via`, `Age`, request framing checks |
 //! | [`wire`] | request framing on the wire: ambiguous heads refused before hyper parses them |
@@ -56,6 +57,7 @@ pub mod invalidation;
 pub mod key;
 pub mod policy;
 pub mod proxy;
+pub mod purge;
 pub mod range;
 pub mod sf;
 pub mod stats;

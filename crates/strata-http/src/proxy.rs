@@ -78,11 +78,12 @@ use crate::headers::{append_via, check_request_framing, remove_hop_by_hop, set_a
 use crate::invalidation;
 use crate::key::{PrimaryKey, Vary};
 use crate::policy::EdgePolicy;
+use crate::purge::{self, uri_tag, PurgeError, PurgePlan, PurgeTarget};
 use crate::range::{self, RangeAnswer};
 use crate::stats::{RouteSnapshot, RouteStats};
 use crate::status::{CacheStatus, Fwd};
 use crate::storable::{self, Exchange, NotStorable};
-use crate::stored::StoredResponse;
+use crate::stored::{StoredResponse, CACHE_TAG, SURROGATE_KEY};
 use crate::wire::FramingGuard;
 
 /// Errors building a proxy.
@@ -273,6 +274,9 @@ pub struct ProxyConfig {
     pub origin_timeout: Duration,
     /// How long a URI whose response could not be stored skips request collapsing. Default: 10 s.
     pub hit_for_miss: Duration,
+    /// Whether `Surrogate-Key` and `Cache-Tag` go on to clients (a CDN in front that purges by them wants
+    /// them). They are indexed as tags either way. Default: `false` (stripped).
+    pub forward_surrogate_keys: bool,
 }
 
 impl Default for ProxyConfig {
@@ -285,6 +289,7 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 << 10,
             origin_timeout: Duration::from_secs(30),
             hit_for_miss: Duration::from_secs(10),
+            forward_surrogate_keys: false,
         }
     }
 }
@@ -424,6 +429,8 @@ pub struct Proxy {
     uncacheable: Mutex<HashMap<String, UnixMillis>>,
     /// Per-route counters, by route index.
     stats: Vec<RouteStats>,
+    /// The routes' names, in route order (their tags, see [`crate::purge`]).
+    route_names: Vec<String>,
     /// [`ProxyConfig::name`], shared by every answer's `Cache-Status`.
     name: Arc<str>,
     /// The `Via` value of an HTTP/1.1 answer, made once.
@@ -463,6 +470,8 @@ enum Found {
     Hit {
         key: String,
         stored: Arc<StoredResponse>,
+        /// When it was soft-purged, if it was (see [`crate::purge`]).
+        purged_at: Option<UnixMillis>,
     },
     /// Nothing usable; load under `key`.
     Miss { key: String, fwd: Fwd },
@@ -489,8 +498,10 @@ impl Proxy {
     pub fn new(routes: Routes, ns: Namespace<StoredResponse>, config: ProxyConfig) -> Arc<Self> {
         let client = Client::builder(TokioExecutor::new()).build_http();
         let stats = routes.iter().map(|_| RouteStats::default()).collect();
+        let route_names = routes.iter().map(Route::name).collect();
         Arc::new(Self {
             stats,
+            route_names,
             routes,
             ns,
             client,
@@ -643,7 +654,11 @@ impl Proxy {
                 .await;
         }
         match self.find(&ctx) {
-            Found::Hit { key, stored } => self.from_stored(ctx, key, stored, status).await,
+            Found::Hit {
+                key,
+                stored,
+                purged_at,
+            } => self.from_stored(ctx, key, stored, purged_at, status).await,
             Found::Miss { key, fwd } => self.miss(ctx, key, fwd, status).await,
         }
     }
@@ -651,7 +666,7 @@ impl Proxy {
     /// The stored response for the request in L1, selected by `Vary` (see the module docs).
     fn find(&self, ctx: &Ctx) -> Found {
         let primary = ctx.primary.as_str().to_string();
-        let Some(latest) = self.ns.get(&primary).and_then(|l| l.to_arc()) else {
+        let Some((latest, latest_purged)) = self.stored(&primary) else {
             return Found::Miss {
                 key: primary,
                 fwd: Fwd::UriMiss,
@@ -661,6 +676,7 @@ impl Proxy {
             Vary::None => Found::Hit {
                 key: primary,
                 stored: latest,
+                purged_at: latest_purged,
             },
             Vary::Star => Found::Miss {
                 key: primary,
@@ -671,11 +687,16 @@ impl Proxy {
                     return Found::Hit {
                         key: primary,
                         stored: latest,
+                        purged_at: latest_purged,
                     };
                 }
                 let key = variant_key(&primary, vary, &ctx.headers);
-                match self.ns.get(&key).and_then(|l| l.to_arc()) {
-                    Some(s) if s.vary.matches(&ctx.headers) => Found::Hit { key, stored: s },
+                match self.stored(&key) {
+                    Some((s, purged_at)) if s.vary.matches(&ctx.headers) => Found::Hit {
+                        key,
+                        stored: s,
+                        purged_at,
+                    },
                     _ => Found::Miss {
                         key,
                         fwd: Fwd::VaryMiss,
@@ -685,15 +706,24 @@ impl Proxy {
         }
     }
 
+    /// The stored response under an engine key in L1, and when it was soft-purged.
+    fn stored(&self, key: &str) -> Option<(Arc<StoredResponse>, Option<UnixMillis>)> {
+        let lookup = self.ns.get(key)?;
+        let purged_at = self.ns.soft_purged_at(&lookup);
+        Some((lookup.to_arc()?, purged_at))
+    }
+
     async fn from_stored(
         self: &Arc<Self>,
         ctx: Ctx,
         key: String,
         stored: Arc<StoredResponse>,
+        purged_at: Option<UnixMillis>,
         status: CacheStatus,
     ) -> Response<ProxyBody> {
         let now = self.now();
-        let eval = freshness::evaluate_facts(stored.facts(), &ctx.directives, now, &ctx.policy);
+        let facts = stored.facts();
+        let eval = freshness::evaluate_purged(facts, &ctx.directives, now, &ctx.policy, purged_at);
         match eval.decision {
             Decision::Fresh | Decision::StaleAllowed | Decision::StaleWhileRevalidate => {
                 let mut s = status.hit().with_ttl(eval.ttl());
@@ -1043,7 +1073,8 @@ impl Proxy {
                     }
                     // Filled meanwhile, or found in L2: a stored response like any other.
                     _ if stored.vary.matches(&ctx.headers) => {
-                        self.from_stored(ctx, key, stored, status).await
+                        let purged_at = self.ns.soft_purged_at(&lookup);
+                        self.from_stored(ctx, key, stored, purged_at, status).await
                     }
                     _ => self.pass(&ctx, status.forward(Fwd::VaryMiss, None)).await,
                 }
@@ -1132,9 +1163,9 @@ impl Proxy {
         let stored = stored.with_body(body);
         self.stats[request.route].stored(stored.body.len());
         let stored = Arc::new(stored);
-        self.index_variant(key, &request.primary, &stored).await;
-        let mut tags = stored.tags();
-        tags.push(uri_tag(&request.primary));
+        self.index_variant(request.route, key, &request.primary, &stored)
+            .await;
+        let tags = self.entry_tags(request.route, &request.primary, &stored);
         Ok(Fetched::value(Arc::unwrap_or_clone(stored)).with_tags(tags))
     }
 
@@ -1322,36 +1353,72 @@ impl Proxy {
         stored: &Arc<StoredResponse>,
     ) {
         self.stats[route].stored(stored.body.len());
-        let mut tags = stored.tags();
-        tags.push(uri_tag(primary));
+        let tags = self.entry_tags(route, primary, stored);
         let value = StoredResponse::clone(stored);
-        self.ns
-            .insert_fetched(key, Fetched::value(value.clone()).with_tags(tags.clone()))
-            .await;
+        // Fenced by the time the request was sent: a purge or an invalidation after it wins (see
+        // `crate::purge`), however late this store lands.
+        let since = stored.request_time;
+        let fetched = Fetched::value(value.clone()).with_tags(tags.clone());
+        self.ns.insert_fetched_since(key, fetched, since).await;
         if key != primary.as_str() {
+            let fetched = Fetched::value(value).with_tags(tags);
             self.ns
-                .insert_fetched(primary.as_str(), Fetched::value(value).with_tags(tags))
+                .insert_fetched_since(primary.as_str(), fetched, since)
                 .await;
         } else {
-            self.index_variant(key, primary, stored).await;
+            self.index_variant(route, key, primary, stored).await;
         }
+    }
+
+    /// The engine tags of a response stored for `primary` through `route` (see [`crate::purge`]).
+    fn entry_tags(
+        &self,
+        route: usize,
+        primary: &PrimaryKey,
+        stored: &StoredResponse,
+    ) -> Vec<String> {
+        purge::entry_tags(stored.tags(), primary, &self.route_names[route])
+    }
+
+    /// Purges stored responses on every node (see [`crate::purge`] for what a purge covers and guarantees).
+    /// Returns what was purged.
+    ///
+    /// A `soft` purge removes nothing: what it covers reads as stale from then on, answered only inside its
+    /// `stale-while-revalidate`/`stale-if-error` windows while it revalidates, and a `304` freshens it again.
+    pub async fn purge(&self, target: &PurgeTarget, soft: bool) -> Result<PurgePlan, PurgeError> {
+        let plan = purge::plan(target, self.route_names.iter().map(String::as_str))?;
+        match (&plan.tag, soft) {
+            (Some(tag), false) => self.ns.invalidate_tag(tag).await,
+            (Some(tag), true) => self.ns.soften_tag(tag).await,
+            (None, false) => self.ns.bump_generation().await,
+            (None, true) => {
+                // Every stored response carries its route's tag.
+                for name in &self.route_names {
+                    self.ns.soften_tag(&purge::route_tag(name)).await;
+                }
+            }
+        }
+        Ok(plan)
     }
 
     /// A response loaded under the primary key that varies is also stored under its variant key, so it stays
     /// selectable once a later variant becomes the URI's latest response.
-    async fn index_variant(&self, key: &str, primary: &PrimaryKey, stored: &Arc<StoredResponse>) {
+    async fn index_variant(
+        &self,
+        route: usize,
+        key: &str,
+        primary: &PrimaryKey,
+        stored: &Arc<StoredResponse>,
+    ) {
         if key != primary.as_str() {
             return;
         }
         if let Vary::Fields(_) = stored.varies() {
             let variant = format!("{}\n{}", primary.as_str(), stored.vary.secondary_key());
-            let mut tags = stored.tags();
-            tags.push(uri_tag(primary));
+            let tags = self.entry_tags(route, primary, stored);
+            let fetched = Fetched::value(StoredResponse::clone(stored)).with_tags(tags);
             self.ns
-                .insert_fetched(
-                    &variant,
-                    Fetched::value(StoredResponse::clone(stored)).with_tags(tags),
-                )
+                .insert_fetched_since(&variant, fetched, stored.request_time)
                 .await;
         }
     }
@@ -1519,6 +1586,10 @@ impl Proxy {
         status: CacheStatus,
     ) -> Response<ProxyBody> {
         headers.remove(&STRATA_CACHE_CONTROL);
+        if !self.config.forward_surrogate_keys {
+            headers.remove(&SURROGATE_KEY);
+            headers.remove(&CACHE_TAG);
+        }
         if ctx.version == Version::HTTP_11 {
             headers.append(http::header::VIA, self.via_11.clone());
         } else {
@@ -1635,11 +1706,6 @@ fn forward_headers(
 /// Whether an origin status counts as an error for `stale-if-error` (RFC 5861 §4: 500, 502, 503, 504).
 pub fn is_origin_error(status: StatusCode) -> bool {
     matches!(status.as_u16(), 500 | 502 | 503 | 504)
-}
-
-/// The tag every stored response of a URI carries, so an invalidation removes every variant.
-pub fn uri_tag(primary: &PrimaryKey) -> String {
-    format!("strata-uri {}", primary.as_str())
 }
 
 /// The engine key of a request's variant: `primary ⏎ secondary key`.

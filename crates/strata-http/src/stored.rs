@@ -293,7 +293,9 @@ pub fn tags(headers: &HeaderMap) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut push = |t: &str| {
         let t = t.trim();
-        if !t.is_empty() && !out.iter().any(|o| o == t) {
+        // A tag with whitespace inside (possible in `Cache-Tag`) is not indexed: internal tags have a space
+        // (see `crate::purge`), so an origin cannot name one.
+        if !t.is_empty() && !t.contains(char::is_whitespace) && !out.iter().any(|o| o == t) {
             out.push(t.to_string());
         }
     };

@@ -1064,3 +1064,266 @@ async fn rfc9111_4_2_2_no_heuristic_without_last_modified() {
     );
     assert_eq!(h.origin.last().headers["if-none-match"], "\"z\"");
 }
+
+// ---- Purge (crate::purge): every selector, fenced, soft.
+
+use strata_http::purge::PurgeTarget;
+
+/// An origin whose body names the path and a counter, so a refetch is visible.
+fn counting(
+    fields: &'static [(&'static str, &'static str)],
+) -> impl FnMut(&Seen, u64) -> (u16, Vec<(&'static str, String)>, String) + Send + 'static {
+    let mut n = 0;
+    move |seen, _| {
+        n += 1;
+        let fields = fields.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        (200, fields, format!("{} #{n}", seen.path))
+    }
+}
+
+/// A hard purge, then a millisecond: a response stored in the purge's own millisecond counts as purged (stamps
+/// have millisecond resolution; the safe side is one more miss), and the manual clock would not move otherwise.
+async fn purge(h: &Harness, target: PurgeTarget) -> String {
+    let covers = h.proxy.purge(&target, false).await.unwrap().covers;
+    h.clock.advance(Duration::from_millis(1));
+    covers
+}
+
+#[tokio::test]
+async fn a_url_purge_takes_every_variant_and_nothing_else() {
+    let h = Harness::new().await;
+    h.origin.set(counting(&[
+        ("cache-control", "max-age=600"),
+        ("vary", "accept-language"),
+    ]));
+    assert_eq!(
+        h.get("/a", &[("accept-language", "en")]).await.body,
+        "/a #1"
+    );
+    assert_eq!(
+        h.get("/a", &[("accept-language", "fr")]).await.body,
+        "/a #2"
+    );
+    assert_eq!(
+        h.get("/b", &[("accept-language", "en")]).await.body,
+        "/b #3"
+    );
+    assert_eq!(
+        h.get("/a", &[("accept-language", "en")]).await.body,
+        "/a #1"
+    );
+    assert_eq!(
+        purge(&h, PurgeTarget::Url("http://SITE.example:80/a".into())).await,
+        "http://site.example/a"
+    );
+    let en = h.get("/a", &[("accept-language", "en")]).await;
+    assert!(
+        en.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        en.cache_status()
+    );
+    assert_eq!(en.body, "/a #4");
+    assert_eq!(
+        h.get("/a", &[("accept-language", "fr")]).await.body,
+        "/a #5"
+    );
+    assert_eq!(
+        h.get("/b", &[("accept-language", "en")]).await.body,
+        "/b #3"
+    );
+}
+
+#[tokio::test]
+async fn a_tag_purge_takes_what_carries_the_surrogate_key_and_clients_never_see_the_keys() {
+    let h = Harness::new().await;
+    h.origin.set(|seen, _| {
+        let fields = match seen.path.as_str() {
+            "/p/42" => vec![("surrogate-key", "product:42 all".to_string())],
+            "/list" => vec![("cache-tag", "category:7, product:42".to_string())],
+            _ => vec![("surrogate-key", "all".to_string())],
+        };
+        let mut fields = fields;
+        fields.push(("cache-control", "max-age=600".to_string()));
+        (200, fields, format!("{} v1", seen.path))
+    });
+    for p in ["/p/42", "/list", "/p/43"] {
+        let a = h.get(p, &[]).await;
+        assert_eq!(a.header("surrogate-key"), None, "{p}: stripped");
+        assert_eq!(a.header("cache-tag"), None, "{p}: stripped");
+    }
+    assert_eq!(h.origin.hits(), 3);
+    purge(&h, PurgeTarget::Tag("product:42".into())).await;
+    for p in ["/p/42", "/list"] {
+        assert!(
+            h.get(p, &[]).await.cache_status().contains("fwd=uri-miss"),
+            "{p}"
+        );
+    }
+    assert!(h.get("/p/43", &[]).await.cache_status().contains("hit"));
+    assert_eq!(h.origin.hits(), 5);
+    // A tag is matched exactly, never as a pattern or prefix.
+    purge(&h, PurgeTarget::Tag("product:4".into())).await;
+    assert!(h.get("/p/42", &[]).await.cache_status().contains("hit"));
+}
+
+#[tokio::test]
+async fn a_prefix_purge_takes_its_directory_and_a_route_or_all_purge_everything() {
+    let h = Harness::new().await;
+    h.origin.set(counting(&[("cache-control", "max-age=600")]));
+    for p in ["/p/1", "/p/2/x", "/q/1"] {
+        h.get(p, &[]).await;
+    }
+    assert_eq!(
+        purge(&h, PurgeTarget::Prefix("http://site.example/p/".into())).await,
+        "http://site.example/p/"
+    );
+    assert!(h
+        .get("/p/1", &[])
+        .await
+        .cache_status()
+        .contains("fwd=uri-miss"));
+    assert!(h
+        .get("/p/2/x", &[])
+        .await
+        .cache_status()
+        .contains("fwd=uri-miss"));
+    assert!(h.get("/q/1", &[]).await.cache_status().contains("hit"));
+    purge(&h, PurgeTarget::Route("*/".into())).await;
+    assert!(h
+        .get("/q/1", &[])
+        .await
+        .cache_status()
+        .contains("fwd=uri-miss"));
+    purge(&h, PurgeTarget::All).await;
+    assert!(h
+        .get("/q/1", &[])
+        .await
+        .cache_status()
+        .contains("fwd=uri-miss"));
+    let e = h
+        .proxy
+        .purge(&PurgeTarget::Route("nope".into()), false)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no route is named \"nope\""), "{e}");
+}
+
+#[tokio::test]
+async fn a_fetch_that_began_before_a_purge_does_not_store_its_response_after_it() {
+    for stale_first in [false, true] {
+        let h = Arc::new(Harness::new().await);
+        h.origin.set(counting(&[
+            ("cache-control", "max-age=10"),
+            ("etag", "\"v\""),
+        ]));
+        if stale_first {
+            // A stored response gone stale: the next request revalidates it.
+            h.get("/a", &[]).await;
+            h.advance(20);
+        }
+        let before = h.origin.arrived.load(Ordering::SeqCst);
+        h.origin.open.send_replace(false);
+        let task = {
+            let h = h.clone();
+            tokio::spawn(async move { h.get("/a", &[]).await })
+        };
+        h.until("the fetch reached the origin", || {
+            h.origin.arrived.load(Ordering::SeqCst) == before + 1
+        })
+        .await;
+        h.advance(1);
+        purge(&h, PurgeTarget::Url("http://site.example/a".into())).await;
+        h.origin.open.send_replace(true);
+        let a = task.await.unwrap();
+        assert_eq!(a.status, StatusCode::OK);
+        // The answer went to the client who asked before the purge, but it was not kept.
+        let next = h.get("/a", &[]).await;
+        assert!(
+            !next.cache_status().contains("hit"),
+            "stale_first={stale_first}: {}",
+            next.cache_status()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_soft_purge_serves_stale_inside_stale_while_revalidate_while_one_revalidation_runs() {
+    let h = Harness::new().await;
+    h.origin.set(|seen, _| {
+        let fields = vec![
+            (
+                "cache-control",
+                "max-age=600, stale-while-revalidate=30".to_string(),
+            ),
+            ("etag", "\"v1\"".to_string()),
+            ("surrogate-key", "page".to_string()),
+        ];
+        if seen.headers.get("if-none-match").is_some() {
+            (304, fields, String::new())
+        } else {
+            (200, fields, "body".into())
+        }
+    });
+    h.get("/a", &[]).await;
+    h.advance(5);
+    h.proxy
+        .purge(&PurgeTarget::Tag("page".into()), true)
+        .await
+        .unwrap();
+    h.clock.advance(Duration::from_millis(1));
+    let a = h.get("/a", &[]).await;
+    assert_eq!(a.body, "body", "nothing was removed");
+    assert!(
+        a.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        a.cache_status()
+    );
+    h.until("the background revalidation", || h.origin.hits() == 2)
+        .await;
+    assert!(h.origin.last().headers.get("if-none-match").is_some());
+    // The 304 freshened it: a fresh hit again, without another origin request.
+    h.until("the freshened response", || {
+        h.proxy.namespace().stats().inserts >= 1
+    })
+    .await;
+    for _ in 0..50 {
+        let b = h.get("/a", &[]).await;
+        if b.cache_status() == "Strata; hit; ttl=600" {
+            assert_eq!(h.origin.hits(), 2);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the revalidated response never became a fresh hit");
+}
+
+#[tokio::test]
+async fn a_soft_purge_without_a_stale_window_revalidates_before_answering() {
+    let h = Harness::new().await;
+    h.origin.set(|seen, _| {
+        let fields = vec![
+            ("cache-control", "max-age=600".to_string()),
+            ("etag", "\"v1\"".to_string()),
+        ];
+        if seen.headers.get("if-none-match").is_some() {
+            (304, fields, String::new())
+        } else {
+            (200, fields, "body".into())
+        }
+    });
+    h.get("/a", &[]).await;
+    h.proxy
+        .purge(&PurgeTarget::Url("http://site.example/a".into()), true)
+        .await
+        .unwrap();
+    h.clock.advance(Duration::from_millis(1));
+    let a = h.get("/a", &[]).await;
+    assert_eq!(a.body, "body");
+    assert_eq!(
+        a.cache_status(),
+        "Strata; fwd=stale; fwd-status=304; stored"
+    );
+    assert_eq!(h.origin.hits(), 2);
+    assert!(h.get("/a", &[]).await.cache_status().contains("hit"));
+    assert_eq!(h.origin.hits(), 2);
+}

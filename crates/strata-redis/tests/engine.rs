@@ -695,3 +695,50 @@ async fn foreign_fields_in_the_barrier_hash_are_skipped_and_counted() {
     assert_eq!(got.value(), Some(&1));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_purges_and_fenced_inserts_hold_for_a_node_that_heard_nothing() {
+    let c = cluster("soft-fenced", 2, |o| o.bus = false).await;
+    let nss = c.namespace::<u64>("page", policy().build().unwrap(), Json);
+    fn tagged(v: u64) -> strata::Fetched<u64> {
+        strata::Fetched::value(v).with_tags(["p"])
+    }
+    // A soft purge on node 0 is read from L2 by node 1, which loads the entry after it.
+    nss[0]
+        .try_get_or_load("a", || async { Ok::<_, std::io::Error>(tagged(1)) })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    nss[0].soften_tag("p").await;
+    let l = nss[1]
+        .try_get_or_load("a", || async { Ok::<_, std::io::Error>(tagged(2)) })
+        .await
+        .unwrap();
+    assert_eq!(
+        (l.status(), l.value()),
+        (Status::Hit(Tier::L2), Some(&1)),
+        "a soft purge removes nothing"
+    );
+    let l = nss[1].get("a").expect("in node 1's L1 now");
+    assert!(
+        nss[1].soft_purged_at(&l).is_some(),
+        "node 1 dates it from L2"
+    );
+
+    // A value read before node 1's tag invalidation does not land in L2 after it.
+    let read_at = strata::Clock::now(nss[0].clock().as_ref());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    nss[1].invalidate_tag("p").await;
+    nss[0].insert_fetched_since("k", tagged(7), read_at).await;
+    let l = nss[1]
+        .try_get_or_load("k", || async { Ok::<_, std::io::Error>(tagged(8)) })
+        .await
+        .unwrap();
+    assert_eq!(
+        l.value(),
+        Some(&8),
+        "the fenced value was hidden: {:?}",
+        l.status()
+    );
+    c.shutdown().await;
+}

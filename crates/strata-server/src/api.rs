@@ -32,7 +32,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -41,6 +41,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use strata::{Lookup, Status, WriteErrorKind};
 
+use crate::http_caching;
 use crate::state::{AppState, NsHandle};
 
 /// An API error: a status and a JSON body naming the problem.
@@ -205,6 +206,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(get_value).put(put_value).delete(delete_value),
         )
         .merge(crate::dead_letters::routes())
+        .merge(crate::purge::routes())
         .route_layer(axum::middleware::from_fn(crate::access::json_only))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -344,7 +346,7 @@ pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Api
 }
 
 /// Reads a JSON body under the size limit.
-async fn json_body<T: serde::de::DeserializeOwned>(
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     state: &AppState,
     body: Body,
 ) -> Result<T, ApiError> {
@@ -416,6 +418,30 @@ fn cache_headers(state: &AppState, lookup: &Lookup<Value>) -> HeaderMap {
     h
 }
 
+/// A write to a namespace whose answers HTTP caches may hold: the edge tier drops what carries the entry's
+/// surrogate key (`{ns}:{key}`), so the proxy in front of this API does not serve the old answer.
+async fn edge_forget(state: &AppState, h: &NsHandle, ns: &str, key: &str) {
+    if let (Some(http), Some(edge)) = (&h.http, &state.proxy) {
+        if http.surrogate_keys {
+            let tag = http_caching::entry_key(ns, key);
+            edge.proxy.namespace().invalidate_tag(&tag).await;
+        }
+    }
+}
+
+/// A key as a URL path segment (percent-encoded where it must be).
+fn percent_path(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:@!$&'()*+,;=".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The value without the key and version columns.
 fn visible(h: &NsHandle, v: &Value) -> Value {
     match v {
@@ -442,11 +468,46 @@ async fn read(h: &NsHandle, key: &str) -> Result<Lookup<Value>, ApiError> {
 async fn get_value(
     State(state): State<Arc<AppState>>,
     Path((ns, key)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    request: HeaderMap,
 ) -> Result<Response, ApiError> {
     let h = namespace(&state, &ns)?;
     let key = canonical_key(&state, h, &key)?;
+    let wanted = http_caching::requested_version(query.as_deref())
+        .map_err(|e| ApiError::bad("bad_version", e))?;
     let lookup = read(h, &key).await?;
-    let headers = cache_headers(&state, &lookup);
+    let mut headers = cache_headers(&state, &lookup);
+    if lookup.value().is_some() {
+        if let Some(http) = &h.http {
+            http.apply(&ns, &key, lookup.entry().tags(), &mut headers);
+        }
+        if let Some(wanted) = wanted {
+            let Some(current) = lookup.version() else {
+                return Err(ApiError::bad(
+                    "unversioned",
+                    format!("{ns} has no versions, so ?v= names nothing"),
+                ));
+            };
+            if wanted != current {
+                // Another version: point at the current one, and let no tier keep the pointer.
+                let location = format!("/v1/{ns}/{}?v={current}", percent_path(&key));
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                if let Ok(l) = HeaderValue::from_str(&location) {
+                    headers.insert(header::LOCATION, l);
+                }
+                return Ok((StatusCode::FOUND, headers).into_response());
+            }
+            headers.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static(http_caching::IMMUTABLE),
+            );
+        }
+        if let Some(etag) = headers.get(header::ETAG) {
+            if http_caching::not_modified(&request, etag) {
+                return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
+            }
+        }
+    }
     match lookup.value() {
         Some(v) => Ok((headers, Json(visible(h, v))).into_response()),
         None => Ok((
@@ -468,6 +529,7 @@ async fn put_value(
     let h = namespace(&state, &ns)?;
     writable(h, &ns)?;
     let key = canonical_key(&state, h, &key)?;
+    let tags = crate::purge::write_tags(&headers)?;
     let value: Value = json_body(&state, body).await?;
     if h.has_source && !value.is_object() {
         return Err(ApiError::bad(
@@ -487,8 +549,11 @@ async fn put_value(
         h.ns.insert(key.clone(), value).await;
         None
     };
+    crate::purge::invalidate_write_tags(&state, &tags).await;
+    edge_forget(&state, h, &ns, &key).await;
     Ok(Json(json!({
-        "namespace": ns, "key": key, "version": version, "write": format!("{:?}", h.mode).to_lowercase()
+        "namespace": ns, "key": key, "version": version, "write": format!("{:?}", h.mode).to_lowercase(),
+        "tags": tags
     }))
     .into_response())
 }
@@ -502,11 +567,14 @@ async fn delete_value(
     let h = namespace(&state, &ns)?;
     writable(h, &ns)?;
     let key = canonical_key(&state, h, &key)?;
+    let tags = crate::purge::write_tags(&headers)?;
     if h.has_source {
         h.ns.delete(&key).await.map_err(engine_error)?;
     } else {
         h.ns.invalidate(&key).await;
     }
+    crate::purge::invalidate_write_tags(&state, &tags).await;
+    edge_forget(&state, h, &ns, &key).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

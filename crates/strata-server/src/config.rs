@@ -14,6 +14,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use axum::http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
@@ -358,6 +359,87 @@ pub struct NamespaceConfig {
     /// What this namespace is for (shown in stats and the dashboard).
     #[serde(default)]
     pub description: Option<String>,
+    /// Tags every entry gets, as templates over its key (`{key}`, or the key column's name) and its value's fields
+    /// (`{category}`), e.g. `["product:{key}", "category:{category}"]`: a purge or invalidation of the tag
+    /// (`POST /v1/_purge {"tag": …}`, a write's `Strata-Tags`, a CDC rule's tags) reaches the entry. A field that
+    /// is absent or null gives no tag. Default: none.
+    #[serde(default)]
+    pub tags: Vec<Spanned<String>>,
+    /// How browsers and CDNs may hold this namespace's answers (`[namespaces.X.http]`, see
+    /// [`crate::http_caching`]). Default: nothing but `ETag`.
+    #[serde(default)]
+    pub http: Option<HttpCachingConfig>,
+}
+
+/// `[namespaces.X.http]`: the HTTP caching fields of the data API's answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCachingConfig {
+    /// `Cache-Control`, e.g. `"public, max-age=60, stale-while-revalidate=3600"` or `"private, no-store"`.
+    #[serde(default)]
+    pub cache_control: Option<Spanned<String>>,
+    /// `CDN-Cache-Control` (RFC 9213): what a CDN keeps, over `Cache-Control`, e.g. `"max-age=600"`.
+    #[serde(default)]
+    pub cdn_cache_control: Option<Spanned<String>>,
+    /// Request fields the answer depends on (`Vary`).
+    #[serde(default)]
+    pub vary: Vec<String>,
+    /// Send `Surrogate-Key` (`{ns} {ns}:{key}` and the entry's tags). Default: true.
+    #[serde(default)]
+    pub surrogate_keys: Option<bool>,
+}
+
+impl HttpCachingConfig {
+    /// The fields as the API applies them; `Err((field, problem))` for a value that is not a valid field value.
+    pub fn compiled(&self) -> Result<crate::http_caching::HttpCaching, (&'static str, String)> {
+        let value = |field: &'static str, v: &Option<Spanned<String>>| {
+            v.as_ref()
+                .map(|v| {
+                    let text = v.get_ref().trim();
+                    if text.is_empty() {
+                        return Err((field, "must not be empty (leave it out)".to_string()));
+                    }
+                    if let Some(bad) = text.split(',').map(str::trim).find(|d| {
+                        d.is_empty()
+                            || !d
+                                .split('=')
+                                .next()
+                                .unwrap_or("")
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    }) {
+                        return Err((
+                            field,
+                            format!(
+                                "{text:?}: {bad:?} is not a directive (`name` or `name=value`)"
+                            ),
+                        ));
+                    }
+                    HeaderValue::from_str(text)
+                        .map_err(|_| (field, format!("{text:?} is not a valid field value")))
+                })
+                .transpose()
+        };
+        let vary = if self.vary.is_empty() {
+            None
+        } else {
+            for v in &self.vary {
+                if HeaderName::from_bytes(v.as_bytes()).is_err() {
+                    return Err(("vary", format!("{v:?} is not a header field name")));
+                }
+            }
+            Some(
+                HeaderValue::from_str(&self.vary.join(", "))
+                    .map_err(|_| ("vary", "not a valid field value".to_string()))?,
+            )
+        };
+        Ok(crate::http_caching::HttpCaching {
+            cache_control: value("cache_control", &self.cache_control)?,
+            cdn_cache_control: value("cdn_cache_control", &self.cdn_cache_control)?,
+            vary,
+            surrogate_keys: self.surrogate_keys.unwrap_or(true),
+        })
+    }
 }
 
 fn default_key_column() -> String {
@@ -428,6 +510,10 @@ pub struct ProxySection {
     /// The scheme of cache keys: `"https"` when TLS ends in front of the proxy. Default: `"http"`.
     #[serde(default = "default_key_scheme")]
     pub key_scheme: String,
+    /// Whether `Surrogate-Key` and `Cache-Tag` response fields go on to clients (a CDN in front that purges by
+    /// them wants them); they are indexed as purge tags either way. Default: false (stripped).
+    #[serde(default)]
+    pub forward_surrogate_keys: bool,
     /// The routes (`[[proxy.routes]]`), at least one.
     #[serde(default)]
     pub routes: Vec<ProxyRouteConfig>,
@@ -504,6 +590,7 @@ impl ProxySection {
             max_body: default_proxy_max_body(),
             origin_timeout: default_origin_timeout(),
             key_scheme: default_key_scheme(),
+            forward_surrogate_keys: false,
             routes: vec![ProxyRouteConfig::to(origin)],
         }
     }
@@ -519,6 +606,7 @@ impl ProxySection {
             key_scheme: self.key_scheme.clone(),
             max_body_bytes: self.max_body.0 as usize,
             origin_timeout: self.origin_timeout.0,
+            forward_surrogate_keys: self.forward_surrogate_keys,
             ..strata_http::proxy::ProxyConfig::default()
         }
     }
@@ -1131,6 +1219,25 @@ impl Config {
             if let Some(d) = &n.description {
                 if d.len() > 1024 {
                     return Err(at(field("description"), "at most 1024 bytes".into()));
+                }
+            }
+            for t in &n.tags {
+                if let Err(e) = crate::http_caching::TagTemplate::parse(t.get_ref()) {
+                    return Err((Some(t.span()), field("tags"), e));
+                }
+            }
+            if let Some(http) = &n.http {
+                if let Err((f, problem)) = http.compiled() {
+                    let spanned = match f {
+                        "cache_control" => http.cache_control.as_ref(),
+                        "cdn_cache_control" => http.cdn_cache_control.as_ref(),
+                        _ => None,
+                    };
+                    return Err((
+                        spanned.map(|v| v.span()),
+                        field(&format!("http.{f}")),
+                        problem,
+                    ));
                 }
             }
             if let Err(e) = self.policy_checked(n) {

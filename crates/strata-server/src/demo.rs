@@ -38,6 +38,11 @@ write = "around"
 ttl = "60s"
 stale_for = "30s"
 fail_safe_for = "10m"
+tags = ["product:{key}", "category:{category}"]
+
+[namespaces.product.http]
+cache_control = "public, max-age=60, stale-while-revalidate=3600"
+cdn_cache_control = "max-age=300"
 
 [namespaces.price]
 description = "Prices: write-through, invalidated by events"
@@ -56,6 +61,10 @@ description = "Sessions: write-through, 30 min"
 source = "catalog"
 write = "through"
 ttl = "30m"
+
+[namespaces.session.http]
+cache_control = "private, no-store"
+surrogate_keys = false
 
 [namespaces.flag]
 description = "Feature flags: write-around, 5 min"

@@ -20,9 +20,11 @@ pub mod conn;
 pub mod dead_letters;
 pub mod demo;
 pub mod edge;
+pub mod http_caching;
 pub mod init;
 pub mod metrics;
 pub mod openapi;
+pub mod purge;
 pub mod slot;
 pub mod state;
 

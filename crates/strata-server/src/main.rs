@@ -123,6 +123,31 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Purge the edge tier on every node: one URL (every variant), a tag (proxied pages and data entries), a
+    /// URL prefix, a route, or everything.
+    Purge {
+        /// One URL, e.g. `http://shop.example/p/42`.
+        #[arg(long, group = "what")]
+        url: Option<String>,
+        /// Every proxied response and data entry with this tag (surrogate key).
+        #[arg(long, group = "what")]
+        tag: Option<String>,
+        /// Every URL under this prefix's directory, e.g. `http://shop.example/p/`.
+        #[arg(long, group = "what")]
+        prefix: Option<String>,
+        /// Everything stored through this route.
+        #[arg(long, group = "what")]
+        route: Option<String>,
+        /// Everything the proxy stored.
+        #[arg(long, group = "what")]
+        all: bool,
+        /// Mark stale instead of removing (served inside stale-while-revalidate / stale-if-error while it
+        /// revalidates).
+        #[arg(long)]
+        soft: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Print a running server's counters.
     Stats {
         #[command(flatten)]
@@ -532,6 +557,27 @@ fn main() -> anyhow::Result<()> {
                 _ => anyhow::bail!("give exactly one of --key, --tag, --all"),
             };
             println!("{}", remote.post(&format!("/v1/{ns}/_invalidate"), body)?);
+            Ok(())
+        }
+        Command::Purge {
+            url,
+            tag,
+            prefix,
+            route,
+            all,
+            soft,
+            remote,
+        } => {
+            let mut body = match (url, tag, prefix, route, all) {
+                (Some(u), None, None, None, false) => serde_json::json!({"url": u}),
+                (None, Some(t), None, None, false) => serde_json::json!({"tag": t}),
+                (None, None, Some(p), None, false) => serde_json::json!({"prefix": p}),
+                (None, None, None, Some(r), false) => serde_json::json!({"route": r}),
+                (None, None, None, None, true) => serde_json::json!({"all": true}),
+                _ => anyhow::bail!("give exactly one of --url, --tag, --prefix, --route, --all"),
+            };
+            body["soft"] = serde_json::json!(soft);
+            println!("{}", remote.post("/v1/_purge", body)?);
             Ok(())
         }
         Command::Stats { remote } => {

@@ -108,12 +108,30 @@ pub fn document(state: &AppState) -> Value {
         json!({
             "200": {"description": "The value; headers Cache-Status (RFC 9211), Age, ETag",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Value"}}}},
-            "400": error_response("`bad_key` (not the canonical spelling; `expected` says the form) or `bad_path` (not UTF-8)"),
+            "302": {"description": "`?v=N` is not the current version: `Location` names the current one (`Cache-Control: no-cache`)"},
+            "304": {"description": "`If-None-Match` matches the current `ETag`: the same fields, no body"},
+            "400": error_response("`bad_key` (not the canonical spelling; `expected` says the form), `bad_path` (not UTF-8), `bad_version` (`?v=` is not an integer) or `unversioned` (the namespace has no versions)"),
             "404": error_response("`unknown_namespace`, or `not_found`: the key does not exist"),
         }),
         false,
     );
     read_5xx(&mut get_value);
+    let mut purge = responses(
+        json!({
+            "200": ok_json("Purged on every node: {\"purged\": {kind: what it covers}, \"soft\": bool}"),
+            "400": error_response("`bad_purge` (not exactly one target; a URL that is not absolute http(s); a tag with whitespace; an unknown route) or `bad_json`"),
+            "404": error_response("`no_proxy`: a URL, prefix, route or `all` purge without `[proxy]`"),
+        }),
+        false,
+    );
+    {
+        let o = purge.as_object_mut().expect("responses");
+        o.insert("401".into(), error_response("`unauthorized`: no token"));
+        o.insert(
+            "403".into(),
+            error_response("`forbidden` (wrong token), `forbidden_host` or `forbidden_origin`"),
+        );
+    }
     let write_errors = |m: &mut Value| {
         read_5xx(m);
         let o = m.as_object_mut().expect("responses");
@@ -129,7 +147,7 @@ pub fn document(state: &AppState) -> Value {
     let mut put_value = responses(
         json!({
             "200": ok_json("Written; the body has the version and the write mode"),
-            "400": error_response("`bad_key`, `bad_path`, `bad_json`, or `bad_value` (`field` and `expected`: a type, NOT NULL, an unknown or missing column)"),
+            "400": error_response("`bad_key`, `bad_path`, `bad_json`, `bad_tags` (`Strata-Tags`: more than 64, or not visible ASCII), or `bad_value` (`field` and `expected`: a type, NOT NULL, an unknown or missing column)"),
             "404": error_response("`unknown_namespace`"),
             "405": error_response("`read_only`: the namespace is bound to a query"),
             "422": error_response("`rejected`: the source refused the value (`field` when the source names it, and `rule`: a CHECK, unique or foreign key, a value out of range)"),
@@ -140,7 +158,7 @@ pub fn document(state: &AppState) -> Value {
     let mut delete_value = responses(
         json!({
             "204": {"description": "Deleted"},
-            "400": error_response("`bad_key` or `bad_path`"),
+            "400": error_response("`bad_key`, `bad_path` or `bad_tags` (`Strata-Tags`: more than 64, or not visible ASCII)"),
             "404": error_response("`unknown_namespace`"),
             "405": error_response("`read_only`: the namespace is bound to a query"),
             "422": error_response("`rejected`: the source refused the delete (a foreign key still references the row)"),
@@ -265,6 +283,25 @@ pub fn document(state: &AppState) -> Value {
             },
         },
         "paths": {
+            "/v1/_purge": {
+                "post": {
+                    "summary": "Purge the edge tier on every node (a URL with every variant, a surrogate-key tag — also in every data namespace —, a URL prefix, a route, or everything); `soft` marks stale instead of removing",
+                    "security": auth,
+                    "requestBody": json_body(json!({"oneOf": [
+                        {"type": "object", "required": ["url"], "additionalProperties": false,
+                         "properties": {"url": {"type": "string"}, "soft": {"type": "boolean"}}},
+                        {"type": "object", "required": ["tag"], "additionalProperties": false,
+                         "properties": {"tag": {"type": "string", "minLength": 1, "pattern": "^[!-~]+$"}, "soft": {"type": "boolean"}}},
+                        {"type": "object", "required": ["prefix"], "additionalProperties": false,
+                         "properties": {"prefix": {"type": "string"}, "soft": {"type": "boolean"}}},
+                        {"type": "object", "required": ["route"], "additionalProperties": false,
+                         "properties": {"route": {"type": "string"}, "soft": {"type": "boolean"}}},
+                        {"type": "object", "required": ["all"], "additionalProperties": false,
+                         "properties": {"all": {"const": true}, "soft": {"type": "boolean"}}},
+                    ]})),
+                    "responses": purge,
+                }
+            },
             "/v1/_stats": {
                 "get": {"summary": "Every namespace's counters, the bus, write-behind, CDC and the proxy's routes", "responses": all_stats}
             },
@@ -298,7 +335,12 @@ pub fn document(state: &AppState) -> Value {
         let item = |p: &str| format!("/v1/{name}/{p}");
         paths.insert(item("{key}"), json!({
             "parameters": [key],
-            "get": {"summary": format!("Read a value of {name} (read-through)"), "responses": get_value},
+            "get": {"summary": format!("Read a value of {name} (read-through)"), "responses": get_value,
+                    "parameters": [
+                        {"name": "v", "in": "query", "required": false,
+                         "description": "A version: at the current one the answer is immutable, at another a 302 to it",
+                         "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}},
+                    ]},
             "put": {
                 "summary": format!("Write a value of {name} ({} write)", format!("{:?}", h.mode).to_lowercase()),
                 "security": auth,

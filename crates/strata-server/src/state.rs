@@ -110,6 +110,8 @@ pub struct NsHandle {
     /// The source's catalog types (table- or query-bound namespaces): the canonical key form every request's key
     /// is checked against, and the value check every PUT passes before any write mode (write-behind included).
     pub schema: Option<Arc<TableSchema>>,
+    /// The HTTP caching fields of its answers (`[namespaces.X.http]`), when configured.
+    pub http: Option<crate::http_caching::HttpCaching>,
 }
 
 /// The server's shared state.
@@ -140,6 +142,8 @@ pub struct AppState {
     pub server: crate::config::ServerConfig,
     /// The edge tier, when `[proxy]` is configured: the proxy and where it listens.
     pub proxy: Option<EdgeProxy>,
+    /// Purges by kind (see [`crate::purge`]).
+    pub purges: crate::purge::PurgeCounters,
 }
 
 /// The cache namespace the proxy stores responses in (not a data API namespace: those never start with `_`).
@@ -399,6 +403,21 @@ impl AppState {
                     }
                 }
             }
+            if !n.tags.is_empty() {
+                let templates = n
+                    .tags
+                    .iter()
+                    .map(|t| crate::http_caching::TagTemplate::parse(t.get_ref()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("namespaces.{name}.tags: {e}"))?;
+                let key_column = n.key_column.clone();
+                b = b.with_tagger(move |key, value: &Value| {
+                    templates
+                        .iter()
+                        .filter_map(|t| t.render(key, &key_column, value))
+                        .collect()
+                });
+            }
             let ns = b.build()?;
             namespaces.insert(
                 name.clone(),
@@ -408,6 +427,15 @@ impl AppState {
                     has_source: n.source.is_some(),
                     writable: n.source.is_none() || n.query.is_none(),
                     description: n.description.clone().unwrap_or_default(),
+                    http: n
+                        .http
+                        .as_ref()
+                        .map(|h| {
+                            h.compiled().map_err(|(f, e)| {
+                                anyhow::anyhow!("namespaces.{name}.http.{f}: {e}")
+                            })
+                        })
+                        .transpose()?,
                     hidden_columns: if n.source.is_some() {
                         vec![n.key_column.clone(), n.version_column.clone()]
                     } else {
@@ -428,6 +456,10 @@ impl AppState {
                     .expect("validated: a PostgreSQL source");
                 let mut options = strata_cdc::PgCdcOptions::new(url, &c.slot, &c.publication);
                 options.rules = c.rules.clone();
+                if config.proxy.is_some() {
+                    // One tag, every tier: a rule's tags also reach the proxied pages that carry them.
+                    options.tag_mirrors.push(EDGE_NAMESPACE.to_string());
+                }
                 if seed_demo {
                     // The demo catalog was created in the connection's current schema (the URL may set a
                     // search_path); CDC rules name tables by schema, and an unqualified one means `public`.
@@ -478,6 +510,7 @@ impl AppState {
             has_l2: shared.is_some(),
             server: config.server.clone(),
             proxy,
+            purges: Default::default(),
         }))
     }
 

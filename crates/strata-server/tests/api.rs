@@ -760,3 +760,99 @@ async fn a_key_has_one_spelling_and_values_fit_their_columns() {
     );
     s.stop().await;
 }
+
+/// A GET with extra header fields: `(status, headers, body text)`.
+async fn get_with(url: String, fields: &[(&str, &str)]) -> (u16, BTreeMap<String, String>, String) {
+    let fields: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .into();
+        let mut req = ureq::http::Request::builder().method("GET").uri(url);
+        for (k, v) in &fields {
+            req = req.header(k, v);
+        }
+        let mut resp = agent.run(req.body(String::new()).unwrap()).unwrap();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let status = resp.status().as_u16();
+        (
+            status,
+            headers,
+            resp.body_mut().read_to_string().unwrap_or_default(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_http_caching_fields_etags_answer_304_and_versioned_urls_are_immutable() {
+    let s = Server::embedded("http-caching").await;
+    let (code, h, body) = get_with(s.url("/v1/product/42"), &[]).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        h["cache-control"],
+        "public, max-age=60, stale-while-revalidate=3600"
+    );
+    assert_eq!(h["cdn-cache-control"], "max-age=300");
+    assert_eq!(h["surrogate-key"], "product product:42");
+    assert_eq!(h["etag"], "\"v1\"");
+
+    // The client's validator: 304 with the same fields, no body.
+    let (code, h, body) = get_with(s.url("/v1/product/42"), &[("if-none-match", "W/\"v1\"")]).await;
+    assert_eq!((code, body.as_str()), (304, ""));
+    assert_eq!(h["etag"], "\"v1\"");
+    assert_eq!(
+        h["cache-control"],
+        "public, max-age=60, stale-while-revalidate=3600"
+    );
+    let (code, _, _) = get_with(s.url("/v1/product/42"), &[("if-none-match", "\"v0\"")]).await;
+    assert_eq!(code, 200);
+
+    // A versioned URL at the current version never changes.
+    let (code, h, _) = get_with(s.url("/v1/product/42?v=1"), &[]).await;
+    assert_eq!(code, 200);
+    assert_eq!(h["cache-control"], "public, max-age=31536000, immutable");
+    // A write makes version 2: the old URL points at the new one, and no tier keeps the pointer.
+    let r = s.send("PUT", "/v1/price/42", json!({"cents": 4242})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let (_, h, _) = get_with(s.url("/v1/price/42"), &[]).await;
+    let v: u64 = h["etag"]
+        .trim_matches('"')
+        .trim_start_matches('v')
+        .parse()
+        .unwrap();
+    let (code, h, _) = get_with(s.url(&format!("/v1/price/42?v={}", v - 1)), &[]).await;
+    assert_eq!(code, 302);
+    assert_eq!(h["location"], format!("/v1/price/42?v={v}"));
+    assert_eq!(h["cache-control"], "no-cache");
+    let (code, _, body) = get_with(s.url("/v1/price/42?v=x"), &[]).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("bad_version"), "{body}");
+
+    // Private data is never stored downstream and carries no surrogate keys; a namespace without `http` says
+    // nothing about caching.
+    let r = s
+        .send("PUT", "/v1/session/s1", json!({"user_id": 7, "data": "{}"}))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let (code, h, _) = get_with(s.url("/v1/session/s1"), &[]).await;
+    assert_eq!(code, 200);
+    assert_eq!(h["cache-control"], "private, no-store");
+    assert!(!h.contains_key("surrogate-key"), "{h:?}");
+    let (_, h, _) = get_with(s.url("/v1/flag/1"), &[]).await;
+    assert!(
+        !h.contains_key("cache-control") && !h.contains_key("surrogate-key"),
+        "{h:?}"
+    );
+    s.stop().await;
+}

@@ -357,6 +357,30 @@ const MUTATIONS: &[(&str, &str, &str, &str)] = &[
         "namespaces.plain.write",
     ),
     (
+        "cache_control = \"public, max-age=300, stale-while-revalidate=3600\"",
+        "cache_control = \"public, max age=300\"",
+        "public, max age=300",
+        "namespaces.product.http.cache_control",
+    ),
+    (
+        "cdn_cache_control = \"max-age=600\"",
+        "cdn_cache_control = \"\"",
+        "cdn_cache_control",
+        "namespaces.product.http.cdn_cache_control",
+    ),
+    (
+        "vary = [\"Accept-Language\"]",
+        "vary = [\"Accept Language\"]",
+        "vary",
+        "namespaces.product.http.vary",
+    ),
+    (
+        "surrogate_keys = false\n",
+        "surrogate_key = false\n",
+        "surrogate_key = false",
+        "namespaces.session.http.surrogate_key",
+    ),
+    (
         "",
         "\n[sources.both]\nsqlite = \"a.db\"\npostgres = \"postgres://x/y\"\n",
         "[sources.both]",

@@ -58,6 +58,20 @@ impl Origin {
                         }),
                     )
                     .route(
+                        "/tagged/{id}",
+                        get(
+                            |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                                (
+                                    [
+                                        ("cache-control", "max-age=600".to_string()),
+                                        ("surrogate-key", format!("product:{id} pages")),
+                                    ],
+                                    format!("page of product {id}\n"),
+                                )
+                            },
+                        ),
+                    )
+                    .route(
                         "/slow",
                         get(|| async {
                             tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -642,6 +656,156 @@ fn per_route_object_limits_and_the_authorization_rule_apply() {
     assert!(first.contains("detail=\"authorization\""), "{first}");
     assert!(!second.starts_with("Strata; hit"), "{second}");
     assert_eq!(origin.hits(), 5);
+    drop(running);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `POST /v1/_purge` on `base` with `body`; `(status, JSON answer)`.
+fn purge(base: &str, body: &str) -> (u16, serde_json::Value) {
+    let (code, text) = common::call("POST", &format!("{base}/v1/_purge"), body);
+    // A response stored in the purge's own millisecond counts as purged (stamps have millisecond resolution):
+    // step past it, so that the refill the test makes next is not taken for an old one.
+    std::thread::sleep(Duration::from_millis(2));
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("{text}")),
+    )
+}
+
+fn is_hit(proxy: &str, path: &str) -> bool {
+    let (status, h, _) = request(proxy, "localhost", path, &[]);
+    assert_eq!(status, 200, "{path}");
+    header(&h, "cache-status").starts_with("Strata; hit")
+}
+
+#[test]
+fn purges_over_http_take_proxied_pages_by_tag_url_prefix_and_route_and_data_writes_name_tags() {
+    let origin = Origin::start("site");
+    let (dir, running) = proxied("proxy-purge", &origin, &[]);
+    let proxy = running.proxy.clone().unwrap();
+    let base = running.base.clone();
+    for p in ["/tagged/42", "/tagged/43", "/page", "/docs/a", "/docs/b"] {
+        assert!(!is_hit(&proxy, p), "{p}: first a miss");
+        assert!(is_hit(&proxy, p), "{p}: then a hit");
+    }
+    // The surrogate keys were indexed, and stripped from what the client sees.
+    let (_, h, _) = request(&proxy, "localhost", "/tagged/42", &[]);
+    assert_eq!(header(&h, "surrogate-key"), "", "{h:?}");
+
+    // By tag: the tagged page goes, on every namespace's barrier (data and edge alike).
+    let (code, v) = purge(&base, r#"{"tag": "product:42"}"#);
+    assert_eq!(code, 200, "{v}");
+    let namespaces: Vec<&str> = v["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(
+        namespaces.contains(&"_edge") && namespaces.contains(&"price"),
+        "{v}"
+    );
+    assert!(!is_hit(&proxy, "/tagged/42"));
+    assert!(is_hit(&proxy, "/tagged/43") && is_hit(&proxy, "/page"));
+
+    // A data API write names tags: the proxied page showing that product goes with it.
+    let url = format!("{base}/v1/price/43");
+    let (code, text) = common::call_with(
+        "PUT",
+        &url,
+        &[("strata-tags", "product:43")],
+        r#"{"cents": 999}"#,
+    );
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("product:43"), "{text}");
+    assert!(!is_hit(&proxy, "/tagged/43"), "the write purged the page");
+    let (code, text) = common::call_with(
+        "PUT",
+        &url,
+        &[(
+            "strata-tags",
+            &(0..65)
+                .map(|i| format!("t{i}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )],
+        r#"{"cents": 1}"#,
+    );
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("at most 64"), "{text}");
+
+    // By URL, by prefix (its directory), by route, everything.
+    let (code, v) = purge(&base, r#"{"url": "http://LOCALHOST/page"}"#);
+    assert_eq!(
+        (code, v["purged"]["url"].as_str()),
+        (200, Some("http://localhost/page")),
+        "{v}"
+    );
+    assert!(!is_hit(&proxy, "/page"));
+    let (code, v) = purge(&base, r#"{"prefix": "http://localhost/docs/"}"#);
+    assert_eq!(code, 200, "{v}");
+    assert!(!is_hit(&proxy, "/docs/a") && !is_hit(&proxy, "/docs/b"));
+    assert!(is_hit(&proxy, "/page"));
+    let (code, v) = purge(&base, r#"{"route": "*/"}"#);
+    assert_eq!(code, 200, "{v}");
+    assert!(!is_hit(&proxy, "/page"));
+    let (code, _) = purge(&base, r#"{"all": true}"#);
+    assert_eq!(code, 200);
+    assert!(!is_hit(&proxy, "/page"));
+
+    // A soft purge removes nothing: without a stale window the page is revalidated before it is answered.
+    let (code, v) = purge(&base, r#"{"url": "http://localhost/page", "soft": true}"#);
+    assert_eq!((code, &v["soft"]), (200, &serde_json::json!(true)), "{v}");
+    let before = origin.hits();
+    let (_, h, body) = request(&proxy, "localhost", "/page", &[]);
+    assert_eq!(body, "hello from the origin\n");
+    assert!(header(&h, "cache-status").contains("fwd=stale"), "{h:?}");
+    assert_eq!(origin.hits(), before + 1);
+
+    // Mistakes are 400s that name them.
+    for (body, says) in [
+        (r#"{}"#, "exactly one"),
+        (r#"{"tag": "a", "url": "http://x/"}"#, "exactly one"),
+        (r#"{"tag": "two words"}"#, "whitespace"),
+        (r#"{"url": "/relative"}"#, "absolute"),
+        (r#"{"route": "nope"}"#, "no route is named"),
+        (r#"{"tag": "x", "hard": true}"#, "unknown field"),
+    ] {
+        let (code, v) = purge(&base, body);
+        assert_eq!(code, 400, "{body}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(says), "{body}: {v}");
+    }
+
+    let (_, metrics) = common::call("GET", &format!("{base}/metrics"), "");
+    for kind in ["tag", "url", "prefix", "route", "all", "write_tag"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("strata_purges_total{")
+                    && l.contains(&format!("kind=\"{kind}\""))),
+            "{kind} in:\n{metrics}"
+        );
+    }
+    drop(running);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn without_a_proxy_a_tag_purge_reaches_the_data_namespaces_and_url_purges_say_there_is_no_proxy() {
+    let dir = common::data_dir("purge-no-proxy");
+    let running = common::serve(&dir, &[]).unwrap();
+    let (code, v) = purge(&running.base, r#"{"tag": "product:1"}"#);
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        !v["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "_edge"),
+        "{v}"
+    );
+    let (code, v) = purge(&running.base, r#"{"url": "http://localhost/x"}"#);
+    assert_eq!((code, v["error"].as_str()), (404, Some("no_proxy")), "{v}");
     drop(running);
     let _ = std::fs::remove_dir_all(dir);
 }

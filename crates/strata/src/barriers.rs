@@ -9,14 +9,21 @@
 //! tagged entry while barriers exist takes a read lock and one map lookup per tag.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::RwLock;
-use strata_core::UnixMillis;
+use strata_core::{UnixMillis, SOFT_TAG_PREFIX};
 
 pub(crate) struct TagBarriers {
     any: AtomicBool,
+    /// The last time the whole namespace was cleared in this process (0: never); checked only by fenced
+    /// inserts, since a clear empties L1 itself.
+    cleared: AtomicU64,
     map: RwLock<HashMap<String, UnixMillis>>,
+    /// Soft barriers (a barrier named `SOFT_TAG_PREFIX + tag`, stored here under `tag`): they hide nothing, they
+    /// only date the entries' soft purge (see [`TagBarriers::softened`]).
+    any_soft: AtomicBool,
+    soft: RwLock<HashMap<String, UnixMillis>>,
     keep_ms: u64,
 }
 
@@ -25,7 +32,10 @@ impl TagBarriers {
     pub(crate) fn new(keep_ms: u64) -> Self {
         Self {
             any: AtomicBool::new(false),
+            cleared: AtomicU64::new(0),
             map: RwLock::new(HashMap::new()),
+            any_soft: AtomicBool::new(false),
+            soft: RwLock::new(HashMap::new()),
             keep_ms,
         }
     }
@@ -37,6 +47,15 @@ impl TagBarriers {
 
     /// Entries tagged `tag` created at or before `at` are invalid.
     pub(crate) fn raise(&self, tag: &str, at: UnixMillis) {
+        if let Some(soft) = tag.strip_prefix(SOFT_TAG_PREFIX) {
+            let mut map = self.soft.write();
+            let slot = map.entry(soft.to_owned()).or_insert(at);
+            *slot = (*slot).max(at);
+            let keep = self.keep_ms;
+            map.retain(|_, t| t.saturating_add(keep) >= at);
+            self.any_soft.store(!map.is_empty(), Ordering::Release);
+            return;
+        }
         let mut map = self.map.write();
         let slot = map.entry(tag.to_owned()).or_insert(at);
         *slot = (*slot).max(at);
@@ -54,6 +73,28 @@ impl TagBarriers {
         let map = self.map.read();
         tags.iter()
             .any(|t| map.get(t).is_some_and(|&b| b >= created_at))
+    }
+
+    /// When an entry with these tags, created at `created_at`, was soft-purged (the latest soft barrier over it).
+    #[inline]
+    pub(crate) fn softened(&self, tags: &[String], created_at: UnixMillis) -> Option<UnixMillis> {
+        if tags.is_empty() || !self.any_soft.load(Ordering::Acquire) {
+            return None;
+        }
+        let map = self.soft.read();
+        tags.iter()
+            .filter_map(|t| map.get(t).copied().filter(|&b| b >= created_at))
+            .max()
+    }
+
+    /// The whole namespace was cleared at `at`.
+    pub(crate) fn clear(&self, at: UnixMillis) {
+        self.cleared.fetch_max(at, Ordering::AcqRel);
+    }
+
+    /// Whether an entry created at `created_at` predates the last clear (a fenced insert must not land).
+    pub(crate) fn cleared_since(&self, created_at: UnixMillis) -> bool {
+        self.cleared.load(Ordering::Acquire) >= created_at
     }
 
     #[cfg(test)]
@@ -85,5 +126,21 @@ mod tests {
             1,
             "the tv barrier outlived every entry it could block"
         );
+    }
+
+    #[test]
+    fn soft_barriers_date_entries_and_hide_nothing() {
+        let b = TagBarriers::new(1_000);
+        let tv = vec!["tv".to_string(), "sale".to_string()];
+        assert_eq!(b.softened(&tv, 10), None);
+        b.raise(&strata_core::soft_tag("tv"), 100);
+        b.raise(&strata_core::soft_tag("sale"), 120);
+        assert!(!b.blocks(&tv, 50), "a soft barrier blocks nothing");
+        assert_eq!(b.softened(&tv, 50), Some(120), "the latest one counts");
+        assert_eq!(b.softened(&tv, 110), Some(120));
+        assert_eq!(b.softened(&tv, 121), None, "created after: not purged");
+        assert_eq!(b.softened(&["radio".to_string()], 50), None);
+        b.raise(&strata_core::soft_tag("x"), 5_000);
+        assert_eq!(b.softened(&tv, 50), None, "pruned past the keep period");
     }
 }

@@ -190,6 +190,7 @@ impl Cache {
             name: name.to_owned(),
             policy: Policy::default(),
             weigher: Arc::new(|_| std::mem::size_of::<V>()),
+            tagger: None,
             codec: None,
             source: None,
             sink: None,
@@ -235,10 +236,35 @@ impl Cache {
         Ok(())
     }
 
+    /// Invalidates every entry of a namespace tagged `tag`, by name.
+    pub async fn invalidate_tag(&self, namespace: &str, tag: &str) -> Result<(), Error> {
+        self.erased(namespace)?.invalidate_tag(tag).await;
+        Ok(())
+    }
+
     /// Invalidates every key of a namespace by name (a generation bump).
     pub async fn invalidate_namespace(&self, namespace: &str) -> Result<(), Error> {
         self.erased(namespace)?.invalidate_all().await;
         Ok(())
+    }
+
+    /// Invalidates `tag` in every namespace (data and edge alike; see [`Namespace::invalidate_tag`]): one tag
+    /// covers a cached row, the listing built from it and every proxied page that carries it. Returns the
+    /// namespaces, sorted. The namespaces are invalidated one after another, each on every node.
+    pub async fn invalidate_tag_everywhere(&self, tag: &str) -> Vec<String> {
+        let all: Vec<(String, Arc<dyn ErasedNamespace>)> = {
+            let map = self.inner.registry.namespaces.read();
+            map.iter()
+                .map(|(n, r)| (n.clone(), r.erased.clone()))
+                .collect()
+        };
+        let mut names = Vec::with_capacity(all.len());
+        for (name, ns) in all {
+            ns.invalidate_tag(tag).await;
+            names.push(name);
+        }
+        names.sort();
+        names
     }
 
     /// Every change feed a namespace depends on: its name, how old its last mark is (ms; `None` before the
@@ -507,6 +533,7 @@ pub struct NamespaceBuilder<V> {
     name: String,
     policy: Policy,
     weigher: Weigher<V>,
+    tagger: Option<crate::namespace::Tagger<V>>,
     codec: Option<Arc<dyn Codec<V>>>,
     source: Option<Arc<dyn Source<V>>>,
     sink: Option<Arc<dyn Sink<V>>>,
@@ -526,6 +553,17 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
     /// Default: `size_of::<V>()`, which undercounts values that own heap memory (`String`, `Vec`): set it for them.
     pub fn with_weigher(mut self, weigher: impl Fn(&V) -> usize + Send + Sync + 'static) -> Self {
         self.weigher = Arc::new(weigher);
+        self
+    }
+
+    /// Tags every entry gets from its key and value, beside the ones its source gives: applied to loads,
+    /// inserts and write-through writes alike, so an entry keeps them however it was written, and an
+    /// [`invalidate_tag`](Namespace::invalidate_tag) (or [`Cache::invalidate_tag_everywhere`]) reaches it.
+    pub fn with_tagger(
+        mut self,
+        tagger: impl Fn(&str, &V) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.tagger = Some(Arc::new(tagger));
         self
     }
 
@@ -643,6 +681,7 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
             policy: self.policy,
             clock: self.cache.inner.clock.clone(),
             weigher: self.weigher,
+            tagger: self.tagger,
             publisher: self
                 .cache
                 .inner

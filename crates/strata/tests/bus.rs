@@ -262,3 +262,27 @@ async fn refused_messages_wait_in_the_backlog_newest_wins_and_reach_the_others_o
     bus_a.close().await;
     bus_b.close().await;
 }
+
+#[tokio::test]
+async fn a_soft_purge_reaches_the_other_nodes_and_removes_nothing() {
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+    let (_a, price_a, bus_a) = node(bus.clone());
+    let (_b, price_b, bus_b) = node(bus);
+    price_b
+        .get_or_load("sku-1", || async {
+            strata::Fetched::value(99).with_tags(["sale"])
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    price_a.soften_tag("sale").await;
+    eventually("B dates sku-1's soft purge", || {
+        price_b
+            .get("sku-1")
+            .is_some_and(|l| price_b.soft_purged_at(&l).is_some())
+    })
+    .await;
+    for l in [bus_a, bus_b] {
+        l.close().await;
+    }
+}

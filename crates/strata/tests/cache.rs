@@ -201,3 +201,90 @@ fn bus_counters_reach_the_metrics_facade() {
     assert_eq!(event("echo"), Some(&DebugValue::Counter(1)));
     assert_eq!(event("gap"), Some(&DebugValue::Counter(0)));
 }
+
+fn manual() -> (Cache, strata::ManualClock) {
+    let clock = strata::ManualClock::new(1_000_000);
+    let cache = Cache::builder()
+        .with_clock(std::sync::Arc::new(clock.clone()))
+        .build();
+    (cache, clock)
+}
+
+#[tokio::test]
+async fn a_fenced_insert_loses_to_anything_that_happened_after_its_read() {
+    let (cache, clock) = manual();
+    let ns = cache.namespace::<u32>("page").build().unwrap();
+    let tagged = |v| strata::Fetched::value(v).with_tags(["t"]);
+    let read_at = strata::Clock::now(&clock);
+    clock.advance(Duration::from_millis(10));
+    // A write after the read: the read's value must not replace it.
+    ns.insert("k", 2).await;
+    assert!(!ns.insert_fetched_since("k", tagged(1), read_at).await);
+    assert_eq!(ns.get("k").unwrap().value(), Some(&2));
+    // An invalidation of the key after the read.
+    ns.invalidate("k").await;
+    assert!(!ns.insert_fetched_since("k", tagged(1), read_at).await);
+    assert!(ns.get("k").is_none());
+    // A tag barrier after the read.
+    let read_at = strata::Clock::now(&clock);
+    clock.advance(Duration::from_millis(10));
+    ns.invalidate_tag("t").await;
+    assert!(!ns.insert_fetched_since("j", tagged(1), read_at).await);
+    assert!(ns.get("j").is_none());
+    // A clear after the read.
+    let read_at = strata::Clock::now(&clock);
+    clock.advance(Duration::from_millis(10));
+    ns.invalidate_all().await;
+    assert!(!ns.insert_fetched_since("i", tagged(1), read_at).await);
+    // A read after all of them lands.
+    clock.advance(Duration::from_millis(10));
+    let read_at = strata::Clock::now(&clock);
+    clock.advance(Duration::from_millis(10));
+    assert!(ns.insert_fetched_since("i", tagged(1), read_at).await);
+    assert_eq!(ns.get("i").unwrap().value(), Some(&1));
+}
+
+#[tokio::test]
+async fn a_tagger_tags_every_entry_however_it_was_written() {
+    let (cache, clock) = manual();
+    let ns = cache
+        .namespace::<u32>("price")
+        .with_tagger(|key, v| vec![format!("product:{key}"), format!("band:{}", v / 100)])
+        .build()
+        .unwrap();
+    ns.insert("1", 150).await;
+    ns.get_or_load("2", || async { Some(250u32) })
+        .await
+        .unwrap();
+    ns.insert_fetched("3", strata::Fetched::value(199).with_tags(["own"]))
+        .await;
+    assert_eq!(
+        ns.get("3").unwrap().entry().tags(),
+        ["own", "product:3", "band:1"]
+    );
+    clock.advance(Duration::from_millis(1));
+    ns.invalidate_tag("product:2").await;
+    assert!(ns.get("2").is_none() && ns.get("1").is_some());
+    cache.invalidate_tag_everywhere("band:1").await;
+    assert!(ns.get("1").is_none() && ns.get("3").is_none());
+}
+
+#[tokio::test]
+async fn a_soft_purge_dates_entries_without_removing_them() {
+    let (cache, clock) = manual();
+    let ns = cache.namespace::<u32>("page").build().unwrap();
+    ns.insert_fetched("a", strata::Fetched::value(1).with_tags(["t"]))
+        .await;
+    ns.insert("b", 2).await;
+    clock.advance(Duration::from_millis(5));
+    let at = strata::Clock::now(&clock);
+    ns.soften_tag("t").await;
+    let a = ns.get("a").expect("a soft purge removes nothing");
+    assert_eq!(ns.soft_purged_at(&a), Some(at));
+    assert_eq!(ns.soft_purged_at(&ns.get("b").unwrap()), None);
+    // Written after the purge: not purged.
+    clock.advance(Duration::from_millis(5));
+    ns.insert_fetched("a", strata::Fetched::value(3).with_tags(["t"]))
+        .await;
+    assert_eq!(ns.soft_purged_at(&ns.get("a").unwrap()), None);
+}

@@ -74,6 +74,25 @@ pub fn serve(dir: &Path, extra: &[&str]) -> Result<Running, String> {
     }
 }
 
+/// [`call`] with more header fields.
+pub fn call_with(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json");
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let mut resp = agent.run(req.body(body.to_owned()).unwrap()).unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap_or_default())
+}
+
 /// One request with a JSON content type; `(status, body)`.
 pub fn call(method: &str, url: &str, body: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()

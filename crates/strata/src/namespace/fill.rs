@@ -19,6 +19,14 @@ impl<V: Send + Sync + 'static> Inner<V> {
     pub(super) fn make_entry(&self, key: &str, fetched: Fetched<V>, took: Duration) -> Entry<V> {
         let now = self.clock.now();
         let delta_ms = took.as_millis().min(u32::MAX as u128) as u32;
+        let mut tags = fetched.tags;
+        if let (Some(tagger), Some(v)) = (&self.tagger, &fetched.value) {
+            for t in tagger(key, v) {
+                if !tags.contains(&t) {
+                    tags.push(t);
+                }
+            }
+        }
         let (value, fresh_until, stale_until, value_weight) = match fetched.value {
             Some(v) => {
                 let mut ttl = jittered(self.policy.ttl, self.policy.jitter);
@@ -43,7 +51,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 fresh_until,
                 stale_until,
                 version: fetched.version,
-                tags: fetched.tags,
+                tags,
                 delta_ms,
                 value_weight,
             },

@@ -42,7 +42,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
-use strata_core::{Clock, Error, Fetched, Policy, SharedError};
+use strata_core::{Clock, Error, Fetched, Policy, SharedError, UnixMillis};
 
 use crate::l1::L1;
 use crate::lookup::{Lookup, Status};
@@ -65,6 +65,10 @@ pub(crate) use state::{Inner, Parts};
 
 /// Estimates a value's size in bytes for the L1 budget.
 pub type Weigher<V> = Arc<dyn Fn(&V) -> usize + Send + Sync>;
+
+/// Tags every entry of a namespace gets from its key and value (beside the source's own), whatever wrote it: a
+/// load, an insert, a write-through. See `NamespaceBuilder::with_tagger`.
+pub type Tagger<V> = Arc<dyn Fn(&str, &V) -> Vec<String> + Send + Sync>;
 
 /// A typed handle on one namespace. Cheap to clone; all clones share the namespace.
 pub struct Namespace<V> {
@@ -162,6 +166,19 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         self.inner.insert(key.into(), fetched).await.0
     }
 
+    /// Stores a value read from its source at `since` (this cache's clock, [`Namespace::clock`]) — a
+    /// revalidation, a refresh made outside [`get_or_load`](Self::get_or_load) — fenced like a load's fill: it
+    /// does not land when the key was written or invalidated, one of its tags invalidated or the namespace
+    /// cleared after `since`, in this process or (with L2) in the shared tier. Returns whether a tier stored it.
+    pub async fn insert_fetched_since(
+        &self,
+        key: impl Into<String>,
+        fetched: Fetched<V>,
+        since: UnixMillis,
+    ) -> bool {
+        self.inner.insert_since(key.into(), fetched, since).await
+    }
+
     /// Invalidates a key: later reads load anew, and a load that began before this call cannot put its (older)
     /// value back — in this process, and with L2 on every node (the L2 tombstone voids the key's lease and fences
     /// fills). The tombstone blocks fills for `tombstone_hold_off`.
@@ -180,6 +197,22 @@ impl<V: Send + Sync + 'static> Namespace<V> {
     /// fill (their tags are not known until they finish).
     pub async fn invalidate_tag(&self, tag: &str) {
         self.inner.invalidate_tag(tag).await;
+    }
+
+    /// Soft-purges every entry tagged `tag`: nothing is dropped, but from now on [`soft_purged_at`](
+    /// Self::soft_purged_at) dates the entries created before this call — on every node, like
+    /// [`invalidate_tag`](Self::invalidate_tag) (the soft barrier is kept in L2 and published on the bus), and loads
+    /// under way do not fill. What a soft-purged entry means is the reader's: the edge proxy serves it as stale
+    /// (only inside its `stale-while-revalidate`/`stale-if-error` windows) while it revalidates.
+    pub async fn soften_tag(&self, tag: &str) {
+        self.inner.invalidate_tag(&strata_core::soft_tag(tag)).await;
+    }
+
+    /// When the entry a lookup returned was soft-purged ([`soften_tag`](Self::soften_tag)) — the latest soft
+    /// purge of one of its tags after it was created — or `None`.
+    pub fn soft_purged_at(&self, lookup: &Lookup<V>) -> Option<UnixMillis> {
+        let e = lookup.entry();
+        self.inner.barriers.softened(e.tags(), e.created_at())
     }
 
     /// Invalidates every key of the namespace, including loads under way: a generation bump. With L2, the

@@ -12,6 +12,7 @@ use crate::stats::NamespaceStats;
 pub(crate) trait ErasedNamespace: Send + Sync {
     fn invalidate<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()>;
     fn invalidate_all(&self) -> BoxFuture<'_, ()>;
+    fn invalidate_tag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, ()>;
     fn stats(&self) -> NamespaceStats;
 }
 
@@ -21,6 +22,9 @@ impl<V: Send + Sync + 'static> ErasedNamespace for Namespace<V> {
     }
     fn invalidate_all(&self) -> BoxFuture<'_, ()> {
         Box::pin(Namespace::bump_generation(self))
+    }
+    fn invalidate_tag<'a>(&'a self, tag: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(Namespace::invalidate_tag(self, tag))
     }
     fn stats(&self) -> NamespaceStats {
         self.inner.stats()

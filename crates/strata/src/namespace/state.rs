@@ -38,6 +38,8 @@ pub(crate) struct Inner<V> {
     /// Striped atomic counters: every hit increments one, so they must not share a cache line across threads.
     pub(super) counters: Counters,
     pub(super) weigher: Weigher<V>,
+    /// Tags from the key and value, added to every entry (see [`super::Tagger`]).
+    pub(super) tagger: Option<super::Tagger<V>>,
     pub(super) load_seconds: metrics::Histogram,
     /// The cache's bus node's sending side, when the cache was built with a bus: this node's writes are published
     /// through it. Fixed at build (the cache takes its bus before any namespace exists), so reading it needs no
@@ -68,6 +70,7 @@ pub(crate) struct Parts<V> {
     pub policy: Policy,
     pub clock: Arc<dyn Clock>,
     pub weigher: Weigher<V>,
+    pub tagger: Option<super::Tagger<V>>,
     pub publisher: Option<Arc<Publisher>>,
     pub propagation_timeout: Duration,
     pub feed: Option<Arc<Liveness>>,
@@ -86,6 +89,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             policy,
             clock,
             weigher,
+            tagger,
             publisher,
             propagation_timeout,
             feed,
@@ -121,6 +125,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             barriers,
             counters: Counters::default(),
             weigher,
+            tagger,
             load_seconds,
             publisher,
             propagation_timeout,

@@ -33,6 +33,48 @@ impl<V: Send + Sync + 'static> Inner<V> {
         self.insert_entry(key, entry, version).await
     }
 
+    /// [`insert`](Self::insert) of a value read from the source at `since` (local clock): it does not land when
+    /// anything that happened after `since` supersedes it — a key invalidation or write (the L1 entry is newer), a
+    /// tag or generation barrier raised after `since`, in this process or in L2 (the L2 fill is fenced with
+    /// `since` as its start). Returns whether a tier stored it.
+    pub(super) async fn insert_since(
+        &self,
+        key: String,
+        fetched: Fetched<V>,
+        since: strata_core::UnixMillis,
+    ) -> bool {
+        self.counters.inserts.inc();
+        let mut entry = self.make_entry(&key, fetched, Duration::ZERO);
+        entry.created_at = entry.created_at.min(since);
+        let created = entry.created_at;
+        let entry = Arc::new(entry);
+        let in_l1 = {
+            let mut shard = self.flights.lock(&key);
+            let superseded = self.barriers.blocks(&entry.tags, created)
+                || self.barriers.cleared_since(created)
+                || self
+                    .l1
+                    .as_ref()
+                    .and_then(|l1| l1.peek(&key))
+                    .is_some_and(|e| e.created_at >= created);
+            if superseded {
+                self.counters.fills_refused.inc();
+                return false;
+            }
+            poison_locked(&mut shard, &key);
+            self.fill_locked(&key, entry.clone())
+        };
+        let in_l2 = match &self.l2 {
+            Some(l2) => {
+                let started = l2.link.to_tier(created);
+                self.fill_l2(&key, &entry, started, None).await
+            }
+            None => false,
+        };
+        self.publish(Invalidation::Set { key }, entry.version);
+        in_l1 || in_l2
+    }
+
     /// [`insert`](Self::insert) of a built entry; `version` goes on the bus message.
     async fn insert_entry(
         &self,
@@ -251,6 +293,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
     /// Drops every L1 entry and poisons every load under way.
     pub(super) fn invalidate_all_local(&self) {
         self.counters.invalidations.inc();
+        self.barriers.clear(self.clock.now());
         self.flights.poison_all(|| {
             if let Some(l1) = &self.l1 {
                 l1.clear();
