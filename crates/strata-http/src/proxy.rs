@@ -1380,6 +1380,16 @@ impl Proxy {
         purge::entry_tags(stored.tags(), primary, &self.route_names[route])
     }
 
+    /// The name of the route serving an absolute URL, when one does.
+    pub fn route_name_of(&self, url: &str) -> Option<String> {
+        let uri: Uri = url.parse().ok()?;
+        let host = uri.host()?;
+        let path = uri.path();
+        self.routes
+            .find_index(host, path)
+            .map(|i| self.route_names[i].clone())
+    }
+
     /// Purges stored responses on every node (see [`crate::purge`] for what a purge covers and guarantees).
     /// Returns what was purged.
     ///

@@ -420,13 +420,16 @@ fn cache_headers(state: &AppState, lookup: &Lookup<Value>) -> HeaderMap {
 
 /// A write to a namespace whose answers HTTP caches may hold: the edge tier drops what carries the entry's
 /// surrogate key (`{ns}:{key}`), so the proxy in front of this API does not serve the old answer.
-async fn edge_forget(state: &AppState, h: &NsHandle, ns: &str, key: &str) {
-    if let (Some(http), Some(edge)) = (&h.http, &state.proxy) {
-        if http.surrogate_keys {
-            let tag = http_caching::entry_key(ns, key);
-            edge.proxy.namespace().invalidate_tag(&tag).await;
-        }
+async fn edge_forget(state: &AppState, h: &NsHandle, ns: &str, key: &str) -> Result<(), ApiError> {
+    if !h.http.as_ref().is_some_and(|h| h.surrogate_keys) {
+        return Ok(());
     }
+    let tag = http_caching::entry_key(ns, key);
+    if let Some(edge) = &state.proxy {
+        edge.proxy.namespace().invalidate_tag(&tag).await;
+    }
+    // A CDN in front of this API holds the answer under the same surrogate key.
+    crate::purge::hooks(state, crate::cdn::EventKind::Tag, &[tag], false, None)
 }
 
 /// A key as a URL path segment (percent-encoded where it must be).
@@ -549,8 +552,8 @@ async fn put_value(
         h.ns.insert(key.clone(), value).await;
         None
     };
-    crate::purge::invalidate_write_tags(&state, &tags).await;
-    edge_forget(&state, h, &ns, &key).await;
+    crate::purge::invalidate_write_tags(&state, &tags).await?;
+    edge_forget(&state, h, &ns, &key).await?;
     Ok(Json(json!({
         "namespace": ns, "key": key, "version": version, "write": format!("{:?}", h.mode).to_lowercase(),
         "tags": tags
@@ -573,8 +576,8 @@ async fn delete_value(
     } else {
         h.ns.invalidate(&key).await;
     }
-    crate::purge::invalidate_write_tags(&state, &tags).await;
-    edge_forget(&state, h, &ns, &key).await;
+    crate::purge::invalidate_write_tags(&state, &tags).await?;
+    edge_forget(&state, h, &ns, &key).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -806,6 +809,9 @@ pub fn stats_json(state: &AppState) -> Value {
         })),
     });
     // Only with a proxy: without one, the answer is what it always was.
+    if state.cdn.iter().next().is_some() {
+        out["cdn"] = state.cdn.stats_json();
+    }
     if let Some(edge) = &state.proxy {
         out["proxy"] = proxy_stats_json(edge);
     }

@@ -115,6 +115,9 @@ pub struct Config {
     /// The edge tier: an HTTP caching reverse proxy on its own listener. Absent: no proxy.
     #[serde(default)]
     pub proxy: Option<ProxySection>,
+    /// CDNs in front, purged with every purge (`[[cdn]]`, see [`crate::cdn`]).
+    #[serde(default)]
+    pub cdn: Vec<CdnHookConfig>,
     /// Where the file came from (for errors); not in the file.
     #[serde(skip)]
     pub origin: String,
@@ -369,6 +372,68 @@ pub struct NamespaceConfig {
     /// [`crate::http_caching`]). Default: nothing but `ETag`.
     #[serde(default)]
     pub http: Option<HttpCachingConfig>,
+}
+
+/// `[[cdn]]`: a CDN in front, sent every purge (see [`crate::cdn`] for delivery and request shapes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdnHookConfig {
+    /// Its name (outbox files, metrics): letters, digits, `_` and `-`.
+    pub name: String,
+    /// `"fastly"`, `"cloudflare"` or `"webhook"`.
+    pub kind: crate::cdn::HookKind,
+    /// The API's base URL (`http://host[:port]`; a webhook's full URL).
+    pub url: String,
+    /// Fastly's service id, Cloudflare's zone id.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The environment variable holding Fastly's key or Cloudflare's token (never the secret itself).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// The environment variable holding the webhook's HMAC secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// The proxy routes whose URL, prefix and route purges it gets. Default: all. Tag and everything purges
+    /// reach every hook.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Most values (tags, URLs) per request. Default: 100.
+    #[serde(default)]
+    pub max_batch: Option<usize>,
+    /// Attempts before a batch is dead-lettered. Default: 8.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// How long one request may take. Default: 10 s.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
+
+impl CdnHookConfig {
+    /// The hook, with its secrets read from the environment.
+    pub fn spec(&self) -> Result<crate::cdn::HookSpec, String> {
+        let env = |v: &Option<String>, what: &str| -> Result<Option<String>, String> {
+            match v {
+                None => Ok(None),
+                Some(var) => std::env::var(var)
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .map(Some)
+                    .ok_or_else(|| format!("cdn hook {:?}: ${var} ({what}) is not set", self.name)),
+            }
+        };
+        Ok(crate::cdn::HookSpec {
+            name: self.name.clone(),
+            kind: self.kind,
+            url: self.url.clone(),
+            service: self.service.clone().unwrap_or_default(),
+            token: env(&self.token_env, "token_env")?,
+            secret: env(&self.secret_env, "secret_env")?,
+            routes: self.routes.clone(),
+            max_batch: self.max_batch.unwrap_or(100),
+            max_attempts: self.max_attempts.unwrap_or(8),
+            timeout: self.timeout.map_or(Duration::from_secs(10), |d| d.0),
+        })
+    }
 }
 
 /// `[namespaces.X.http]`: the HTTP caching fields of the data API's answers.
@@ -1340,6 +1405,62 @@ impl Config {
                 }
             }
         }
+        // [[cdn]]
+        let mut names: Vec<&str> = Vec::new();
+        for (i, h) in self.cdn.iter().enumerate() {
+            let f = |k: &str| format!("cdn[{i}].{k}");
+            if !valid_name(&h.name) || names.contains(&h.name.as_str()) {
+                return Err(at(
+                    f("name"),
+                    format!("{:?}: hook names are unique and use letters, digits, `_` and `-` (at most 64)", h.name),
+                ));
+            }
+            names.push(&h.name);
+            let ok = h
+                .url
+                .parse::<axum::http::Uri>()
+                .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if !ok {
+                let hint = if h.url.starts_with("https://") {
+                    "https needs a TLS-originating forwarder in this version (see strata_server::cdn): give its http:// address"
+                } else {
+                    "write http://host[:port]"
+                };
+                return Err(at(f("url"), format!("{:?}: {hint}", h.url)));
+            }
+            let needs_service = h.kind != crate::cdn::HookKind::Webhook;
+            if needs_service && h.service.as_deref().is_none_or(str::is_empty) {
+                return Err(at(
+                    f("kind"),
+                    format!(
+                        "a {:?} hook needs `service` (Fastly's service id, Cloudflare's zone id)",
+                        h.kind
+                    )
+                    .to_lowercase(),
+                ));
+            }
+            if let Some(b) = h.max_batch {
+                range(&f("max_batch"), b as u64, 1, 1000, "values")?;
+            }
+            if let Some(a) = h.max_attempts {
+                range(&f("max_attempts"), u64::from(a), 1, 100, "attempts")?;
+            }
+            timeout(f("timeout"), h.timeout, false)?;
+            for r in &h.routes {
+                let known = self.proxy.as_ref().is_some_and(|p| {
+                    p.routes
+                        .iter()
+                        .any(|x| x.route().is_ok_and(|x| x.name() == *r))
+                });
+                if !known {
+                    return Err(at(
+                        f("routes"),
+                        format!("{r:?} is not the name of a [[proxy.routes]]"),
+                    ));
+                }
+            }
+        }
+
         // [proxy]
         if let Some(p) = &self.proxy {
             range("proxy.max_body", p.max_body.0, 1, MAX_BODY, "bytes")?;

@@ -135,11 +135,11 @@ impl HttpCaching {
         }
         if self.surrogate_keys {
             let mut keys = vec![ns.to_string(), entry_key(ns, key)];
-            keys.extend(
-                tags.iter()
-                    .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
-                    .cloned(),
-            );
+            for t in tags {
+                if !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()) && !keys.contains(t) {
+                    keys.push(t.clone());
+                }
+            }
             if let Ok(v) = HeaderValue::from_str(&keys.join(" ")) {
                 h.insert(SURROGATE_KEY.clone(), v);
             }

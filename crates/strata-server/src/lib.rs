@@ -15,6 +15,7 @@
 pub mod access;
 pub mod api;
 pub mod bench;
+pub mod cdn;
 pub mod config;
 pub mod conn;
 pub mod dead_letters;
@@ -147,6 +148,7 @@ pub async fn serve_with(
     let drain = Duration::from_secs(60);
     let limits = conn::Limits::of(&state.server);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    state.cdn.start(&stop_rx);
     let proxy_listener = match proxy_listener {
         Some(l) => Some(l),
         None => bind_proxy(&state).await?,

@@ -37,6 +37,7 @@ pub fn publish(state: &AppState) {
         edge.proxy.publish_metrics();
     }
     state.purges.publish();
+    state.cdn.publish();
     metrics::gauge!("strata_uptime_seconds").set(state.started.elapsed().as_secs_f64());
     // 1 on the node whose CDC consumer holds the slot and streams, 0 on standbys.
     let cdc_active = state

@@ -121,6 +121,7 @@ pub fn document(state: &AppState) -> Value {
             "200": ok_json("Purged on every node: {\"purged\": {kind: what it covers}, \"soft\": bool}"),
             "400": error_response("`bad_purge` (not exactly one target; a URL that is not absolute http(s); a tag with whitespace; an unknown route) or `bad_json`"),
             "404": error_response("`no_proxy`: a URL, prefix, route or `all` purge without `[proxy]`"),
+            "500": error_response("`cdn_outbox`: purged here, but a CDN hook's outbox could not be written (retry)"),
         }),
         false,
     );

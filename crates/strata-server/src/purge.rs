@@ -36,6 +36,8 @@ use serde::Deserialize;
 use serde_json::json;
 use strata_http::purge::PurgeTarget;
 
+use crate::cdn::EventKind;
+
 use crate::api::{authorize, engine_error, json_body, ApiError};
 use crate::state::{AppState, EDGE_NAMESPACE};
 
@@ -132,6 +134,13 @@ async fn purge(
             state.cache.invalidate_tag_everywhere(tag).await
         };
         state.purges.inc(PurgeKind::Tag);
+        hooks(
+            &state,
+            EventKind::Tag,
+            std::slice::from_ref(tag),
+            soft,
+            None,
+        )?;
         return Ok(
             Json(json!({"purged": {"tag": tag}, "soft": soft, "namespaces": namespaces}))
                 .into_response(),
@@ -152,6 +161,17 @@ async fn purge(
         _ => PurgeKind::All,
     };
     state.purges.inc(kind);
+    let (event, route) = match &target {
+        PurgeTarget::Url(u) => (EventKind::Url, edge.proxy.route_name_of(u)),
+        PurgeTarget::Prefix(p) => (EventKind::Prefix, edge.proxy.route_name_of(p)),
+        PurgeTarget::Route(r) => (EventKind::Route, Some(r.clone())),
+        _ => (EventKind::All, None),
+    };
+    let values = match &target {
+        PurgeTarget::All => Vec::new(),
+        _ => vec![plan.covers.clone()],
+    };
+    hooks(&state, event, &values, soft, route.as_deref())?;
     let what = kind.label();
     Ok(Json(json!({"purged": {what: plan.covers}, "soft": soft})).into_response())
 }
@@ -181,12 +201,36 @@ pub fn write_tags(headers: &HeaderMap) -> Result<Vec<String>, ApiError> {
     Ok(tags)
 }
 
-/// Invalidates a write's tags in every namespace (the data entries and the proxied pages that carry them).
-pub async fn invalidate_write_tags(state: &AppState, tags: &[String]) {
+/// Invalidates a write's tags in every namespace (the data entries and the proxied pages that carry them), and
+/// queues them for the CDNs in front.
+pub async fn invalidate_write_tags(state: &AppState, tags: &[String]) -> Result<(), ApiError> {
     for t in tags {
         state.cache.invalidate_tag_everywhere(t).await;
         state.purges.inc(PurgeKind::WriteTag);
     }
+    if !tags.is_empty() {
+        hooks(state, EventKind::Tag, tags, false, None)?;
+    }
+    Ok(())
+}
+
+/// Queues a purge for every CDN hook that takes it, durably: an outbox that cannot be written fails the request
+/// (500 `cdn_outbox`) rather than let a CDN keep the old object unknown to anyone.
+pub fn hooks(
+    state: &AppState,
+    kind: EventKind,
+    values: &[String],
+    soft: bool,
+    route: Option<&str>,
+) -> Result<(), ApiError> {
+    state.cdn.enqueue(kind, values, soft, route).map_err(|e| {
+        tracing::error!(error = %e, "could not queue a CDN purge");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cdn_outbox",
+            "the purge is done here, but the CDN purge could not be queued (the outbox could not be written); retry",
+        )
+    })
 }
 
 /// What was purged, counted by kind (`strata_purges_total{kind=…}` on `/metrics`).

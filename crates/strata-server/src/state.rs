@@ -144,6 +144,8 @@ pub struct AppState {
     pub proxy: Option<EdgeProxy>,
     /// Purges by kind (see [`crate::purge`]).
     pub purges: crate::purge::PurgeCounters,
+    /// The CDNs in front, sent every purge (`[[cdn]]`).
+    pub cdn: crate::cdn::Hooks,
 }
 
 /// The cache namespace the proxy stores responses in (not a data API namespace: those never start with `_`).
@@ -496,6 +498,13 @@ impl AppState {
             None => None,
         };
 
+        let specs = config
+            .cdn
+            .iter()
+            .map(|h| h.spec().map_err(|e| anyhow::anyhow!(e)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let cdn = crate::cdn::Hooks::open(specs, &config.server.data_dir.join("cdn"))?;
+
         Ok(Arc::new(Self {
             cache,
             namespaces,
@@ -511,6 +520,7 @@ impl AppState {
             server: config.server.clone(),
             proxy,
             purges: Default::default(),
+            cdn,
         }))
     }
 

@@ -299,6 +299,42 @@ const EDGE: &str = include_str!("../../../examples/edge.toml");
 /// As `config_errors.rs` does for `examples/strata.toml`: `(what, replacement, text on the blamed line, field)`.
 const MUTATIONS: &[(&str, &str, &str, &str)] = &[
     (
+        "url = \"http://127.0.0.1:8090\"",
+        "url = \"https://api.fastly.com\"",
+        "https://api.fastly.com",
+        "cdn[0].url",
+    ),
+    (
+        "kind = \"fastly\"",
+        "kind = \"akamai\"",
+        "akamai",
+        "cdn[0].kind",
+    ),
+    (
+        "routes = [\"site\", \"assets\"]",
+        "routes = [\"site\", \"nope\"]",
+        "nope",
+        "cdn[0].routes",
+    ),
+    (
+        "name = \"audit\"",
+        "name = \"fastly\"",
+        "name = \"fastly\"",
+        "cdn[1].name",
+    ),
+    (
+        "max_attempts = 8",
+        "max_attempts = 0",
+        "max_attempts",
+        "cdn[0].max_attempts",
+    ),
+    (
+        "service = \"SERVICE_ID\"",
+        "service = \"\"",
+        "kind = \"fastly\"",
+        "cdn[0].kind",
+    ),
+    (
         "listen = \"127.0.0.1:8780\"",
         "listen = \"everywhere\"",
         "everywhere",
