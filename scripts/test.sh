@@ -237,6 +237,14 @@ echo "$line" | grep -Eq '^proxy_stampede requests=10000 origin_requests=1 nginx_
   { echo "bench proxy-stampede: expected origin_requests=1" >&2; exit 1; }
 
 REDIS_URL="${STRATA_REDIS_URL:-redis://127.0.0.1:6379}"
+say "strata bench purge (smoke: 3 nodes, fewer objects and purges than the recorded run)"
+line=$(target/release/strata bench purge --strata target/release/strata --redis "$REDIS_URL" --objects 200 --purges 50 --soft-objects 20 --clients 8)
+echo "$line"
+echo "$line" | grep -Eq '^purge nodes=3 purges=50 p50_ms=[0-9.]+ p99_ms=[0-9.]+ cdn_p99_ms=[0-9.]+ soft_origin_requests_per_object=[0-9.]+$' ||
+  { echo "bench purge: unexpected report line" >&2; exit 1; }
+p99=$(echo "$line" | sed -n 's/.* p99_ms=\([0-9.]*\).*/\1/p')
+awk -v p="$p99" 'BEGIN { exit !(p < 1000) }' || { echo "purge: p99_ms=$p99, expected < 1000" >&2; exit 1; }
+
 line=$(target/release/strata-bench stampede)
 echo "$line"
 echo "$line" | grep -q ' loader_calls=1 ' || { echo "stampede: expected loader_calls=1" >&2; exit 1; }

@@ -14,6 +14,7 @@ pub mod l1;
 pub mod l2;
 pub mod loadgen;
 pub mod proxy;
+pub mod purge;
 pub mod stampede;
 pub mod writes;
 pub mod xfetch;

@@ -183,6 +183,35 @@ enum Scenario {
         #[arg(long)]
         start: i64,
     },
+    /// Tag purges across `nodes` `strata serve` processes (proxy, shared Redis) and a stand-in CDN: time until no
+    /// node serves the old object in any variant, and until the CDN has the purge; then soft purges under load
+    /// (origin requests per stored response).
+    Purge {
+        /// The `strata` binary. Default: next to this one, else target/release/strata or target/debug/strata.
+        #[arg(long)]
+        strata: Option<std::path::PathBuf>,
+        /// `strata serve` processes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Objects cached on every node.
+        #[arg(long, default_value_t = 1000)]
+        objects: usize,
+        /// Variants per object (`Vary: X-Variant`).
+        #[arg(long, default_value_t = 5)]
+        variants: usize,
+        /// Tag purges measured.
+        #[arg(long, default_value_t = 200)]
+        purges: usize,
+        /// Objects soft-purged under load.
+        #[arg(long, default_value_t = 100)]
+        soft_objects: usize,
+        /// Reader tasks during the soft purges.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Redis.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+    },
     /// A cluster of `strata serve` processes under writes (API and SQL) and reads, with optional faults (Redis
     /// and node kill -9, SIGSTOP): counts reads older than acknowledged writes, and acknowledged writes the source
     /// lost. One line per write path.
@@ -449,6 +478,40 @@ fn main() {
                 }
                 Err(e) => {
                     eprintln!("consistency: {e:#}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Scenario::Purge {
+            strata,
+            nodes,
+            objects,
+            variants,
+            purges,
+            soft_objects,
+            clients,
+            redis,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let options = strata_bench::purge::Options {
+                strata,
+                nodes,
+                objects,
+                variants,
+                purges,
+                soft_objects,
+                clients,
+                redis,
+            };
+            let result = rt.block_on(strata_bench::purge::run(options));
+            drop(rt);
+            match result {
+                Ok(r) => println!("{r}"),
+                Err(e) => {
+                    eprintln!("purge: {e:#}");
                     std::process::exit(1);
                 }
             }

@@ -45,6 +45,10 @@ impl Default for ApplyOptions {
     }
 }
 
+/// Told of every batch before it is applied; an error fails the batch, which is then retried (the
+/// transaction is not acknowledged): an observer that queues work durably gets every batch at least once.
+pub type Observer = Arc<dyn Fn(&Batch) -> Result<(), String> + Send + Sync>;
+
 /// Applies batches to L2 (when there is one) and the bus.
 pub struct Applier {
     tier: Option<Arc<dyn SharedTier>>,
@@ -55,6 +59,7 @@ pub struct Applier {
     seq: tokio::sync::Mutex<u64>,
     clock: Arc<dyn Clock>,
     options: ApplyOptions,
+    observer: Option<Observer>,
 }
 
 impl std::fmt::Debug for Applier {
@@ -92,7 +97,16 @@ impl Applier {
             seq: tokio::sync::Mutex::new(0),
             clock: Arc::new(SystemClock::new()),
             options,
+            observer: None,
         }
+    }
+
+    /// Calls `observer` with every batch before applying it (see [`Observer`]): the server queues the tags
+    /// that reach its proxy for the CDNs in front.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The bus origin of this applier.
@@ -102,6 +116,12 @@ impl Applier {
 
     /// Applies `batch`: L2 first, then one bus message per invalidation. All or error; safe to repeat.
     pub async fn apply(&self, batch: &Batch) -> Result<Applied, Error> {
+        if let Some(observe) = &self.observer {
+            observe(batch).map_err(|e| Error::Unavailable {
+                tier: strata_core::Tier::L2,
+                message: format!("the batch's observer failed: {e}"),
+            })?;
+        }
         let mut done = Applied::default();
         let mut messages = Vec::new();
         for (ns, c) in &batch.namespaces {

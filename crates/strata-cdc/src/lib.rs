@@ -19,7 +19,7 @@ pub mod outbox;
 pub mod pg;
 pub mod pgoutput;
 
-pub use apply::{Applied, Applier, ApplyOptions};
+pub use apply::{Applied, Applier, ApplyOptions, Observer};
 pub use mapping::{Batch, ConfigError, Mapping, Rule, Template};
 pub use outbox::{Outbox, OutboxRelay, OutboxStats, RelayHandle, RelayOptions};
 pub use pg::{CdcError, CdcHandle, CdcStats, Holder, PgCdc, PgCdcOptions};

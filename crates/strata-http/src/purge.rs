@@ -56,7 +56,9 @@ pub enum PurgeError {
         reason: String,
     },
     /// A tag that is empty or holds whitespace (no stored response can carry it).
-    #[error("tag {0:?} is empty or holds whitespace: surrogate keys are single tokens")]
+    #[error(
+        "tag {0:?} is empty or holds whitespace or control characters: tags are single tokens"
+    )]
     BadTag(String),
     /// No route has this name.
     #[error("no route is named {name:?} (routes: {known})")]
@@ -75,6 +77,12 @@ pub struct PurgePlan {
     pub tag: Option<String>,
     /// What it covers, for the answer: the normalised URL, the tag, the directory or the route name.
     pub covers: String,
+}
+
+/// Whether `tag` can be a tag: not empty, and no whitespace or control character (what the pattern
+/// `^[^\s\u0000-\u001f\u007f-\u009f]+$` says, which the purge API documents).
+pub fn is_tag(tag: &str) -> bool {
+    !tag.is_empty() && !tag.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// The tag every stored response of a URI carries, so an invalidation removes every variant.
@@ -149,7 +157,7 @@ pub fn plan<'a>(
             }
         }
         PurgeTarget::Tag(tag) => {
-            if tag.is_empty() || tag.contains(char::is_whitespace) {
+            if !is_tag(tag) {
                 return Err(PurgeError::BadTag(tag.clone()));
             }
             PurgePlan {

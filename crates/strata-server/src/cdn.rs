@@ -601,8 +601,8 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Every hook of a server.
-#[derive(Default)]
+/// Every hook of a server (cheap to clone: the hooks are shared).
+#[derive(Default, Clone)]
 pub struct Hooks(Vec<Arc<Hook>>);
 
 impl Hooks {

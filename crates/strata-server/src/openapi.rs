@@ -292,7 +292,7 @@ pub fn document(state: &AppState) -> Value {
                         {"type": "object", "required": ["url"], "additionalProperties": false,
                          "properties": {"url": {"type": "string"}, "soft": {"type": "boolean"}}},
                         {"type": "object", "required": ["tag"], "additionalProperties": false,
-                         "properties": {"tag": {"type": "string", "minLength": 1, "pattern": "^[!-~]+$"}, "soft": {"type": "boolean"}}},
+                         "properties": {"tag": {"type": "string", "minLength": 1, "pattern": "^[^\\s\\u0000-\\u001f\\u007f-\\u009f]+$"}, "soft": {"type": "boolean"}}},
                         {"type": "object", "required": ["prefix"], "additionalProperties": false,
                          "properties": {"prefix": {"type": "string"}, "soft": {"type": "boolean"}}},
                         {"type": "object", "required": ["route"], "additionalProperties": false,

@@ -448,6 +448,13 @@ impl AppState {
             );
         }
 
+        let specs = config
+            .cdn
+            .iter()
+            .map(|h| h.spec().map_err(|e| anyhow::anyhow!(e)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let cdn = crate::cdn::Hooks::open(specs, &config.server.data_dir.join("cdn"))?;
+
         // Change data capture.
         let cdc = match &config.cdc {
             Some(c) => {
@@ -477,12 +484,34 @@ impl AppState {
                         }
                     }
                 }
-                let applier = strata_cdc::Applier::new(
+                let mut applier = strata_cdc::Applier::new(
                     shared.clone(),
                     bus.clone(),
                     "cdc",
                     strata_cdc::ApplyOptions::default(),
                 );
+                if cdn.iter().next().is_some() {
+                    // The tags a change takes out of the proxy go to the CDNs in front too, queued before the
+                    // batch is applied (and acknowledged): a CDN purge is never lost to a crash.
+                    let hooks = cdn.clone();
+                    applier = applier.with_observer(Arc::new(move |batch: &strata_cdc::Batch| {
+                        let Some(edge) = batch.namespaces.get(EDGE_NAMESPACE) else {
+                            return Ok(());
+                        };
+                        if edge.clear {
+                            return hooks
+                                .enqueue(crate::cdn::EventKind::All, &[], false, None)
+                                .map_err(|e| e.to_string());
+                        }
+                        let tags: Vec<String> = edge.tags.iter().cloned().collect();
+                        if tags.is_empty() {
+                            return Ok(());
+                        }
+                        hooks
+                            .enqueue(crate::cdn::EventKind::Tag, &tags, false, None)
+                            .map_err(|e| e.to_string())
+                    }));
+                }
                 Some(
                     strata_cdc::PgCdc::start(options, Arc::new(applier))
                         .await
@@ -497,13 +526,6 @@ impl AppState {
             }
             None => None,
         };
-
-        let specs = config
-            .cdn
-            .iter()
-            .map(|h| h.spec().map_err(|e| anyhow::anyhow!(e)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let cdn = crate::cdn::Hooks::open(specs, &config.server.data_dir.join("cdn"))?;
 
         Ok(Arc::new(Self {
             cache,
