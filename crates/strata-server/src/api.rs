@@ -809,6 +809,7 @@ pub fn stats_json(state: &AppState) -> Value {
         })),
     });
     // Only with a proxy: without one, the answer is what it always was.
+    out["purges"] = state.purges.json();
     if state.cdn.iter().next().is_some() {
         out["cdn"] = state.cdn.stats_json();
     }

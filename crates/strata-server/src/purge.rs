@@ -288,6 +288,16 @@ impl PurgeCounters {
         self.0[kind as usize].load(Ordering::Relaxed)
     }
 
+    /// The counters by kind, for `/v1/_stats`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            PurgeKind::ALL
+                .iter()
+                .map(|k| (k.label().to_string(), self.get(*k).into()))
+                .collect(),
+        )
+    }
+
     /// Publishes the counters to the `metrics` recorder.
     pub fn publish(&self) {
         for k in PurgeKind::ALL {

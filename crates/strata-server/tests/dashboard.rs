@@ -55,6 +55,10 @@ async fn the_dashboard_renders_live_charts_in_a_browser() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    assert!(
+        dom.contains("<th>write tag</th>"),
+        "the purge counters are on the page:\n{dom}"
+    );
     for chart in ["tiers", "namespaces", "loads", "stale", "bus", "behind"] {
         let marker = format!("id=\"chart-{chart}\" data-points=\"");
         let at = dom
