@@ -95,20 +95,7 @@ pub fn call_with(method: &str, url: &str, headers: &[(&str, &str)], body: &str) 
 
 /// One request with a JSON content type; `(status, body)`.
 pub fn call(method: &str, url: &str, body: &str) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let req = ureq::http::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .unwrap();
-    let mut resp = agent.run(req).unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.body_mut().read_to_string().unwrap_or_default())
+    call_with(method, url, &[], body)
 }
 
 /// A server in this test's process on `127.0.0.1:0`, with the demo catalog seeded.
