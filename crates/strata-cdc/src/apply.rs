@@ -211,3 +211,59 @@ impl Applier {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::future::BoxFuture;
+    use futures::stream::BoxStream;
+
+    /// A bus that records what it is given.
+    #[derive(Default)]
+    struct Recording(std::sync::Mutex<Vec<BusMessage>>);
+
+    impl Bus for Recording {
+        fn publish(&self, msg: BusMessage) -> BoxFuture<'_, Result<(), Error>> {
+            self.0.lock().unwrap().push(msg);
+            Box::pin(async { Ok(()) })
+        }
+        fn subscribe(&self) -> BoxStream<'static, strata_core::BusEvent> {
+            Box::pin(futures::stream::empty())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_observer_sees_each_batch_first_and_its_failure_applies_nothing() {
+        let bus = Arc::new(Recording::default());
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (s, f) = (seen.clone(), fail.clone());
+        let applier = Applier::new(None, bus.clone(), "t", ApplyOptions::default()).with_observer(
+            Arc::new(move |b: &Batch| {
+                s.fetch_add(b.namespaces.len(), std::sync::atomic::Ordering::SeqCst);
+                if f.load(std::sync::atomic::Ordering::SeqCst) {
+                    Err("outbox full".into())
+                } else {
+                    Ok(())
+                }
+            }),
+        );
+        let mut batch = Batch::default();
+        batch.tag("_edge", "product:42".into());
+        let e = applier.apply(&batch).await.unwrap_err();
+        assert!(e.to_string().contains("outbox full"), "{e}");
+        assert!(
+            bus.0.lock().unwrap().is_empty(),
+            "nothing published when the observer failed"
+        );
+        fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        let done = applier.apply(&batch).await.unwrap();
+        assert_eq!(done.tags, 1);
+        assert_eq!(bus.0.lock().unwrap().len(), 1);
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "told of the batch both times"
+        );
+    }
+}

@@ -30,6 +30,11 @@
 //!    make an origin build a different response without the key knowing (`X-Forwarded-Host`, `Forwarded`,
 //!    `X-Original-URL`, method overrides…): headers outside the key never change a stored response.
 //!
+//! Purges ([`Proxy::purge`], [`crate::purge`]) raise the engine's barrier on a tag every matching stored response
+//! carries; a soft-purged response is evaluated as stale from the purge on ([`freshness::evaluate_purged`]). Every
+//! store the proxy makes outside the engine's own load (revalidations, background fills, variant copies) is fenced
+//! by the time its request was sent ([`Namespace::insert_fetched_since`]).
+//!
 //! Client conditionals are answered from the stored response (304 or the full response); `HEAD` is answered
 //! from a stored `GET` (a `HEAD` miss loads the `GET`).
 //!

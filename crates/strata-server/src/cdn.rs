@@ -1,6 +1,7 @@
 //! Downstream CDN purge hooks (`[[cdn]]`): every purge Strata carries out (`POST /v1/_purge`, a data write's
-//! `Strata-Tags`, a write to a namespace whose answers HTTP caches hold) is also sent to the CDNs in front, so
-//! the browser-facing edge stops serving the old object too.
+//! `Strata-Tags`, a write to a namespace whose answers HTTP caches hold, the tags a CDC change takes out of the
+//! proxy — queued by the CDC applier's observer before the batch is applied) is also sent to the CDNs in front,
+//! so the browser-facing edge stops serving the old object too.
 //!
 //! # Delivery: at least once
 //! - **Durable outbox.** An event is appended to `{data_dir}/cdn/{hook}.outbox` and `fsync`ed before the purge
