@@ -72,7 +72,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
-use strata::{Fetched, Namespace, Status, UnixMillis};
+use strata::{Claim, Fetched, Namespace, Status, UnixMillis};
 use tokio::sync::oneshot;
 
 use crate::body::{self, BodyError, ProxyBody, Tee, PASS_BACKLOG};
@@ -420,6 +420,14 @@ enum Revalidated {
 
 type RevalFlight = Shared<BoxFuture<'static, Arc<Revalidated>>>;
 
+/// What a revalidation takes from the request that starts it (see `Proxy::reval_parts`).
+struct RevalParts {
+    request: OriginRequest,
+    leader: u64,
+    policy: EdgePolicy,
+    primary: PrimaryKey,
+}
+
 /// The caching reverse proxy. Cheap to share (`Arc`); see the module docs.
 pub struct Proxy {
     routes: Routes,
@@ -430,6 +438,9 @@ pub struct Proxy {
     /// Revalidations in flight by `engine key ⏎ response time`. A `parking_lot` mutex: held only to look up or
     /// insert, never across an await.
     revalidations: Mutex<HashMap<String, RevalFlight>>,
+    /// Background revalidations asking the cross-node claim (see [`Proxy::revalidate_in_background`]), by the
+    /// same key as `revalidations`. Same locking.
+    claiming: Mutex<std::collections::HashSet<String>>,
     /// URIs whose last response could not be stored, until when (hit-for-miss). Same locking as above.
     uncacheable: Mutex<HashMap<String, UnixMillis>>,
     /// Per-route counters, by route index.
@@ -512,6 +523,7 @@ impl Proxy {
             client,
             next_id: AtomicU64::new(1),
             revalidations: Mutex::new(HashMap::new()),
+            claiming: Mutex::new(std::collections::HashSet::new()),
             uncacheable: Mutex::new(HashMap::new()),
             name: Arc::from(config.name.as_str()),
             via_11: {
@@ -736,8 +748,7 @@ impl Proxy {
                     Decision::StaleAllowed => s = s.with_detail("max-stale"),
                     Decision::StaleWhileRevalidate => {
                         s = s.with_detail("stale-while-revalidate");
-                        // Runs detached (with the origin timeout as its deadline) whether or not anyone awaits it.
-                        drop(self.revalidation(&ctx, &key, &stored));
+                        self.revalidate_in_background(&ctx, &key, &stored, purged_at);
                     }
                     _ => {}
                 }
@@ -833,17 +844,94 @@ impl Proxy {
         key: &str,
         stored: &Arc<StoredResponse>,
     ) -> RevalFlight {
+        self.revalidation_of(self.reval_parts(ctx), key, stored)
+    }
+
+    /// What a revalidation needs of the request that starts it.
+    fn reval_parts(&self, ctx: &Ctx) -> RevalParts {
+        RevalParts {
+            request: self.origin_request_parts(ctx),
+            leader: ctx.id,
+            policy: ctx.policy.clone(),
+            primary: ctx.primary.clone(),
+        }
+    }
+
+    /// A stale-while-revalidate (or soft-purged) hit's revalidation: detached, with the origin timeout as its
+    /// deadline, and done by one node of those sharing L2 — the one that wins the response's claim
+    /// ([`Namespace::claim`]). The others keep serving what they hold; the winner's store reaches them through
+    /// the bus (their copy goes) and L2 (their next read finds the new one).
+    ///
+    /// The claim of a soft-purged response is named after its purge (every node dates it alike, see
+    /// [`Namespace::soften_tag`]) and kept until its TTL once the revalidation stored: a node whose copy goes
+    /// only when the bus message arrives cannot win it again meanwhile. Any other claim ends with its
+    /// revalidation, and so does a soft purge's whose revalidation failed, so another node can try.
+    fn revalidate_in_background(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        key: &str,
+        stored: &Arc<StoredResponse>,
+        purged_at: Option<UnixMillis>,
+    ) {
+        let flight_key = format!("{key}\n{}", stored.response_time);
+        if self.revalidations.lock().contains_key(&flight_key)
+            || !self.claiming.lock().insert(flight_key.clone())
+        {
+            return;
+        }
+        // The same stored response may be found under its primary key or its variant key: the claim names
+        // the variant, so every node asks for the same one.
+        let claim_key = match stored.varies() {
+            vary @ Vary::Fields(_) => variant_key(ctx.primary.as_str(), vary, &ctx.headers),
+            _ => ctx.primary.as_str().to_string(),
+        };
+        let (this, parts, key, stored) = (
+            self.clone(),
+            self.reval_parts(ctx),
+            key.to_string(),
+            stored.clone(),
+        );
+        let what = match purged_at {
+            Some(at) => format!("revalidate after {at}"),
+            None => "revalidate".to_string(),
+        };
+        tokio::spawn(async move {
+            let claim = this
+                .ns
+                .claim(&claim_key, &what, this.config.origin_timeout)
+                .await;
+            let Claim::Won(token) = claim else {
+                this.claiming.lock().remove(&flight_key);
+                return;
+            };
+            let flight = this.revalidation_of(parts, &key, &stored);
+            this.claiming.lock().remove(&flight_key);
+            let stored_new = matches!(*flight.await, Revalidated::Stored { .. });
+            if !(stored_new && purged_at.is_some()) {
+                this.ns.end_claim(token).await;
+            }
+        });
+    }
+
+    fn revalidation_of(
+        self: &Arc<Self>,
+        parts: RevalParts,
+        key: &str,
+        stored: &Arc<StoredResponse>,
+    ) -> RevalFlight {
         let flight_key = format!("{key}\n{}", stored.response_time);
         let mut flights = self.revalidations.lock();
         if let Some(f) = flights.get(&flight_key) {
             return f.clone();
         }
         let this = self.clone();
-        let request = self.origin_request_parts(ctx);
+        let RevalParts {
+            request,
+            leader,
+            policy,
+            primary,
+        } = parts;
         let (key_owned, stored_owned, fk) = (key.to_string(), stored.clone(), flight_key.clone());
-        let leader = ctx.id;
-        let policy = ctx.policy.clone();
-        let primary = ctx.primary.clone();
         let task = tokio::spawn(async move {
             let out = this
                 .revalidate(
@@ -1063,11 +1151,19 @@ impl Proxy {
                 let Some(stored) = lookup.to_arc() else {
                     return self.pass(&ctx, status.forward(fwd, None)).await;
                 };
+                if !stored.vary.matches(&ctx.headers) {
+                    // The primary key holds another variant (another node's latest, or a collapsed load's):
+                    // this request's own variant is looked up — and loaded, collapsed — under its variant key.
+                    if let (true, vary @ Vary::Fields(_)) =
+                        (key == ctx.primary.as_str(), stored.varies())
+                    {
+                        let variant = variant_key(ctx.primary.as_str(), vary, &ctx.headers);
+                        return Box::pin(self.miss(ctx, variant, Fwd::VaryMiss, status)).await;
+                    }
+                    return self.pass(&ctx, status.forward(Fwd::VaryMiss, None)).await;
+                }
                 match lookup.status() {
                     Status::Miss | Status::Coalesced => {
-                        if !stored.vary.matches(&ctx.headers) {
-                            return self.pass(&ctx, status.forward(Fwd::VaryMiss, None)).await;
-                        }
                         let s = status
                             .forward(fwd, Some(stored.status.as_u16()))
                             .with_stored(true)
@@ -1077,11 +1173,10 @@ impl Proxy {
                         self.respond_stored(&ctx, &stored, self.now(), validated, s)
                     }
                     // Filled meanwhile, or found in L2: a stored response like any other.
-                    _ if stored.vary.matches(&ctx.headers) => {
+                    _ => {
                         let purged_at = self.ns.soft_purged_at(&lookup);
                         self.from_stored(ctx, key, stored, purged_at, status).await
                     }
-                    _ => self.pass(&ctx, status.forward(Fwd::VaryMiss, None)).await,
                 }
             }
             Err(e) => match e.loader_error::<LoadFailure>() {

@@ -742,3 +742,44 @@ async fn soft_purges_and_fenced_inserts_hold_for_a_node_that_heard_nothing() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_is_won_by_one_node_until_it_ends_or_expires() {
+    let c = cluster("claims", 3, |_| {}).await;
+    let nss = c.namespace::<u64>("page", policy().build().unwrap(), Json);
+    let ttl = Duration::from_millis(300);
+    let claims = join_all(nss.iter().map(|ns| ns.claim("k", "revalidate", ttl))).await;
+    let mut won: Vec<_> = claims
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, c)| match c {
+            strata::Claim::Won(t) => Some((i, t)),
+            strata::Claim::Held => None,
+        })
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one of three nodes wins");
+    let (winner, token) = won.pop().unwrap();
+    let other = (winner + 1) % 3;
+    assert!(
+        matches!(
+            nss[other].claim("k", "other work", ttl).await,
+            strata::Claim::Won(_)
+        ),
+        "another piece of work on the key is another claim"
+    );
+    assert!(matches!(
+        nss[other].claim("k", "revalidate", ttl).await,
+        strata::Claim::Held
+    ));
+    nss[winner].end_claim(token).await;
+    let strata::Claim::Won(_kept) = nss[other].claim("k", "revalidate", ttl).await else {
+        panic!("an ended claim can be won at once");
+    };
+    // Never ended (a node that died): it expires with its TTL.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert!(matches!(
+        nss[winner].claim("k", "revalidate", ttl).await,
+        strata::Claim::Won(_)
+    ));
+    c.shutdown().await;
+}

@@ -20,6 +20,8 @@ use strata_server::Config;
 struct Origin {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    /// Requests for `/soft/…` alone.
+    soft_hits: Arc<AtomicUsize>,
 }
 
 impl Origin {
@@ -27,6 +29,8 @@ impl Origin {
         let hits = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = std::sync::mpsc::channel();
         let counter = hits.clone();
+        let soft_hits = Arc::new(AtomicUsize::new(0));
+        let soft_counter = soft_hits.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -36,6 +40,7 @@ impl Origin {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send(listener.local_addr().unwrap()).unwrap();
                 let count = counter.clone();
+                let soft_count = soft_counter.clone();
                 let app = axum::Router::new()
                     .route(
                         "/page",
@@ -72,6 +77,23 @@ impl Origin {
                         ),
                     )
                     .route(
+                        "/soft/{id}",
+                        get(
+                            |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                                (
+                                    [
+                                        (
+                                            "cache-control",
+                                            "max-age=600, stale-while-revalidate=600".to_string(),
+                                        ),
+                                        ("surrogate-key", format!("soft:{id}")),
+                                    ],
+                                    format!("soft page {id}\n"),
+                                )
+                            },
+                        ),
+                    )
+                    .route(
                         "/slow",
                         get(|| async {
                             tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -87,6 +109,9 @@ impl Origin {
                     .layer(axum::middleware::from_fn(
                         move |req: axum::extract::Request, next: axum::middleware::Next| {
                             count.fetch_add(1, Ordering::SeqCst);
+                            if req.uri().path().starts_with("/soft/") {
+                                soft_count.fetch_add(1, Ordering::SeqCst);
+                            }
                             next.run(req)
                         },
                     ));
@@ -96,6 +121,7 @@ impl Origin {
         Self {
             addr: rx.recv().unwrap(),
             hits,
+            soft_hits,
         }
     }
 
@@ -105,6 +131,10 @@ impl Origin {
 
     fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    fn soft_hits(&self) -> usize {
+        self.soft_hits.load(Ordering::SeqCst)
     }
 }
 
@@ -610,6 +640,101 @@ fn nodes_on_one_redis_share_stored_responses() {
         2,
         "8 concurrent misses on 2 nodes fetched more than once"
     );
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(dir_a);
+    let _ = std::fs::remove_dir_all(dir_b);
+}
+
+/// A soft purge on nodes sharing Redis: every node keeps answering (stale, inside `stale-while-revalidate`)
+/// while exactly one of them revalidates each stored response — the response's claim in Redis, dated by the
+/// purge — and afterwards every node serves the revalidated copy fresh.
+#[test]
+fn a_soft_purge_on_two_nodes_costs_the_origin_one_request_per_response() {
+    let redis =
+        std::env::var("STRATA_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!(
+        "strata-proxy-soft-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let origin = Origin::start("site");
+    let node = |name: &str| {
+        proxied(
+            name,
+            &origin,
+            &["--redis", &redis, "--redis-prefix", &prefix],
+        )
+    };
+    let (dir_a, a) = node("proxy-soft-a");
+    let (dir_b, b) = node("proxy-soft-b");
+    let proxies = [a.proxy.clone().unwrap(), b.proxy.clone().unwrap()];
+    let pages = ["/soft/1", "/soft/2", "/soft/3"];
+    for p in pages {
+        for proxy in &proxies {
+            let (status, _, _) = request(proxy, "localhost", p, &[]);
+            assert_eq!(status, 200);
+        }
+        for proxy in &proxies {
+            assert!(is_hit(proxy, p), "{p} is stored on every node");
+        }
+    }
+    assert_eq!(
+        origin.soft_hits(),
+        pages.len(),
+        "one fill per page, shared in L2"
+    );
+
+    for round in 1..=2 {
+        for (i, p) in pages.iter().enumerate() {
+            let (code, v) = purge(
+                &a.base,
+                &format!(r#"{{"tag": "soft:{}", "soft": true}}"#, i + 1),
+            );
+            assert_eq!(code, 200, "{v}");
+            let _ = p;
+        }
+        // Readers on both nodes, each page many times over, while the revalidations run.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..6)
+            .map(|t| {
+                let (proxies, stop) = (proxies.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut served = 0;
+                    let mut k = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        let p = pages[k % pages.len()];
+                        let (status, _, body) = request(&proxies[k % 2], "localhost", p, &[]);
+                        assert_eq!((status, body), (200, format!("soft page {}\n", &p[6..])));
+                        served += 1;
+                        k += 5;
+                    }
+                    served
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(800));
+        stop.store(true, Ordering::Relaxed);
+        let served: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
+        assert!(served > 60, "the readers were served: {served}");
+        assert_eq!(
+            origin.soft_hits(),
+            pages.len() * (1 + round),
+            "round {round}: one origin request per page and soft purge, across both nodes"
+        );
+        for p in pages {
+            for proxy in &proxies {
+                let (_, h, _) = request(proxy, "localhost", p, &[]);
+                let cs = header(&h, "cache-status");
+                assert!(
+                    cs.starts_with("Strata; hit") && !cs.contains("stale"),
+                    "{p}: the revalidated copy is fresh on every node: {cs}"
+                );
+            }
+        }
+    }
     drop((a, b));
     let _ = std::fs::remove_dir_all(dir_a);
     let _ = std::fs::remove_dir_all(dir_b);

@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::RwLock;
 use strata_core::{UnixMillis, SOFT_TAG_PREFIX};
 
+/// How close (ms) a soft barrier read from the shared tier may be to one already known and still be the same
+/// purge (see [`TagBarriers::raise_soft_unheard`]).
+pub(crate) const SAME_PURGE_MS: u64 = 1_000;
+
 pub(crate) struct TagBarriers {
     any: AtomicBool,
     /// The last time the whole namespace was cleared in this process (0: never); checked only by fenced
@@ -62,6 +66,22 @@ impl TagBarriers {
         let keep = self.keep_ms;
         map.retain(|_, t| t.saturating_add(keep) >= at);
         self.any.store(!map.is_empty(), Ordering::Release);
+    }
+
+    /// A soft barrier read back from the shared tier: raised only when this node has not heard of it — no soft
+    /// barrier of the tag within [`SAME_PURGE_MS`] before `at`. The bus already dated a purge it delivered by the
+    /// sender's own clock, and the tier's time (converted to this node's) can read a little later than that; moving
+    /// the barrier forward by it would take responses revalidated just after the purge for soft-purged ones. A
+    /// node that missed a later purge of the same tag missed a message, and a gap drops its whole L1.
+    pub(crate) fn raise_soft_unheard(&self, tag: &str, at: UnixMillis) {
+        let heard = self
+            .soft
+            .read()
+            .get(tag)
+            .is_some_and(|&b| b.saturating_add(SAME_PURGE_MS) >= at);
+        if !heard {
+            self.raise(&strata_core::soft_tag(tag), at);
+        }
     }
 
     /// Whether an entry with these tags, created at `created_at`, is behind a barrier.
@@ -142,5 +162,30 @@ mod tests {
         assert_eq!(b.softened(&["radio".to_string()], 50), None);
         b.raise(&strata_core::soft_tag("x"), 5_000);
         assert_eq!(b.softened(&tv, 50), None, "pruned past the keep period");
+    }
+
+    #[test]
+    fn a_soft_barrier_read_back_is_raised_only_when_unheard() {
+        let b = TagBarriers::new(10_000);
+        let tv = vec!["tv".to_string()];
+        b.raise(&strata_core::soft_tag("tv"), 100);
+        b.raise_soft_unheard("tv", 104);
+        assert_eq!(
+            b.softened(&tv, 102),
+            None,
+            "the same purge read back a little later does not move the barrier"
+        );
+        b.raise_soft_unheard("radio", 104);
+        assert_eq!(
+            b.softened(&["radio".to_string()], 50),
+            Some(104),
+            "an unheard one is raised"
+        );
+        b.raise_soft_unheard("tv", 100 + SAME_PURGE_MS + 1);
+        assert_eq!(
+            b.softened(&tv, 500),
+            Some(100 + SAME_PURGE_MS + 1),
+            "a later purge is another"
+        );
     }
 }

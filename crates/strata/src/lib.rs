@@ -52,7 +52,7 @@ pub use behind::journal;
 
 pub use cache::{Cache, CacheBuilder, FeedStats, NamespaceBuilder};
 pub use lookup::{Lookup, StaleReason, Status};
-pub use namespace::{Namespace, WarmReport, Weigher, BARRIER_STALENESS};
+pub use namespace::{Claim, ClaimToken, Namespace, WarmReport, Weigher, BARRIER_STALENESS};
 pub use shared::{BreakerOptions, SharedStats};
 pub use stats::NamespaceStats;
 pub use strata_core::{

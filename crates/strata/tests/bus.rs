@@ -286,3 +286,44 @@ async fn a_soft_purge_reaches_the_other_nodes_and_removes_nothing() {
         l.close().await;
     }
 }
+
+#[tokio::test]
+async fn a_soft_purge_is_dated_by_its_sender_so_a_copy_read_after_it_stays_fresh() {
+    // The bus is down while A soft-purges, so B hears of it well after B stored a copy it read after the purge
+    // (as a revalidation on B would): dated at receipt, the purge would wrongly cover that copy too.
+    let flaky = Arc::new(FlakyBus {
+        inner: InProcessBus::new(),
+        down: true.into(),
+    });
+    let (_a, price_a, bus_a) = node(flaky.clone());
+    let (_b, price_b, bus_b) = node(flaky.clone());
+    let tagged = |v| strata::Fetched::value(v).with_tags(["sale"]);
+    price_b
+        .get_or_load("old", move || async move { tagged(1) })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    price_a.soften_tag("sale").await;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let read_at = strata::Clock::now(price_b.clock().as_ref());
+    price_b
+        .insert_fetched_since("new", tagged(2), read_at)
+        .await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually("B dates the old copy's soft purge", || {
+        price_b
+            .get("old")
+            .is_some_and(|l| price_b.soft_purged_at(&l).is_some())
+    })
+    .await;
+    let new = price_b.get("new").expect("the new copy is kept");
+    assert_eq!(
+        price_b.soft_purged_at(&new),
+        None,
+        "a copy read after the purge is not soft-purged"
+    );
+    for l in [bus_a, bus_b] {
+        l.close().await;
+    }
+}

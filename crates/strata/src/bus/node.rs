@@ -36,8 +36,11 @@ pub(crate) trait RemoteOps: Send + Sync {
     /// Another node wrote or invalidated `key` (at `version`, when known): tombstone it in L1 — refusing fills
     /// older than `version` while the tombstone lives — and poison its load in flight.
     fn drop_key(&self, key: &str, version: Option<u64>);
-    /// Another node invalidated a tag: raise its barrier here (entries carrying it read as absent).
-    fn drop_tag(&self, tag: &str);
+    /// Another node invalidated a tag, in a message sent at `sent_at` (its clock): raise its barrier here
+    /// (entries carrying it read as absent). A hard barrier is dated on receipt (the safe side: it also covers
+    /// what was stored here while the message travelled); a soft one at the sender's own time, so a response
+    /// revalidated anywhere after the purge does not read as soft-purged here.
+    fn drop_tag(&self, tag: &str, sent_at: strata_core::UnixMillis);
     /// Drop every entry: another node cleared the namespace, or this node missed messages (a gap).
     fn drop_all(&self);
     /// A lease holder filled L2 for `key`: wake the loads waiting on its lease.
@@ -556,7 +559,7 @@ impl Dispatch {
             Invalidation::Delete { key } | Invalidation::Set { key } => ns.drop_key(key, m.version),
             Invalidation::Clear => ns.drop_all(),
             Invalidation::Tag { tag } => {
-                ns.drop_tag(tag);
+                ns.drop_tag(tag, m.ts);
                 c.tag_barriers.fetch_add(1, Ordering::Relaxed);
             }
             Invalidation::Filled { key } => ns.lease_freed(key),

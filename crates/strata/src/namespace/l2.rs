@@ -281,7 +281,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         if let Some((tag, at)) = barriers.softened(&env.tags, stamp) {
             // A soft purge this node may not have heard of (it joined later, or missed the message): date it
             // here too, so the entry reads as soft-purged from L1 (see `Namespace::soft_purged_at`).
-            self.barriers.raise(&strata_core::soft_tag(tag), local(at));
+            self.barriers.raise_soft_unheard(tag, local(at));
         }
         let mut fresh_until = local(env.fresh_until);
         if let Some(cap) = self.policy.l1.max_ttl {

@@ -11,6 +11,7 @@
 //! | `load` | read 3: the detached load task; every flight is settled there |
 //! | `l2` | read 3a: the L2 step (an answer, a stale answer, or a fill plan) |
 //! | `lease` | the distributed lease, ended by a guard |
+//! | `claim` | cross-node claims on background work (a revalidation) |
 //! | `fill` | entries built and stored in L1 and in L2 under the fence |
 //! | `write` | inserts, source writes by mode, invalidations: every tier, then the bus |
 //! | `remote` | other nodes' messages applied here |
@@ -48,6 +49,7 @@ use crate::l1::L1;
 use crate::lookup::{Lookup, Status};
 use crate::stats::NamespaceStats;
 
+mod claim;
 mod fill;
 mod l2;
 mod lease;
@@ -58,6 +60,7 @@ mod state;
 mod triage;
 mod write;
 
+pub use claim::{Claim, ClaimToken};
 pub(crate) use l2::NsL2;
 pub use l2::BARRIER_STALENESS;
 pub(crate) use remote::ErasedNamespace;
@@ -204,6 +207,11 @@ impl<V: Send + Sync + 'static> Namespace<V> {
     /// [`invalidate_tag`](Self::invalidate_tag) (the soft barrier is kept in L2 and published on the bus), and loads
     /// under way do not fill. What a soft-purged entry means is the reader's: the edge proxy serves it as stale
     /// (only inside its `stale-while-revalidate`/`stale-if-error` windows) while it revalidates.
+    ///
+    /// Every node dates the soft purge by this node's clock when it was made (the bus message carries it; a node
+    /// that reads it from L2 instead dates it by the tier's time, see `TagBarriers::raise_soft_unheard`), so an
+    /// entry read from the source after the purge — on any node — is not soft-purged anywhere. Clocks that
+    /// disagree by δ move that line by δ.
     pub async fn soften_tag(&self, tag: &str) {
         self.inner.invalidate_tag(&strata_core::soft_tag(tag)).await;
     }

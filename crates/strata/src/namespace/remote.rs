@@ -3,6 +3,7 @@
 //! publish — the message came from the bus).
 
 use futures::future::BoxFuture;
+use strata_core::{UnixMillis, SOFT_TAG_PREFIX};
 
 use super::Namespace;
 use crate::bus::RemoteOps;
@@ -36,8 +37,14 @@ impl<V: Send + Sync + 'static> RemoteOps for Namespace<V> {
         self.inner.invalidate_key(key, version);
     }
 
-    fn drop_tag(&self, tag: &str) {
-        self.inner.invalidate_tag_local(tag);
+    fn drop_tag(&self, tag: &str, sent_at: UnixMillis) {
+        let now = self.inner.clock.now();
+        let at = if tag.starts_with(SOFT_TAG_PREFIX) {
+            sent_at.min(now)
+        } else {
+            now
+        };
+        self.inner.invalidate_tag_local(tag, at);
         self.forget_l2_barriers();
     }
 

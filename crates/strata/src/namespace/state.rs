@@ -159,8 +159,18 @@ impl<V: Send + Sync + 'static> Inner<V> {
 
     /// Queues a bus message (when the node has a bus) and returns its sequence number.
     pub(super) fn publish(&self, what: Invalidation, version: Option<u64>) -> Option<u64> {
+        self.publish_at(what, version, self.clock.now())
+    }
+
+    /// [`publish`](Self::publish) of a message dated `at` (this node's clock).
+    pub(super) fn publish_at(
+        &self,
+        what: Invalidation,
+        version: Option<u64>,
+        at: UnixMillis,
+    ) -> Option<u64> {
         self.publisher()
-            .map(|p| p.send(&self.name, what, version, self.clock.now()))
+            .map(|p| p.send(&self.name, what, version, at))
     }
 
     /// The node's contact with the bus, when the transport confirms it (see [`crate::bus`]'s `Liveness`).

@@ -212,15 +212,18 @@ impl<V: Send + Sync + 'static> Inner<V> {
 
     /// Raises `tag`'s barrier in every tier and tells the other nodes.
     pub(super) async fn invalidate_tag(&self, tag: &str) {
-        self.invalidate_tag_local(tag);
+        let at = self.clock.now();
+        self.invalidate_tag_local(tag, at);
         if self.l2.is_some() {
             self.raise_barrier_l2(Some(tag)).await;
         }
-        self.publish(
+        // Dated at the local barrier's time: the other nodes date a soft barrier by it (see `RemoteOps::drop_tag`).
+        self.publish_at(
             Invalidation::Tag {
                 tag: tag.to_owned(),
             },
             None,
+            at,
         );
     }
 
@@ -284,9 +287,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
     }
 
     /// Raises `tag`'s barrier in this process and poisons every load under way (their tags are not known yet).
-    pub(super) fn invalidate_tag_local(&self, tag: &str) {
+    pub(super) fn invalidate_tag_local(&self, tag: &str, at: strata_core::UnixMillis) {
         self.counters.invalidations.inc();
-        self.barriers.raise(tag, self.clock.now());
+        self.barriers.raise(tag, at);
         self.flights.poison_all(|| {});
     }
 
