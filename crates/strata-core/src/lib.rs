@@ -17,6 +17,7 @@ pub mod clock;
 pub mod envelope;
 pub mod error;
 pub mod fetched;
+pub mod limit;
 pub mod policy;
 pub mod shared;
 pub mod source;

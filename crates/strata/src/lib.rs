@@ -41,6 +41,7 @@ mod flight;
 pub mod hotkeys;
 pub mod keys;
 pub mod l1;
+pub mod limit;
 mod lookup;
 mod namespace;
 mod retry;
