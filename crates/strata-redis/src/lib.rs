@@ -43,8 +43,10 @@ pub use strata_core::{Fence, FillOutcome, LeaseGrant, LeaseToken, Stamped};
 
 pub mod bus;
 pub mod fence;
+pub mod limit;
 
 pub use bus::{RedisBus, RedisBusOptions};
+pub use limit::RedisLimiter;
 
 const STAMP_LEN: usize = 8;
 
