@@ -138,6 +138,11 @@ if remaining < 0 then remaining = 0 end
 return {allowed and 1 or 0, remaining, reset, retry, now}
 "#;
 
+/// A connection for limiters (several share one, see [`RedisLimiter::with_connection`]).
+pub async fn connect(url: &str, timeout: Duration) -> Result<ConnectionManager, Error> {
+    Ok(crate::connect_manager(url, timeout).await?.1)
+}
+
 /// A limiter over Redis for one named limit (see the module docs). Cheap to clone.
 #[derive(Clone)]
 pub struct RedisLimiter {

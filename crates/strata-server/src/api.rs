@@ -205,8 +205,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/{ns}/{key}",
             get(get_value).put(put_value).delete(delete_value),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::enforce,
+        ))
         .merge(crate::dead_letters::routes())
         .merge(crate::purge::routes())
+        .merge(crate::limits::routes())
         .route_layer(axum::middleware::from_fn(crate::access::json_only))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

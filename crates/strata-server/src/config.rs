@@ -118,6 +118,9 @@ pub struct Config {
     /// CDNs in front, purged with every purge (`[[cdn]]`, see [`crate::cdn`]).
     #[serde(default)]
     pub cdn: Vec<CdnHookConfig>,
+    /// Rate limits by name (`[limits.NAME]`, see [`crate::limits`]).
+    #[serde(default)]
+    pub limits: BTreeMap<String, Spanned<LimitConfig>>,
     /// Where the file came from (for errors); not in the file.
     #[serde(skip)]
     pub origin: String,
@@ -137,6 +140,10 @@ pub struct ServerConfig {
     /// (see [`ServerConfig::allow_unauthenticated`]). Must not be empty.
     #[serde(default)]
     pub token: Option<String>,
+    /// Proxies (addresses or networks, `"10.0.0.0/8"`) whose `X-Forwarded-For` / `Forwarded` name the client for
+    /// rate limits. Default: none — the peer's address counts.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// Read the token from this environment variable instead. Checked when `serve` starts: an unset or empty
     /// variable stops the start, naming it (`check-config` only says whether it is set here).
     #[serde(default)]
@@ -211,6 +218,7 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             token: None,
+            trusted_proxies: Vec::new(),
             token_env: None,
             allow_unauthenticated: false,
             allowed_hosts: Vec::new(),
@@ -372,6 +380,42 @@ pub struct NamespaceConfig {
     /// [`crate::http_caching`]). Default: nothing but `ETag`.
     #[serde(default)]
     pub http: Option<HttpCachingConfig>,
+    /// The rate limit (a name under `[limits]`) every request to `/v1/{ns}/…` passes. Default: none.
+    #[serde(default)]
+    pub rate_limit: Option<Spanned<String>>,
+}
+
+/// `[limits.NAME]`: a rate limit (see [`crate::limits`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// `token_bucket` (default), `leaky_bucket`, `fixed_window`, `sliding_window` or `sliding_log`.
+    #[serde(default)]
+    pub algorithm: strata::limit::Algorithm,
+    /// Requests (cost units) per `per`.
+    pub limit: u64,
+    /// The period, e.g. `"1s"`, `"1m"`.
+    pub per: Dur,
+    /// The bucket size (token and leaky bucket). Default: `limit`.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// `"ip"` (default), `"header:NAME"` or `"route"`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The nodes sharing it: while Redis fails, each admits `1 / nodes` of the quota alone. Default: 1.
+    #[serde(default)]
+    pub nodes: Option<u64>,
+}
+
+impl LimitConfig {
+    /// The quota.
+    pub fn quota(&self) -> strata::limit::Quota {
+        let q = strata::limit::Quota::new(self.limit, self.per.0);
+        match self.burst {
+            Some(b) => q.with_burst(b),
+            None => q,
+        }
+    }
 }
 
 /// `[[cdn]]`: a CDN in front, sent every purge (see [`crate::cdn`] for delivery and request shapes).
@@ -1190,6 +1234,20 @@ impl Config {
                 ));
             }
             let n = ns.get_ref();
+            if let Some(l) = &n.rate_limit {
+                if !self.limits.contains_key(l.get_ref()) {
+                    let names: Vec<&str> = self.limits.keys().map(String::as_str).collect();
+                    return Err((
+                        Some(l.span()),
+                        field("rate_limit"),
+                        format!(
+                            "no limit {:?} under [limits]; configured: [{}]",
+                            l.get_ref(),
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            }
             if let Some(src) = &n.source {
                 if !self.sources.contains_key(src.get_ref()) {
                     return Err((
@@ -1403,6 +1461,44 @@ impl Config {
                         ),
                     ));
                 }
+            }
+        }
+        // [limits]
+        for (i, p) in sv.trusted_proxies.iter().enumerate() {
+            crate::limits::Network::parse(p)
+                .map_err(|e| at(format!("server.trusted_proxies[{i}]"), e))?;
+        }
+        for (name, l) in &self.limits {
+            let f = |k: &str| format!("limits.{name}.{k}");
+            let span = Some(l.span());
+            if !valid_name(name) {
+                return Err((
+                    span,
+                    format!("limits.{name}"),
+                    "limit names use letters, digits, `_` and `-` (at most 64), and do not start with `_`"
+                        .into(),
+                ));
+            }
+            let l = l.get_ref();
+            range(&f("limit"), l.limit, 1, 1_000_000_000, "requests")?;
+            if l.per.0 < Duration::from_millis(1) || l.per.0 > Duration::from_secs(86_400) {
+                return Err(at(f("per"), "must be between 1ms and 1 day".into()));
+            }
+            if let Some(b) = l.burst {
+                range(&f("burst"), b, 1, 1_000_000_000, "requests")?;
+            }
+            if let Some(n) = l.nodes {
+                range(&f("nodes"), n, 1, 10_000, "nodes")?;
+            }
+            if let Some(k) = &l.key {
+                crate::limits::KeyBy::parse(k).map_err(|e| at(f("key"), e))?;
+            }
+            if l.algorithm == strata::limit::Algorithm::SlidingLog && l.limit > 100_000 {
+                return Err(at(
+                    f("limit"),
+                    "a sliding log keeps one entry per request: at most 100000 (use sliding_window above that)"
+                        .into(),
+                ));
             }
         }
         // [[cdn]]

@@ -372,8 +372,8 @@ async fn serve_framed(
             r = listener.accept() => r,
             () = &mut shutdown => break,
         };
-        let stream = match accepted {
-            Ok((s, _peer)) => s,
+        let (stream, peer) = match accepted {
+            Ok((s, peer)) => (s, peer),
             Err(e) if is_per_connection(&e) => continue,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -400,10 +400,10 @@ async fn serve_framed(
                 rewrite: None,
             };
             match framing {
-                Framing::Api => connection(watched, app, builder, state, limits, stop).await,
+                Framing::Api => connection(watched, app, builder, state, limits, stop, peer).await,
                 Framing::Edge { max_head } => {
                     let io = strata_http::wire::FramingGuard::new(watched, max_head);
-                    connection(io, app, builder, state, limits, stop).await
+                    connection(io, app, builder, state, limits, stop, peer).await
                 }
             }
             metrics::gauge!("strata_http_connections_open").decrement(1.0);
@@ -430,12 +430,16 @@ async fn connection<I>(
     state: Arc<ConnState>,
     limits: Limits,
     stop: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(io);
     let per_conn = state.clone();
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        // The peer, for rate limits keyed by client address (`crate::limits`).
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         let (n, guard) = per_conn.begin();
         let app = app.clone();
         async move {

@@ -23,6 +23,7 @@ pub mod demo;
 pub mod edge;
 pub mod http_caching;
 pub mod init;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod purge;

@@ -99,6 +99,8 @@ pub fn document(state: &AppState) -> Value {
         );
         o.insert("503".into(), error_response(
             "`source_unavailable`/`unavailable`: the source or the shared tier is down; `overloaded`: a queue is full"));
+        o.insert("429".into(), error_response(
+            "`rate_limited`: the namespace's `rate_limit` refused this client (`limit`, `key`); headers Retry-After, RateLimit, RateLimit-Policy"));
         o.insert(
             "504".into(),
             error_response("`timeout`/`source_timeout`: the source did not answer in time"),
@@ -127,6 +129,22 @@ pub fn document(state: &AppState) -> Value {
     );
     {
         let o = purge.as_object_mut().expect("responses");
+        o.insert("401".into(), error_response("`unauthorized`: no token"));
+        o.insert(
+            "403".into(),
+            error_response("`forbidden` (wrong token), `forbidden_host` or `forbidden_origin`"),
+        );
+    }
+    let mut limits = responses(
+        json!({
+            "200": ok_json("The decision: {\"allowed\", \"limit\", \"remaining\", \"reset_ms\", \"retry_after_ms\" (null when allowed), \"fallback\" (decided from this node's share: Redis failed)}; headers RateLimit, RateLimit-Policy"),
+            "400": error_response("`bad_key` (empty or too long), `bad_cost` (above 1000000) or `bad_json`"),
+            "404": error_response("`unknown_limit`: no such name under `[limits]`"),
+        }),
+        false,
+    );
+    {
+        let o = limits.as_object_mut().expect("responses");
         o.insert("401".into(), error_response("`unauthorized`: no token"));
         o.insert(
             "403".into(),
@@ -301,6 +319,16 @@ pub fn document(state: &AppState) -> Value {
                          "properties": {"all": {"const": true}, "soft": {"type": "boolean"}}},
                     ]})),
                     "responses": purge,
+                }
+            },
+            "/v1/_limits/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}, "description": "A limit under `[limits]`"}],
+                "post": {
+                    "summary": "Take `cost` units (default 1) for `key` from a configured rate limit, shared by every node on the same Redis",
+                    "security": auth,
+                    "requestBody": json_body(json!({"type": "object", "required": ["key"], "additionalProperties": false,
+                        "properties": {"key": {"type": "string", "minLength": 1}, "cost": {"type": "integer", "minimum": 0, "maximum": 1_000_000}}})),
+                    "responses": limits,
                 }
             },
             "/v1/_stats": {

@@ -112,6 +112,8 @@ pub struct NsHandle {
     pub schema: Option<Arc<TableSchema>>,
     /// The HTTP caching fields of its answers (`[namespaces.X.http]`), when configured.
     pub http: Option<crate::http_caching::HttpCaching>,
+    /// The rate limit its requests pass (a name in [`AppState::limits`]).
+    pub rate_limit: Option<String>,
 }
 
 /// The server's shared state.
@@ -146,6 +148,8 @@ pub struct AppState {
     pub purges: crate::purge::PurgeCounters,
     /// The CDNs in front, sent every purge (`[[cdn]]`).
     pub cdn: crate::cdn::Hooks,
+    /// The rate limits (`[limits]`, see [`crate::limits`]).
+    pub limits: crate::limits::RateLimits,
 }
 
 /// The cache namespace the proxy stores responses in (not a data API namespace: those never start with `_`).
@@ -429,6 +433,7 @@ impl AppState {
                     has_source: n.source.is_some(),
                     writable: n.source.is_none() || n.query.is_none(),
                     description: n.description.clone().unwrap_or_default(),
+                    rate_limit: n.rate_limit.as_ref().map(|l| l.get_ref().clone()),
                     http: n
                         .http
                         .as_ref()
@@ -527,6 +532,7 @@ impl AppState {
             None => None,
         };
 
+        let limits = build_limits(config).await?;
         Ok(Arc::new(Self {
             cache,
             namespaces,
@@ -543,6 +549,7 @@ impl AppState {
             proxy,
             purges: Default::default(),
             cdn,
+            limits,
         }))
     }
 
@@ -557,4 +564,59 @@ impl AppState {
         }
         Ok(())
     }
+}
+
+/// `[limits]`: over Redis when `[redis]` is set (one connection for all), else in this process.
+async fn build_limits(config: &Config) -> anyhow::Result<crate::limits::RateLimits> {
+    use crate::limits::{KeyBy, NamedLimit, Network, RateLimits};
+    let mut out = RateLimits {
+        trusted: config
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|p| Network::parse(p).map_err(|e| anyhow::anyhow!("server.trusted_proxies: {e}")))
+            .collect::<anyhow::Result<_>>()?,
+        ..RateLimits::default()
+    };
+    if config.limits.is_empty() {
+        return Ok(out);
+    }
+    let conn = match &config.redis {
+        Some(r) => Some(
+            strata_redis::limit::connect(&r.url, r.timeout.0)
+                .await
+                .with_context(|| format!("connecting the rate limiter to Redis at {}", r.url))?,
+        ),
+        None => None,
+    };
+    for (name, l) in &config.limits {
+        let l = l.get_ref();
+        let key = match &l.key {
+            Some(k) => KeyBy::parse(k).map_err(|e| anyhow::anyhow!("limits.{name}.key: {e}"))?,
+            None => KeyBy::Ip,
+        };
+        let shared: Option<Arc<dyn strata::limit::SharedLimiter>> = match (&conn, &config.redis) {
+            (Some(c), Some(r)) => Some(Arc::new(strata_redis::RedisLimiter::with_connection(
+                c.clone(),
+                &r.url,
+                &r.prefix,
+                name,
+                l.algorithm,
+                r.timeout.0,
+            ))),
+            _ => None,
+        };
+        out.by_name.insert(
+            name.clone(),
+            Arc::new(NamedLimit::new(
+                name,
+                l.algorithm,
+                l.quota(),
+                key,
+                l.nodes.unwrap_or(1),
+                shared,
+            )),
+        );
+    }
+    Ok(out)
 }
