@@ -245,6 +245,15 @@ echo "$line" | grep -Eq '^purge nodes=3 purges=50 p50_ms=[0-9.]+ p99_ms=[0-9.]+ 
 p99=$(echo "$line" | sed -n 's/.* p99_ms=\([0-9.]*\).*/\1/p')
 awk -v p="$p99" 'BEGIN { exit !(p < 1000) }' || { echo "purge: p99_ms=$p99, expected < 1000" >&2; exit 1; }
 
+say "strata bench ratelimit (smoke: 4 nodes on one Redis, every algorithm within 2 % of its policy)"
+lines=$(target/release/strata bench ratelimit --redis "$REDIS_URL" --limit 200 --windows 2 --cost-samples 300)
+echo "$lines"
+[ "$(echo "$lines" | grep -cE '^ratelimit algorithm=[a-z_]+ nodes=4 accuracy=[0-9.]+ cost_us=[0-9.]+ incr_us=[0-9.]+ ')" = 5 ] ||
+  { echo "bench ratelimit: expected five report lines" >&2; exit 1; }
+echo "$lines" | sed -n 's/.* accuracy=\([0-9.]*\) .*/\1/p' |
+  awk '{ if ($1 < 0.98 || $1 > 1.02) { print "ratelimit: accuracy " $1 " is off by more than 2 %" > "/dev/stderr"; bad = 1 } } END { exit bad }' ||
+  exit 1
+
 line=$(target/release/strata-bench stampede)
 echo "$line"
 echo "$line" | grep -q ' loader_calls=1 ' || { echo "stampede: expected loader_calls=1" >&2; exit 1; }

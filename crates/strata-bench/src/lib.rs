@@ -15,6 +15,7 @@ pub mod l2;
 pub mod loadgen;
 pub mod proxy;
 pub mod purge;
+pub mod ratelimit;
 pub mod stampede;
 pub mod writes;
 pub mod xfetch;

@@ -183,6 +183,31 @@ enum Scenario {
         #[arg(long)]
         start: i64,
     },
+    /// The cluster-wide rate limiter: accuracy of every algorithm with `nodes` nodes on one Redis under a burst
+    /// and under steady overload, and the cost of a decision beside one plain `INCR`.
+    Ratelimit {
+        /// Redis.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// Nodes (connections) sharing each limit.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// The quota's limit.
+        #[arg(long, default_value_t = 500)]
+        limit: u64,
+        /// Whole 1-second windows of steady overload.
+        #[arg(long, default_value_t = 4)]
+        windows: u64,
+        /// Concurrent requests per node in the burst.
+        #[arg(long, default_value_t = 8)]
+        tasks: usize,
+        /// Sequential decisions (and INCRs) for the cost.
+        #[arg(long, default_value_t = 2000)]
+        cost_samples: usize,
+        /// Only this algorithm (token_bucket, leaky_bucket, fixed_window, sliding_window, sliding_log).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Tag purges across `nodes` `strata serve` processes (proxy, shared Redis) and a stand-in CDN: time until no
     /// node serves the old object in any variant, and until the CDN has the purge; then soft purges under load
     /// (origin requests per stored response).
@@ -478,6 +503,51 @@ fn main() {
                 }
                 Err(e) => {
                     eprintln!("consistency: {e:#}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Scenario::Ratelimit {
+            redis,
+            nodes,
+            limit,
+            windows,
+            tasks,
+            cost_samples,
+            only,
+        } => {
+            let only = match only
+                .as_deref()
+                .map(|a| (a, strata::limit::Algorithm::parse(a)))
+            {
+                None => None,
+                Some((_, Some(a))) => Some(a),
+                Some((a, None)) => {
+                    eprintln!("ratelimit: unknown algorithm {a:?}");
+                    std::process::exit(2);
+                }
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let options = strata_bench::ratelimit::Options {
+                redis,
+                nodes,
+                limit,
+                windows,
+                tasks,
+                cost_samples,
+                only,
+            };
+            match rt.block_on(strata_bench::ratelimit::run(options)) {
+                Ok(reports) => {
+                    for r in reports {
+                        println!("{r}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("ratelimit: {e:#}");
                     std::process::exit(1);
                 }
             }
