@@ -125,12 +125,12 @@ pub struct Decision {
     /// When refused: until a request of this cost could be admitted. `None` when admitted or never (a cost
     /// above what the quota can hold).
     pub retry_after: Option<Duration>,
-    /// Answered from the local share because the shared limiter could not (see [`FallbackLimiter`]).
+    /// Answered from the local share because the shared limiter could not (see `strata::limit::FallbackLimiter`).
     pub fallback: bool,
 }
 
 /// A limiter shared by the nodes (Redis): one round trip per decision. Errors are the tier's
-/// ([`Error::Unavailable`], [`Error::Timeout`]); [`FallbackLimiter`] turns them into local decisions.
+/// ([`Error::Unavailable`], [`Error::Timeout`]); `strata::limit::FallbackLimiter` turns them into local decisions.
 pub trait SharedLimiter: Send + Sync + 'static {
     /// Takes `cost` units for `key` under `quota`, or refuses.
     fn acquire<'a>(

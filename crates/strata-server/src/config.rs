@@ -383,6 +383,38 @@ pub struct NamespaceConfig {
     /// The rate limit (a name under `[limits]`) every request to `/v1/{ns}/…` passes. Default: none.
     #[serde(default)]
     pub rate_limit: Option<Spanned<String>>,
+    /// Bulkhead: at most this many loads against the source at once (see `strata::protect`). Default: none.
+    #[serde(default)]
+    pub max_loads: Option<usize>,
+    /// Loads waiting for a bulkhead slot; past it they are shed (stale, or `503`). Default: 0.
+    #[serde(default)]
+    pub max_queue: Option<usize>,
+    /// Longest wait for a bulkhead slot. Default: 100ms.
+    #[serde(default)]
+    pub max_wait: Option<Dur>,
+    /// Consecutive source failures or timeouts that open the source's circuit breaker. Default: none.
+    #[serde(default)]
+    pub breaker_failures: Option<u32>,
+    /// How long the breaker stays open before one probe. Default: 5s.
+    #[serde(default)]
+    pub breaker_open_for: Option<Dur>,
+}
+
+impl NamespaceConfig {
+    /// The source protection, when a bulkhead or a breaker is configured.
+    pub fn protection(&self) -> Option<strata::protect::Protection> {
+        if self.max_loads.is_none() && self.breaker_failures.is_none() {
+            return None;
+        }
+        let d = strata::protect::Protection::default();
+        Some(strata::protect::Protection {
+            max_in_flight: self.max_loads,
+            max_queue: self.max_queue.unwrap_or(0),
+            max_wait: self.max_wait.map_or(d.max_wait, |w| w.0),
+            breaker_failures: self.breaker_failures,
+            breaker_open_for: self.breaker_open_for.map_or(d.breaker_open_for, |w| w.0),
+        })
+    }
 }
 
 /// `[limits.NAME]`: a rate limit (see [`crate::limits`]).
@@ -1234,6 +1266,23 @@ impl Config {
                 ));
             }
             let n = ns.get_ref();
+            if let Some(m) = n.max_loads {
+                range(&field("max_loads"), m as u64, 1, 100_000, "loads")?;
+            }
+            if let Some(m) = n.max_queue {
+                range(&field("max_queue"), m as u64, 0, 1_000_000, "loads")?;
+            }
+            if let Some(f) = n.breaker_failures {
+                range(
+                    &field("breaker_failures"),
+                    u64::from(f),
+                    1,
+                    1_000,
+                    "failures",
+                )?;
+            }
+            timeout(field("max_wait"), n.max_wait, true)?;
+            timeout(field("breaker_open_for"), n.breaker_open_for, false)?;
             if let Some(l) = &n.rate_limit {
                 if !self.limits.contains_key(l.get_ref()) {
                     let names: Vec<&str> = self.limits.keys().map(String::as_str).collect();

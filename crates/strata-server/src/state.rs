@@ -369,6 +369,9 @@ impl AppState {
                 .with_policy(policy)
                 .with_codec(Json)
                 .with_weigher(|v: &Value| v.to_string().len());
+            if let Some(p) = n.protection() {
+                b = b.with_protection(p);
+            }
             // Fed by CDC: the caches are trusted only while the consumer's feed marks are recent (a stalled or
             // dead consumer makes reads go to the source instead of serving what a commit replaced).
             if let Some(cdc) = config

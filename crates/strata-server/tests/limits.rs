@@ -187,6 +187,11 @@ fn limit_config_errors_are_located() {
             "[server]\ntrusted_proxies = [\"10.0.0.0/40\"]\n",
             "server.trusted_proxies[0]",
         ),
+        ("[namespaces.s]\nmax_loads = 0\n", "namespaces.s.max_loads"),
+        (
+            "[namespaces.s]\nbreaker_failures = 3\nbreaker_open_for = \"0s\"\n",
+            "namespaces.s.breaker_open_for",
+        ),
     ] {
         let e = strata_server::Config::parse(text, "limits.toml")
             .unwrap_err()

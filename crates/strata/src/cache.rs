@@ -191,6 +191,7 @@ impl Cache {
             policy: Policy::default(),
             weigher: Arc::new(|_| std::mem::size_of::<V>()),
             tagger: None,
+            protection: None,
             codec: None,
             source: None,
             sink: None,
@@ -539,6 +540,7 @@ pub struct NamespaceBuilder<V> {
     sink: Option<Arc<dyn Sink<V>>>,
     write_behind: Option<WriteBehind>,
     feed: Option<String>,
+    protection: Option<crate::protect::Protection>,
     _v: PhantomData<fn() -> V>,
 }
 
@@ -553,6 +555,14 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
     /// Default: `size_of::<V>()`, which undercounts values that own heap memory (`String`, `Vec`): set it for them.
     pub fn with_weigher(mut self, weigher: impl Fn(&V) -> usize + Send + Sync + 'static) -> Self {
         self.weigher = Arc::new(weigher);
+        self
+    }
+
+    /// Protects the source with a bulkhead and a circuit breaker ([`crate::protect`]): a load refused by either
+    /// answers stale (`Stale(Overloaded)`) when a value is inside the fail-safe window, else
+    /// [`Error::Overloaded`].
+    pub fn with_protection(mut self, protection: crate::protect::Protection) -> Self {
+        self.protection = Some(protection);
         self
     }
 
@@ -682,6 +692,7 @@ impl<V: Send + Sync + 'static> NamespaceBuilder<V> {
             clock: self.cache.inner.clock.clone(),
             weigher: self.weigher,
             tagger: self.tagger,
+            protection: self.protection,
             publisher: self
                 .cache
                 .inner

@@ -44,6 +44,7 @@ pub mod l1;
 pub mod limit;
 mod lookup;
 mod namespace;
+pub mod protect;
 mod retry;
 mod shared;
 mod stats;

@@ -15,6 +15,8 @@ pub enum StaleReason {
     FailSafe,
     /// The load passed the soft timeout; it goes on in the background.
     SoftTimeout,
+    /// The source's bulkhead or circuit breaker refused the load (see [`crate::protect`]).
+    Overloaded,
 }
 
 impl StaleReason {
@@ -24,6 +26,7 @@ impl StaleReason {
             StaleReason::Revalidating => "revalidating",
             StaleReason::FailSafe => "fail_safe",
             StaleReason::SoftTimeout => "soft_timeout",
+            StaleReason::Overloaded => "overloaded",
         }
     }
 }
@@ -54,6 +57,7 @@ impl Status {
                 StaleReason::Revalidating => "stale_revalidating",
                 StaleReason::FailSafe => "stale_fail_safe",
                 StaleReason::SoftTimeout => "stale_soft_timeout",
+                StaleReason::Overloaded => "stale_overloaded",
             },
             Status::Miss => "miss",
             Status::Coalesced => "coalesced",

@@ -68,10 +68,26 @@ impl<V: Send + Sync + 'static> Inner<V> {
         if loads.is_empty() {
             return; // answered from L2: the loader's future is dropped unpolled
         }
+        // The source's bulkhead and breaker: a refused load never reaches the source (its future is dropped).
+        let admitted = match &self.guard {
+            Some(g) => match g.admit().await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    for l in loads {
+                        self.finish(l, Err(&e), Duration::ZERO).await;
+                    }
+                    return;
+                }
+            },
+            None => None,
+        };
         self.counters.loads.inc();
         let hard = self.policy.load_timeout.hard;
         let started = tokio::time::Instant::now();
         let result = tokio::time::timeout(hard, AssertUnwindSafe(fut).catch_unwind()).await;
+        if let Some(a) = admitted {
+            a.done(matches!(result, Ok(Ok(Ok(_)))));
+        }
         let took = started.elapsed();
         self.counters.load_micros.add(took.as_micros() as u64);
         self.load_seconds.record(took.as_secs_f64());
@@ -208,7 +224,12 @@ impl<V: Send + Sync + 'static> Inner<V> {
                             self.clock.now() + millis(self.policy.fail_safe_retry_every),
                         );
                         self.counters.fail_safe_activations.inc();
-                        Ok((stale, Origin::Stale(StaleReason::FailSafe)))
+                        let reason = if matches!(err, Error::Overloaded(_)) {
+                            StaleReason::Overloaded
+                        } else {
+                            StaleReason::FailSafe
+                        };
+                        Ok((stale, Origin::Stale(reason)))
                     }
                     None => Err(err.clone()),
                 };

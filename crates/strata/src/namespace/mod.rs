@@ -115,6 +115,20 @@ impl<V: Send + Sync + 'static> Namespace<V> {
         }
     }
 
+    /// The source protection's counters and breaker state, when [`NamespaceBuilder::with_protection`](
+    /// crate::NamespaceBuilder::with_protection) set one.
+    pub fn protection(
+        &self,
+    ) -> Option<(
+        &Arc<crate::protect::ProtectionStats>,
+        crate::breaker::BreakerState,
+    )> {
+        self.inner
+            .guard
+            .as_ref()
+            .map(|g| (&g.stats, g.breaker_state()))
+    }
+
     /// The namespace's name.
     pub fn name(&self) -> &str {
         &self.inner.name

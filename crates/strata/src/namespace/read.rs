@@ -241,19 +241,26 @@ impl<V: Send + Sync + 'static> Inner<V> {
             }
             (Ok((entry, Origin::Stale(reason))), _) => {
                 match reason {
-                    StaleReason::FailSafe => self.counters.stale_fail_safe.inc(),
+                    StaleReason::FailSafe | StaleReason::Overloaded => {
+                        self.counters.stale_fail_safe.inc()
+                    }
                     _ => self.counters.stale_revalidating.inc(),
                 }
                 Ok(Lookup::new(entry, Status::Stale(reason)))
             }
-            (Err(_), Some(stale)) => {
+            (Err(err), Some(stale)) => {
                 // One activation per failed load (its leader), however many waiters it answers.
                 if status == Status::Miss {
                     self.counters.fail_safe_activations.inc();
                 }
                 self.counters.stale_fail_safe.inc();
                 stale.throttle_until(self.clock.now() + millis(self.policy.fail_safe_retry_every));
-                Ok(Lookup::new(stale, Status::Stale(StaleReason::FailSafe)))
+                let reason = if matches!(err, Error::Overloaded(_)) {
+                    StaleReason::Overloaded
+                } else {
+                    StaleReason::FailSafe
+                };
+                Ok(Lookup::new(stale, Status::Stale(reason)))
             }
             (Err(err), None) => Err(err),
         }

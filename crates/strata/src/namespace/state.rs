@@ -62,6 +62,8 @@ pub(crate) struct Inner<V> {
     pub(super) behind: Option<BehindNs<V>>,
     /// L1 exists only to pin hot keys (the policy turned L1 off).
     pub(super) pins_only: bool,
+    /// The source's bulkhead and breaker, when configured (see [`crate::protect`]).
+    pub(crate) guard: Option<crate::protect::SourceGuard>,
 }
 
 /// What a namespace is built from (see `NamespaceBuilder`).
@@ -78,6 +80,7 @@ pub(crate) struct Parts<V> {
     pub source: Option<Arc<dyn Source<V>>>,
     pub sink: Option<Arc<dyn Sink<V>>>,
     pub behind: Option<BehindNs<V>>,
+    pub protection: Option<crate::protect::Protection>,
 }
 
 impl<V: Send + Sync + 'static> Inner<V> {
@@ -97,7 +100,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
             source,
             sink,
             behind,
+            protection,
         } = parts;
+        let guard = protection.map(|p| crate::protect::SourceGuard::new(&name, p, clock.clone()));
         let pins_only = !policy.l1.enabled && policy.hot_keys.enabled;
         let l1 = if policy.l1.enabled {
             Some(L1::new(&policy.l1))
@@ -133,6 +138,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
             l2,
             hot,
             pins_only,
+            guard,
             source,
             sink,
             behind,

@@ -1,0 +1,179 @@
+//! Protection of a slow source: a **bulkhead** (at most `max_in_flight` loads against the source, at most
+//! `max_queue` waiting, each for at most `max_wait`) and a **circuit breaker** on the source's failures and
+//! timeouts ([`crate::breaker::CircuitBreaker`], the same one L2 uses).
+//!
+//! Past either, a load does not reach the source: it fails fast with [`Error::Overloaded`], and the read path
+//! answers a stale value if it holds one inside the fail-safe window (`Stale(Overloaded)`), or the error (the
+//! server's `503` + `Retry-After`). A namespace's loads therefore never queue without bound behind a sick
+//! source — the slow-dependency story in which one 12 s dependency fills every queue — and the other
+//! namespaces, with their own bulkheads, never wait on it. The breaker lets one probe through after `open_for`;
+//! while open there is no queue at all.
+//!
+//! The bulkhead is a `tokio` semaphore plus a counter of waiters (no hand-written atomics beyond a counter that
+//! only bounds the queue).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_core::{Clock, Error};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::breaker::{BreakerState, CircuitBreaker, Permit};
+
+/// How a namespace protects its source (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protection {
+    /// Loads against the source at once (bulkhead); `None`: no bulkhead.
+    pub max_in_flight: Option<usize>,
+    /// Loads waiting for a slot; past it, fail fast.
+    pub max_queue: usize,
+    /// Longest wait for a slot.
+    pub max_wait: Duration,
+    /// Consecutive failures (errors and timeouts) that open the breaker; `None`: no breaker.
+    pub breaker_failures: Option<u32>,
+    /// How long the breaker stays open before one probe.
+    pub breaker_open_for: Duration,
+}
+
+impl Default for Protection {
+    fn default() -> Self {
+        Self {
+            max_in_flight: None,
+            max_queue: 0,
+            max_wait: Duration::from_millis(100),
+            breaker_failures: None,
+            breaker_open_for: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Counters of a namespace's source protection ([`crate::Namespace::protection`]).
+#[derive(Debug, Default)]
+pub struct ProtectionStats {
+    /// Loads refused because the bulkhead and its queue were full (or the wait ran out).
+    pub shed: AtomicU64,
+    /// Loads refused because the breaker was open.
+    pub breaker_refused: AtomicU64,
+    /// Loads in flight now.
+    pub in_flight: AtomicUsize,
+    /// The most loads in flight at once.
+    pub peak_in_flight: AtomicUsize,
+}
+
+/// A namespace's bulkhead and breaker.
+pub(crate) struct SourceGuard {
+    slots: Option<Arc<Semaphore>>,
+    waiting: AtomicUsize,
+    protection: Protection,
+    breaker: Option<CircuitBreaker>,
+    pub(crate) stats: Arc<ProtectionStats>,
+    namespace: String,
+}
+
+/// A load admitted to the source: resolve it with its outcome (dropping it unresolved counts as a failure).
+pub(crate) struct Admitted<'a> {
+    _slot: Option<OwnedSemaphorePermit>,
+    breaker: Option<Permit>,
+    stats: &'a ProtectionStats,
+}
+
+impl Admitted<'_> {
+    /// The load ended: `ok` when the source answered (a value or absent), not when it failed or timed out.
+    pub(crate) fn done(mut self, ok: bool) {
+        if let Some(p) = self.breaker.take() {
+            if ok {
+                p.success();
+            } else {
+                p.failure();
+            }
+        }
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl SourceGuard {
+    pub(crate) fn new(namespace: &str, protection: Protection, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            slots: protection
+                .max_in_flight
+                .map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            waiting: AtomicUsize::new(0),
+            protection,
+            breaker: protection
+                .breaker_failures
+                .map(|f| CircuitBreaker::new(clock, f.max(1), protection.breaker_open_for)),
+            stats: Arc::new(ProtectionStats::default()),
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// The breaker's state (closed without a breaker).
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        self.breaker
+            .as_ref()
+            .map_or(BreakerState::Closed, CircuitBreaker::state)
+    }
+
+    /// Admits a load to the source, or refuses it with [`Error::Overloaded`] (see the module docs).
+    pub(crate) async fn admit(&self) -> Result<Admitted<'_>, Error> {
+        // The bulkhead first: a load shed there says nothing of the source, so it must not use up a probe.
+        let slot = match &self.slots {
+            None => None,
+            Some(s) => match s.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    let shed = |why: &str| {
+                        self.stats.shed.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("strata_source_shed_total", "namespace" => self.namespace.clone())
+                            .increment(1);
+                        Error::Overloaded(format!(
+                            "namespace {:?}: {} loads are in flight against the source and {why}",
+                            self.namespace,
+                            self.protection.max_in_flight.unwrap_or(0)
+                        ))
+                    };
+                    if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.protection.max_queue {
+                        self.waiting.fetch_sub(1, Ordering::AcqRel);
+                        return Err(shed("the wait queue is full"));
+                    }
+                    let got =
+                        tokio::time::timeout(self.protection.max_wait, s.clone().acquire_owned())
+                            .await;
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    match got {
+                        Ok(Ok(p)) => Some(p),
+                        _ => return Err(shed("no slot freed in time")),
+                    }
+                }
+            },
+        };
+        let breaker = match &self.breaker {
+            Some(b) => match b.allow() {
+                Some(p) => Some(p),
+                None => {
+                    self.stats.breaker_refused.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("strata_source_breaker_refused_total", "namespace" => self.namespace.clone())
+                        .increment(1);
+                    return Err(Error::Overloaded(format!(
+                        "namespace {:?}: the source's circuit breaker is open after repeated failures",
+                        self.namespace
+                    )));
+                }
+            },
+            None => None,
+        };
+        let now = self.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.stats.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        Ok(Admitted {
+            _slot: slot,
+            breaker,
+            stats: &self.stats,
+        })
+    }
+}

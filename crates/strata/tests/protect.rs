@@ -1,0 +1,147 @@
+//! Source protection under paused time: the bulkhead admits `max_in_flight` loads, queues `max_queue` for at most
+//! `max_wait` and sheds the rest at once (stale when a value is in the fail-safe window, else `Overloaded`); the
+//! breaker opens after consecutive failures, refuses without touching the source, and closes after one probe.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use strata::breaker::BreakerState;
+use strata::protect::Protection;
+use strata::{Cache, Error, Policy, StaleReason, Status};
+
+fn cache() -> Cache {
+    Cache::builder()
+        .with_clock(Arc::new(strata::TokioClock::new()))
+        .build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_bulkhead_admits_queues_and_sheds_and_a_stale_value_answers_past_it() {
+    let cache = cache();
+    let ns = cache
+        .namespace::<u64>("slow")
+        .with_policy(
+            Policy::builder()
+                .with_ttl(Duration::from_secs(1))
+                .with_jitter(0.0)
+                .with_fail_safe_for(Duration::from_secs(600))
+                .with_hard_timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        )
+        .with_protection(Protection {
+            max_in_flight: Some(2),
+            max_queue: 1,
+            max_wait: Duration::from_millis(100),
+            ..Protection::default()
+        })
+        .build()
+        .unwrap();
+    ns.get_or_load("cached", || async { Some(7) })
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(2)).await;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let slow = |calls: Arc<AtomicUsize>| async move {
+        calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        Some(1u64)
+    };
+    let started = tokio::time::Instant::now();
+    let loads: Vec<_> = (0..5)
+        .map(|i| {
+            let (ns, calls) = (ns.clone(), calls.clone());
+            tokio::spawn(async move {
+                let r = ns.get_or_load(&format!("k{i}"), move || slow(calls)).await;
+                (r.map(|l| l.status()), started.elapsed())
+            })
+        })
+        .collect();
+    // While two loads hold the slots, a key with a stale value answers at once, stale.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let l = ns
+        .get_or_load("cached", move || async { Some(8) })
+        .await
+        .unwrap();
+    assert_eq!(
+        (l.status(), l.value()),
+        (Status::Stale(StaleReason::Overloaded), Some(&7)),
+        "shed, answered stale"
+    );
+    let out: Vec<_> = join_all(loads)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let ok: Vec<_> = out.iter().filter(|(r, _)| r.is_ok()).collect();
+    let shed: Vec<_> = out
+        .iter()
+        .filter(|(r, _)| matches!(r, Err(Error::Overloaded(_))))
+        .collect();
+    assert_eq!((ok.len(), shed.len()), (2, 3), "{out:?}");
+    assert!(
+        shed.iter().all(|(_, t)| *t <= Duration::from_millis(101)),
+        "shed fast, the queued one after max_wait: {out:?}"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the source saw only the admitted loads"
+    );
+    let (stats, _) = ns.protection().unwrap();
+    assert_eq!(stats.shed.load(Ordering::Relaxed), 4);
+    assert_eq!(stats.peak_in_flight.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_opens_on_failures_refuses_without_the_source_and_closes_after_a_probe() {
+    let cache = cache();
+    let ns = cache
+        .namespace::<u64>("flaky")
+        .with_policy(Policy::builder().with_jitter(0.0).build().unwrap())
+        .with_protection(Protection {
+            breaker_failures: Some(3),
+            breaker_open_for: Duration::from_secs(5),
+            ..Protection::default()
+        })
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let failing = |calls: Arc<AtomicUsize>| async move {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Err::<Option<u64>, _>(std::io::Error::other("source down"))
+    };
+    for i in 0..3 {
+        let c = calls.clone();
+        assert!(ns
+            .try_get_or_load(&format!("k{i}"), move || failing(c))
+            .await
+            .is_err());
+    }
+    assert_eq!(ns.protection().unwrap().1, BreakerState::Open);
+    let c = calls.clone();
+    let e = ns
+        .try_get_or_load("k9", move || failing(c))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Overloaded(_)), "{e}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "refused without the source"
+    );
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let c = calls.clone();
+    let l = ns
+        .try_get_or_load("k9", move || async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Some(1u64))
+        })
+        .await
+        .unwrap();
+    assert_eq!(l.value(), Some(&1), "the probe went through");
+    assert_eq!(ns.protection().unwrap().1, BreakerState::Closed);
+}
