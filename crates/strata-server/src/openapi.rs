@@ -75,6 +75,16 @@ fn seq_param() -> Value {
     json!({"name": "seq", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}, "description": "A dead letter's journal sequence number"})
 }
 
+/// The answers of a route that needs the token.
+fn auth_errors(m: &mut Value) {
+    let o = m.as_object_mut().expect("responses");
+    o.insert("401".into(), error_response("`unauthorized`: no token"));
+    o.insert(
+        "403".into(),
+        error_response("`forbidden` (wrong token), `forbidden_host` or `forbidden_origin`"),
+    );
+}
+
 fn json_body(schema: Value) -> Value {
     json!({"required": true, "content": {"application/json": {"schema": schema}}})
 }
@@ -127,14 +137,7 @@ pub fn document(state: &AppState) -> Value {
         }),
         false,
     );
-    {
-        let o = purge.as_object_mut().expect("responses");
-        o.insert("401".into(), error_response("`unauthorized`: no token"));
-        o.insert(
-            "403".into(),
-            error_response("`forbidden` (wrong token), `forbidden_host` or `forbidden_origin`"),
-        );
-    }
+    auth_errors(&mut purge);
     let mut limits = responses(
         json!({
             "200": ok_json("The decision: {\"allowed\", \"limit\", \"remaining\", \"reset_ms\", \"retry_after_ms\" (null when allowed), \"fallback\" (decided from this node's share: Redis failed)}; headers RateLimit, RateLimit-Policy"),
@@ -143,22 +146,11 @@ pub fn document(state: &AppState) -> Value {
         }),
         false,
     );
-    {
-        let o = limits.as_object_mut().expect("responses");
-        o.insert("401".into(), error_response("`unauthorized`: no token"));
-        o.insert(
-            "403".into(),
-            error_response("`forbidden` (wrong token), `forbidden_host` or `forbidden_origin`"),
-        );
-    }
+    auth_errors(&mut limits);
     let write_errors = |m: &mut Value| {
         read_5xx(m);
+        auth_errors(m);
         let o = m.as_object_mut().expect("responses");
-        o.insert("401".into(), error_response("`unauthorized`: no token"));
-        o.insert(
-            "403".into(),
-            error_response("`forbidden` (wrong token), `forbidden_host` or `forbidden_origin`"),
-        );
         o.insert("503".into(), error_response(
             "`source_unavailable`: the source is down; `overloaded`: the write-behind queue is full; \
              `not_propagated`: committed, but the other nodes could not be told in time (not acknowledged)"));
@@ -233,14 +225,6 @@ pub fn document(state: &AppState) -> Value {
             error_response(
                 "`dead_letter_store`: the dead-letter file could not be read or written",
             ),
-        );
-    };
-    let auth_errors = |m: &mut Value| {
-        let o = m.as_object_mut().expect("responses");
-        o.insert("401".into(), error_response("`unauthorized`: no token"));
-        o.insert(
-            "403".into(),
-            error_response("`forbidden` (wrong token), `forbidden_host` or `forbidden_origin`"),
         );
     };
     let mut dl_list = responses(

@@ -586,31 +586,44 @@ fn the_proxy_listener_refuses_ambiguous_framing_before_the_origin_sees_it() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Two nodes on one Redis: a response one node fetched is the other's hit (the proxy's namespace is in L2), and
-/// concurrent misses on both nodes make one origin request.
-/// Needs Redis (`STRATA_REDIS_URL`, default `redis://127.0.0.1:6379`), as `cluster.rs` does.
-#[test]
-fn nodes_on_one_redis_share_stored_responses() {
+/// Two `strata serve` nodes with their proxies in front of `origin`, sharing Redis (`STRATA_REDIS_URL`, default
+/// `redis://127.0.0.1:6379`) under a key prefix of this test's own.
+fn two_nodes_on_redis(
+    origin: &Origin,
+    tag: &str,
+    names: [&str; 2],
+) -> (
+    (std::path::PathBuf, common::Running),
+    (std::path::PathBuf, common::Running),
+) {
     let redis =
         std::env::var("STRATA_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let prefix = format!(
-        "strata-proxy-test-{}-{}",
+        "{tag}-{}-{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos()
     );
-    let origin = Origin::start("site");
     let node = |name: &str| {
         proxied(
             name,
-            &origin,
+            origin,
             &["--redis", &redis, "--redis-prefix", &prefix],
         )
     };
-    let (dir_a, a) = node("proxy-l2-a");
-    let (dir_b, b) = node("proxy-l2-b");
+    (node(names[0]), node(names[1]))
+}
+
+/// Two nodes on one Redis: a response one node fetched is the other's hit (the proxy's namespace is in L2), and
+/// concurrent misses on both nodes make one origin request.
+/// Needs Redis (`STRATA_REDIS_URL`, default `redis://127.0.0.1:6379`), as `cluster.rs` does.
+#[test]
+fn nodes_on_one_redis_share_stored_responses() {
+    let origin = Origin::start("site");
+    let ((dir_a, a), (dir_b, b)) =
+        two_nodes_on_redis(&origin, "strata-proxy-test", ["proxy-l2-a", "proxy-l2-b"]);
     let (status, h, _) = request(a.proxy.as_deref().unwrap(), "shop.test", "/page", &[]);
     assert_eq!(status, 200);
     assert!(header(&h, "cache-status").contains("stored"), "{h:?}");
@@ -650,26 +663,12 @@ fn nodes_on_one_redis_share_stored_responses() {
 /// purge — and afterwards every node serves the revalidated copy fresh.
 #[test]
 fn a_soft_purge_on_two_nodes_costs_the_origin_one_request_per_response() {
-    let redis =
-        std::env::var("STRATA_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let prefix = format!(
-        "strata-proxy-soft-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
     let origin = Origin::start("site");
-    let node = |name: &str| {
-        proxied(
-            name,
-            &origin,
-            &["--redis", &redis, "--redis-prefix", &prefix],
-        )
-    };
-    let (dir_a, a) = node("proxy-soft-a");
-    let (dir_b, b) = node("proxy-soft-b");
+    let ((dir_a, a), (dir_b, b)) = two_nodes_on_redis(
+        &origin,
+        "strata-proxy-soft",
+        ["proxy-soft-a", "proxy-soft-b"],
+    );
     let proxies = [a.proxy.clone().unwrap(), b.proxy.clone().unwrap()];
     let pages = ["/soft/1", "/soft/2", "/soft/3"];
     for p in pages {
