@@ -287,16 +287,37 @@ async fn a_soft_purge_reaches_the_other_nodes_and_removes_nothing() {
     }
 }
 
+/// A bus that delivers every message `delay` after it was published (the publisher is answered at once): a
+/// slow transport, with no refusals — so no backlog and no liveness gap.
+struct SlowBus {
+    inner: Arc<InProcessBus>,
+    delay: Duration,
+}
+
+impl Bus for SlowBus {
+    fn publish(&self, msg: BusMessage) -> BoxFuture<'_, Result<(), strata::Error>> {
+        let (inner, delay) = (self.inner.clone(), self.delay);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = inner.publish(msg).await;
+        });
+        Box::pin(async { Ok(()) })
+    }
+    fn subscribe(&self) -> BoxStream<'static, BusEvent> {
+        self.inner.subscribe()
+    }
+}
+
 #[tokio::test]
 async fn a_soft_purge_is_dated_by_its_sender_so_a_copy_read_after_it_stays_fresh() {
-    // The bus is down while A soft-purges, so B hears of it well after B stored a copy it read after the purge
-    // (as a revalidation on B would): dated at receipt, the purge would wrongly cover that copy too.
-    let flaky = Arc::new(FlakyBus {
-        inner: InProcessBus::new(),
-        down: true.into(),
+    // The bus takes 50 ms, so B hears of A's soft purge well after B stored a copy it read after the purge (as a
+    // revalidation on B would): dated at receipt, the purge would wrongly cover that copy too.
+    let bus: Arc<dyn Bus> = Arc::new(SlowBus {
+        inner: Arc::new(InProcessBus::new()),
+        delay: Duration::from_millis(50),
     });
-    let (_a, price_a, bus_a) = node(flaky.clone());
-    let (_b, price_b, bus_b) = node(flaky.clone());
+    let (_a, price_a, bus_a) = node(bus.clone());
+    let (_b, price_b, bus_b) = node(bus);
     let tagged = |v| strata::Fetched::value(v).with_tags(["sale"]);
     price_b
         .get_or_load("old", move || async move { tagged(1) })
@@ -309,14 +330,16 @@ async fn a_soft_purge_is_dated_by_its_sender_so_a_copy_read_after_it_stays_fresh
     price_b
         .insert_fetched_since("new", tagged(2), read_at)
         .await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
     eventually("B dates the old copy's soft purge", || {
         price_b
             .get("old")
             .is_some_and(|l| price_b.soft_purged_at(&l).is_some())
     })
     .await;
+    assert!(
+        strata::Clock::now(price_b.clock().as_ref()) > read_at + 20,
+        "the purge arrived after the new copy was read"
+    );
     let new = price_b.get("new").expect("the new copy is kept");
     assert_eq!(
         price_b.soft_purged_at(&new),
