@@ -170,6 +170,9 @@ pub struct NamedLimit {
     /// What it counts by.
     pub key: KeyBy,
     limiter: FallbackLimiter,
+    /// `strata_ratelimit_decisions_total{limit, outcome}`, registered once (a decision is on every request).
+    allowed: metrics::Counter,
+    refused: metrics::Counter,
 }
 
 impl NamedLimit {
@@ -182,7 +185,10 @@ impl NamedLimit {
         nodes: u64,
         shared: Option<Arc<dyn SharedLimiter>>,
     ) -> Self {
+        let decisions = |outcome: &'static str| metrics::counter!("strata_ratelimit_decisions_total", "limit" => name.to_owned(), "outcome" => outcome);
         Self {
+            allowed: decisions("allowed"),
+            refused: decisions("refused"),
             name: name.to_owned(),
             quota,
             key,
@@ -198,9 +204,11 @@ impl NamedLimit {
     /// Takes `cost` for `key`.
     pub async fn acquire(&self, key: &str, cost: u64) -> Decision {
         let d = self.limiter.acquire(key, self.quota, cost).await;
-        let outcome = if d.allowed { "allowed" } else { "refused" };
-        metrics::counter!("strata_ratelimit_decisions_total", "limit" => self.name.clone(), "outcome" => outcome)
-            .increment(1);
+        if d.allowed {
+            self.allowed.increment(1);
+        } else {
+            self.refused.increment(1);
+        }
         d
     }
 

@@ -78,7 +78,7 @@ impl LocalLimiter {
         let mut keys = self.keys.lock();
         if now.saturating_sub(self.last_prune.load(Ordering::Relaxed)) >= quota.period_ms() {
             self.last_prune.store(now, Ordering::Relaxed);
-            keys.retain(|_, s| !s.is_whole(self.algorithm, &quota, now));
+            keys.retain(|_, s| !s.is_whole(&quota, now));
         }
         let state = match keys.get_mut(key) {
             Some(s) => s,

@@ -213,21 +213,22 @@ impl State {
         }
     }
 
-    /// Whether the state at `now` is that of a full quota (it may be forgotten).
-    pub fn is_whole(&self, algorithm: Algorithm, quota: &Quota, now: UnixMillis) -> bool {
+    /// Whether the state at `now` is that of a full quota (it may be forgotten). The state knows its
+    /// algorithm.
+    pub fn is_whole(&self, quota: &Quota, now: UnixMillis) -> bool {
         let period = quota.period_ms();
-        match (&self.0, algorithm) {
-            (Inner::Whole, _) => true,
-            (Inner::Bucket { tokens, at }, _) => {
+        match &self.0 {
+            Inner::Whole => true,
+            Inner::Bucket { tokens, at } => {
                 let rate = quota.limit as f64 / period as f64;
                 tokens + now.saturating_sub(*at) as f64 * rate >= quota.burst as f64
             }
-            (Inner::Leaky { level, at }, _) => {
+            Inner::Leaky { level, at } => {
                 let rate = quota.limit as f64 / period as f64;
                 *level - now.saturating_sub(*at) as f64 * rate <= 0.0
             }
-            (Inner::Window { window, .. }, _) => now / period > window + 1,
-            (Inner::Log(log), _) => log.back().is_none_or(|&(t, _)| t + period <= now),
+            Inner::Window { window, .. } => now / period > window + 1,
+            Inner::Log(log) => log.back().is_none_or(|&(t, _)| t + period <= now),
         }
     }
 }
