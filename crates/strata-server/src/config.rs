@@ -458,8 +458,12 @@ pub struct CdnHookConfig {
     pub name: String,
     /// `"fastly"`, `"cloudflare"` or `"webhook"`.
     pub kind: crate::cdn::HookKind,
-    /// The API's base URL (`http://host[:port]`; a webhook's full URL).
+    /// The API's base URL (`https://api.fastly.com`, `https://api.cloudflare.com/client/v4`,
+    /// `http[s]://host[:port]`; a webhook's full URL).
     pub url: String,
+    /// A PEM file of CA certificates to trust beside Mozilla's roots, for an `https://` URL behind a private CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Fastly's service id, Cloudflare's zone id.
     #[serde(default)]
     pub service: Option<String>,
@@ -501,6 +505,11 @@ impl CdnHookConfig {
             name: self.name.clone(),
             kind: self.kind,
             url: self.url.clone(),
+            roots: match &self.ca_file {
+                Some(f) => crate::cdn::load_roots(f)
+                    .map_err(|e| format!("cdn hook {:?}: ca_file: {e}", self.name))?,
+                None => Vec::new(),
+            },
             service: self.service.clone().unwrap_or_default(),
             token: env(&self.token_env, "token_env")?,
             secret: env(&self.secret_env, "secret_env")?,
@@ -1561,17 +1570,17 @@ impl Config {
                 ));
             }
             names.push(&h.name);
-            let ok = h
-                .url
-                .parse::<axum::http::Uri>()
-                .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            let ok = h.url.parse::<axum::http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+            });
             if !ok {
-                let hint = if h.url.starts_with("https://") {
-                    "https needs a TLS-originating forwarder in this version (see strata_server::cdn): give its http:// address"
-                } else {
-                    "write http://host[:port]"
-                };
-                return Err(at(f("url"), format!("{:?}: {hint}", h.url)));
+                return Err(at(
+                    f("url"),
+                    format!("{:?}: write https://host[:port] (or http://)", h.url),
+                ));
+            }
+            if let Some(file) = &h.ca_file {
+                crate::cdn::load_roots(file).map_err(|e| at(f("ca_file"), e))?;
             }
             let needs_service = h.kind != crate::cdn::HookKind::Webhook;
             if needs_service && h.service.as_deref().is_none_or(str::is_empty) {

@@ -38,6 +38,41 @@ struct Cdn {
 
 impl Cdn {
     fn start() -> Self {
+        Self::serve(None)
+    }
+
+    /// A stand-in that speaks only TLS, with a certificate for 127.0.0.1 issued by a CA of its own; returns the
+    /// CA's PEM too.
+    fn start_tls() -> (Self, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "Strata test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()).into(),
+        )
+        .unwrap();
+        (
+            Self::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))),
+            ca.pem(),
+        )
+    }
+
+    fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let fail: Arc<Mutex<VecDeque<u16>>> = Arc::default();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -82,7 +117,31 @@ impl Cdn {
                         r
                     }
                 });
-                axum::serve(listener, app).await.unwrap();
+                let Some(tls) = tls else {
+                    axum::serve(listener, app).await.unwrap();
+                    return;
+                };
+                loop {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    let (tls, app) = (tls.clone(), app.clone());
+                    tokio::spawn(async move {
+                        // A client that refuses the certificate ends here, before any request.
+                        let Ok(stream) = tls.accept(tcp).await else {
+                            return;
+                        };
+                        let service = hyper::service::service_fn(
+                            move |req: axum::http::Request<hyper::body::Incoming>| {
+                                tower::ServiceExt::oneshot(
+                                    app.clone(),
+                                    req.map(axum::body::Body::new),
+                                )
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
             });
         });
         Self {
@@ -295,6 +354,65 @@ fn a_purge_the_cdn_refuses_is_dead_lettered_and_counted() {
     purge(&running.base, r#"{"tag": "next"}"#);
     let seen = cdn.wait_for(2, Duration::from_secs(10));
     assert!(seen[1].body.contains("\"next\""), "{seen:?}");
+    drop(running);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_https_cdn_behind_a_private_ca_gets_its_purges_over_verified_tls() {
+    let (cdn, ca) = Cdn::start_tls();
+    let dir = common::data_dir("cdn-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let file = config(
+        &dir,
+        &format!(
+            "[[cdn]]\nname = \"fastly\"\nkind = \"fastly\"\nurl = \"https://{}\"\nservice = \"svc\"\nca_file = {:?}\n",
+            cdn.addr,
+            ca_file.to_str().unwrap()
+        ),
+    );
+    let running = common::serve(&dir, &["--config", file.to_str().unwrap()]).unwrap();
+    purge(&running.base, r#"{"tag": "product:7", "soft": true}"#);
+    let seen = cdn.wait_for(1, Duration::from_secs(10));
+    assert_eq!(seen[0].path, "/service/svc/purge", "{seen:?}");
+    assert_eq!(seen[0].header("surrogate-key"), "product:7");
+    assert_eq!(seen[0].header("fastly-soft-purge"), "1");
+    drop(running);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_https_cdn_whose_certificate_is_not_trusted_gets_nothing_and_the_purge_is_dead_lettered() {
+    let (cdn, _) = Cdn::start_tls();
+    let dir = common::data_dir("cdn-tls-untrusted");
+    let file = config(
+        &dir,
+        &format!(
+            "[[cdn]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"https://{}/hook\"\nmax_attempts = 2\n",
+            cdn.addr
+        ),
+    );
+    let running = common::serve(&dir, &["--config", file.to_str().unwrap()]).unwrap();
+    purge(&running.base, r#"{"tag": "untrusted"}"#);
+    let dead = dir.join("cdn").join("hook.dead");
+    let until = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&dead).is_ok_and(|t| t.contains("untrusted")) {
+        assert!(
+            Instant::now() < until,
+            "no dead letter in {}",
+            dead.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&dead).unwrap();
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+    assert!(cdn.seen().is_empty(), "{:?}", cdn.seen());
+    assert_eq!(
+        metric(&running.base, "strata_cdn_failures_total", "hook"),
+        2.0
+    );
     drop(running);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -329,10 +329,16 @@ const EDGE: &str = include_str!("../../../examples/edge.toml");
 /// As `config_errors.rs` does for `examples/strata.toml`: `(what, replacement, text on the blamed line, field)`.
 const MUTATIONS: &[(&str, &str, &str, &str)] = &[
     (
-        "url = \"http://127.0.0.1:8090\"",
         "url = \"https://api.fastly.com\"",
-        "https://api.fastly.com",
+        "url = \"ftp://api.fastly.com\"",
+        "ftp://api.fastly.com",
         "cdn[0].url",
+    ),
+    (
+        "# ca_file = \"/etc/strata/internal-ca.pem\"",
+        "ca_file = \"/nonexistent/ca.pem\"",
+        "/nonexistent/ca.pem",
+        "cdn[1].ca_file",
     ),
     (
         "kind = \"fastly\"",
