@@ -10,6 +10,10 @@ pub struct Fetched<V> {
     pub version: Option<u64>,
     /// Tags (surrogate keys) the entry belongs to.
     pub tags: Vec<String>,
+    /// The source's own freshness lifetime for this answer (an HTTP `Cache-Control: max-age`, a token's
+    /// expiry). It only shortens: the entry is fresh for the smaller of this and the namespace's TTL (its
+    /// negative TTL for an absent key), without jitter, so the policy stays the ceiling every tier plans with.
+    pub ttl: Option<std::time::Duration>,
 }
 
 impl<V> Fetched<V> {
@@ -19,6 +23,7 @@ impl<V> Fetched<V> {
             value: Some(value),
             version: None,
             tags: Vec::new(),
+            ttl: None,
         }
     }
 
@@ -28,6 +33,7 @@ impl<V> Fetched<V> {
             value: None,
             version: None,
             tags: Vec::new(),
+            ttl: None,
         }
     }
 
@@ -35,6 +41,13 @@ impl<V> Fetched<V> {
     #[must_use]
     pub fn with_version(mut self, version: u64) -> Self {
         self.version = Some(version);
+        self
+    }
+
+    /// Sets the source's freshness lifetime (see [`Fetched::ttl`]).
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.ttl = Some(ttl);
         self
     }
 
@@ -52,6 +65,7 @@ impl<V> From<Option<V>> for Fetched<V> {
             value,
             version: None,
             tags: Vec::new(),
+            ttl: None,
         }
     }
 }

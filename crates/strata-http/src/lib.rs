@@ -22,6 +22,8 @@
 //! | [`wire`] | request framing on the wire: ambiguous heads refused before hyper parses them |
 //! | [`proxy`] | the caching reverse proxy (hyper 1.x) over the engine's `Namespace<StoredResponse>` |
 //! | [`stats`] | per-route counters, and their `metrics` names |
+//! | [`client`] | the outbound client (TLS with Mozilla's roots) for CDN hooks and HTTP sources |
+//! | [`source`] | a REST endpoint as a [`strata_core::Source`]: timeouts, budgeted retries, `max-age` as TTL |
 //!
 //! # Consistency model
 //! Every rule module is pure functions of the request, the stored response and an explicit `now`
@@ -49,6 +51,7 @@
 //! and the stored form is ours (a compact binary [`Codec`](strata::codec::Codec) with tags for purges).
 
 pub mod body;
+pub mod client;
 pub mod conditional;
 pub mod directives;
 pub mod freshness;
@@ -60,6 +63,7 @@ pub mod proxy;
 pub mod purge;
 pub mod range;
 pub mod sf;
+pub mod source;
 pub mod stats;
 pub mod status;
 pub mod storable;

@@ -30,11 +30,9 @@
 //!   "seq": …}` and `Strata-Signature: sha256=<hex HMAC-SHA256 of the body with the secret>`.
 //!
 //! # Transport
-//! HTTP/1.1 on hyper, over TLS for an `https://` URL (the real CDN APIs): rustls on the `ring` provider,
-//! trusting Mozilla's roots (`webpki-roots`, compiled in, so a bare machine needs no CA bundle) plus the PEM
-//! certificates of the hook's `ca_file` (an internal webhook behind a private CA). The certificate is always
-//! verified against the URL's host name or IP address; there is no switch to turn that off. A TLS failure is a
-//! connection error: retried with backoff, then dead-lettered with the reason.
+//! [`strata_http::client`]: HTTP/1.1, over TLS for an `https://` URL (the real CDN APIs), verified against
+//! Mozilla's roots plus the PEM certificates of the hook's `ca_file` (an internal webhook behind a private CA).
+//! A TLS failure is a connection error: retried with backoff, then dead-lettered with the reason.
 //!
 //! Hand-written because no crate delivers CDN purges; the outbox is a few dozen lines on `std::fs`, where a
 //! queue crate would add a storage engine for one append-only file.
@@ -49,12 +47,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use strata_http::client::{causes, HttpsClient};
 use tokio::sync::Notify;
 
 /// What a purge covers, as hooks see it.
@@ -111,7 +106,7 @@ pub struct HookSpec {
     /// `http[s]://host[:port]` (and a path for a webhook).
     pub url: String,
     /// Trust anchors beyond Mozilla's, for an `https://` URL (from `ca_file`).
-    pub roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub roots: Vec<strata_http::client::CertificateDer<'static>>,
     /// Fastly's service id or Cloudflare's zone id.
     pub service: String,
     /// Fastly's key, Cloudflare's token (none for a webhook).
@@ -144,7 +139,7 @@ pub struct HookStats {
 /// One hook: its outbox and its delivery task.
 pub struct Hook {
     spec: HookSpec,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpsClient,
     dir: PathBuf,
     queue: Mutex<Queue>,
     notify: Notify,
@@ -267,7 +262,7 @@ impl Hook {
             }),
             notify: Notify::new(),
             stats,
-            client: client(&spec.roots)?,
+            client: strata_http::client::https_client(&spec.roots)?,
             spec,
         }))
     }
@@ -432,11 +427,7 @@ impl Hook {
         );
     }
 
-    async fn send(
-        &self,
-        client: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-        batch: &[Event],
-    ) -> Result<(), Failure> {
+    async fn send(&self, client: &HttpsClient, batch: &[Event]) -> Result<(), Failure> {
         let requests = self.requests(batch);
         for req in requests {
             let resp = tokio::time::timeout(self.spec.timeout, client.request(req))
@@ -565,68 +556,6 @@ enum Failure {
 }
 
 /// `attempt`'s wait: full jitter over an exponential cap (100 ms · 2^(attempt-1), at most 30 s).
-/// An error with the causes beneath it (hyper's own message hides why a connection failed, e.g. a refused
-/// certificate).
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    text
-}
-
-/// The PEM certificates in `path`, as extra trust anchors; an error names the file and what is wrong with it.
-pub fn load_roots(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    use rustls::pki_types::pem::PemObject;
-    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
-            path.display()
-        ));
-    }
-    let mut store = rustls::RootCertStore::empty();
-    for (i, c) in certs.iter().enumerate() {
-        store.add(c.clone()).map_err(|e| {
-            format!(
-                "{}: certificate {} is not a usable CA certificate: {e}",
-                path.display(),
-                i + 1
-            )
-        })?;
-    }
-    Ok(certs)
-}
-
-/// The hook's HTTP client: TLS for `https://` (Mozilla's roots and `extra`), plain for `http://`.
-fn client(
-    extra: &[rustls::pki_types::CertificateDer<'static>],
-) -> anyhow::Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    for c in extra {
-        roots.add(c.clone())?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(https))
-}
-
 fn backoff(attempt: u32) -> Duration {
     let cap = 100u64
         .saturating_mul(1 << attempt.saturating_sub(1).min(20))
@@ -904,12 +833,12 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let f = d.join("ca.pem");
         std::fs::write(&f, "not a certificate\n").unwrap();
-        let e = load_roots(&f).unwrap_err();
+        let e = strata_http::client::load_roots(&f).unwrap_err();
         assert!(
             e.contains("ca.pem") && e.contains("no PEM certificate"),
             "{e}"
         );
-        let e = load_roots(&d.join("missing.pem")).unwrap_err();
+        let e = strata_http::client::load_roots(&d.join("missing.pem")).unwrap_err();
         assert!(e.contains("missing.pem"), "{e}");
     }
 

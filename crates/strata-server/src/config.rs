@@ -506,7 +506,7 @@ impl CdnHookConfig {
             kind: self.kind,
             url: self.url.clone(),
             roots: match &self.ca_file {
-                Some(f) => crate::cdn::load_roots(f)
+                Some(f) => strata_http::client::load_roots(f)
                     .map_err(|e| format!("cdn hook {:?}: ca_file: {e}", self.name))?,
                 None => Vec::new(),
             },
@@ -1580,7 +1580,7 @@ impl Config {
                 ));
             }
             if let Some(file) = &h.ca_file {
-                crate::cdn::load_roots(file).map_err(|e| at(f("ca_file"), e))?;
+                strata_http::client::load_roots(file).map_err(|e| at(f("ca_file"), e))?;
             }
             let needs_service = h.kind != crate::cdn::HookKind::Webhook;
             if needs_service && h.service.as_deref().is_none_or(str::is_empty) {

@@ -46,6 +46,7 @@ mod lookup;
 mod namespace;
 pub mod protect;
 mod retry;
+pub mod retry_budget;
 mod shared;
 mod stats;
 mod stop;

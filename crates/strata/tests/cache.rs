@@ -288,3 +288,55 @@ async fn a_soft_purge_dates_entries_without_removing_them() {
         .await;
     assert_eq!(ns.soft_purged_at(&ns.get("a").unwrap()), None);
 }
+
+#[tokio::test]
+async fn a_sources_own_ttl_shortens_the_policy_and_never_lengthens_it() {
+    let (cache, clock) = manual();
+    let ns = cache
+        .namespace::<u32>("token")
+        .with_policy(
+            Policy::builder()
+                .with_ttl(Duration::from_secs(60))
+                .with_jitter(0.0)
+                .with_negative_ttl(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let now = strata::Clock::now(&clock);
+    let fresh_for = |key: &str| ns.get(key).unwrap().entry().fresh_until() - now;
+    ns.insert_fetched(
+        "short",
+        strata::Fetched::value(1).with_ttl(Duration::from_secs(2)),
+    )
+    .await;
+    assert_eq!(fresh_for("short"), 2_000);
+    ns.insert_fetched(
+        "long",
+        strata::Fetched::value(1).with_ttl(Duration::from_secs(3600)),
+    )
+    .await;
+    assert_eq!(fresh_for("long"), 60_000);
+    ns.insert_fetched("plain", strata::Fetched::value(1)).await;
+    assert_eq!(fresh_for("plain"), 60_000);
+    ns.insert_fetched(
+        "gone",
+        strata::Fetched::absent().with_ttl(Duration::from_secs(1)),
+    )
+    .await;
+    assert_eq!(fresh_for("gone"), 1_000);
+    ns.insert_fetched(
+        "gone_long",
+        strata::Fetched::absent().with_ttl(Duration::from_secs(60)),
+    )
+    .await;
+    assert_eq!(fresh_for("gone_long"), 5_000);
+    // Past its own lifetime the entry is no longer served fresh: the next read goes to the source.
+    clock.advance(Duration::from_millis(2_001));
+    let loaded = ns
+        .get_or_load("short", || async { Some(2u32) })
+        .await
+        .unwrap();
+    assert_eq!(loaded.value(), Some(&2));
+}

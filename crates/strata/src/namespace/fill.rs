@@ -30,6 +30,9 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let (value, fresh_until, stale_until, value_weight) = match fetched.value {
             Some(v) => {
                 let mut ttl = jittered(self.policy.ttl, self.policy.jitter);
+                if let Some(own) = fetched.ttl {
+                    ttl = ttl.min(own);
+                }
                 if let Some(cap) = self.policy.l1.max_ttl {
                     ttl = ttl.min(cap);
                 }
@@ -39,7 +42,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 (Some(Arc::new(v)), fresh_until, stale_until, weight)
             }
             None => {
-                let fresh_until = now + millis(self.policy.negative_ttl);
+                let ttl = fetched.ttl.map_or(self.policy.negative_ttl, |own| {
+                    own.min(self.policy.negative_ttl)
+                });
+                let fresh_until = now + millis(ttl);
                 (None, fresh_until, fresh_until, 0)
             }
         };

@@ -1,0 +1,335 @@
+//! A REST endpoint as a source of truth: [`HttpSource`] reads key `k` with `GET {base}/{k}` (the key
+//! percent-encoded as one path segment) and answers:
+//!
+//! | the endpoint says | the engine gets |
+//! |---|---|
+//! | `200` with a JSON body | the value; its version from an `ETag` that is a quoted number (`"17"`) |
+//! | `404` or `410` | absent (cached for the negative TTL) |
+//! | `408`, `429`, `500`, `502`, `503`, `504`, no connection, no answer within `timeout` | retried, then an error |
+//! | any other status, a body that is not JSON or is larger than `max_body` | an error, not retried |
+//!
+//! # Retries
+//! A load is idempotent (`GET`), so a passing failure is retried up to `retries` times with full-jitter
+//! exponential backoff ([`strata::retry_budget::backoff`]; a `429`/`503`'s `Retry-After` is the least wait), but
+//! only while the source's [`RetryBudget`] allows: retries are at most `retry_ratio` of loads (plus a small
+//! reserve), so when the endpoint is down the callers' retries cannot multiply its load. Each attempt has its own
+//! `timeout`; the namespace's `hard_timeout` bounds the whole load, and its bulkhead and breaker
+//! ([`strata::protect`]) stand in front of all of this.
+//!
+//! # TTL from the answer
+//! With `ttl_from_cache_control`, the answer's `Cache-Control` (`s-maxage`, else `max-age`, less its `Age`;
+//! `no-store` / `no-cache` mean 0) becomes the entry's own TTL ([`strata_core::Fetched::ttl`]): it can shorten
+//! the namespace's TTL, never lengthen it.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::de::DeserializeOwned;
+use strata::retry_budget::{backoff, RetryBudget};
+use strata_core::{Fetched, SharedError, Source};
+
+use crate::client::{causes, HttpsClient};
+use crate::directives::Directives;
+
+/// How an [`HttpSource`] calls its endpoint.
+#[derive(Debug, Clone)]
+pub struct HttpSourceOptions {
+    /// How long one attempt may take (connect, head and body). Default: 5 s.
+    pub timeout: Duration,
+    /// Retries after the first attempt. Default: 2.
+    pub retries: u32,
+    /// Share of loads that may be retried (the retry budget). Default: 0.1.
+    pub retry_ratio: f64,
+    /// The first retry's backoff ceiling; it doubles per retry. Default: 50 ms.
+    pub backoff_base: Duration,
+    /// The longest backoff. Default: 2 s.
+    pub backoff_cap: Duration,
+    /// Take the answer's `Cache-Control` freshness as the entry's TTL (see the module docs). Default: false.
+    pub ttl_from_cache_control: bool,
+    /// The largest body read. Default: 16 MiB.
+    pub max_body: usize,
+    /// Headers sent with every request (an API key).
+    pub headers: HeaderMap,
+}
+
+impl Default for HttpSourceOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            retries: 2,
+            retry_ratio: 0.1,
+            backoff_base: Duration::from_millis(50),
+            backoff_cap: Duration::from_secs(2),
+            ttl_from_cache_control: false,
+            max_body: 16 << 20,
+            headers: HeaderMap::new(),
+        }
+    }
+}
+
+/// Why a load from an HTTP source failed; every message names the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSourceError {
+    /// No connection, or the connection failed.
+    #[error("{url}: unreachable: {why}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// The cause chain.
+        why: String,
+    },
+    /// No answer within the attempt's timeout.
+    #[error("{url}: no answer within {timeout:?}")]
+    TimedOut {
+        /// The URL.
+        url: String,
+        /// The attempt's timeout.
+        timeout: Duration,
+    },
+    /// An answer that is neither a value nor "absent".
+    #[error("{url}: answered {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: StatusCode,
+        /// The `Retry-After` it asked for.
+        retry_after: Option<Duration>,
+    },
+    /// A `200` whose body is not the value.
+    #[error("{url}: the body is not a JSON value: {why}")]
+    Body {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The key cannot be a URL.
+    #[error("{base}: the key {key:?} cannot be sent: {why}")]
+    Key {
+        /// The endpoint.
+        base: String,
+        /// The key.
+        key: String,
+        /// Why.
+        why: String,
+    },
+}
+
+impl HttpSourceError {
+    /// Whether another attempt may succeed, and the least wait before it.
+    fn retry(&self) -> Option<Duration> {
+        match self {
+            Self::Unreachable { .. } | Self::TimedOut { .. } => Some(Duration::ZERO),
+            Self::Status {
+                status,
+                retry_after,
+                ..
+            } => matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+                .then(|| retry_after.unwrap_or(Duration::ZERO)),
+            Self::Body { .. } | Self::Key { .. } => None,
+        }
+    }
+}
+
+/// A REST endpoint read as `GET {base}/{key}` (see the module docs).
+pub struct HttpSource<V> {
+    name: String,
+    base: String,
+    client: HttpsClient,
+    options: HttpSourceOptions,
+    budget: RetryBudget,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> HttpSource<V> {
+    /// A source named `name` (metrics) reading from `base` (`http[s]://host[:port][/path]`).
+    pub fn new(name: &str, base: &str, client: HttpsClient, options: HttpSourceOptions) -> Self {
+        Self {
+            name: name.to_string(),
+            base: base.trim_end_matches('/').to_string(),
+            client,
+            budget: RetryBudget::new(options.retry_ratio, 3),
+            options,
+            _value: PhantomData,
+        }
+    }
+
+    /// Its retry budget's counts: `(loads, retries, retries refused)`.
+    pub fn retry_counts(&self) -> (u64, u64, u64) {
+        self.budget.counts()
+    }
+
+    /// The URL of `key`.
+    pub fn url_of(&self, key: &str) -> String {
+        let mut url = self.base.clone();
+        url.push('/');
+        for b in key.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                url.push(b as char);
+            } else {
+                url.push_str(&format!("%{b:02X}"));
+            }
+        }
+        url
+    }
+}
+
+impl<V: DeserializeOwned> HttpSource<V> {
+    async fn attempt(&self, url: &str) -> Result<Fetched<V>, HttpSourceError> {
+        let mut req = http::Request::get(url);
+        for (k, v) in &self.options.headers {
+            req = req.header(k, v);
+        }
+        let req = req
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| HttpSourceError::Key {
+                base: self.base.clone(),
+                key: url.to_string(),
+                why: e.to_string(),
+            })?;
+        let timeout = self.options.timeout;
+        let timed_out = || HttpSourceError::TimedOut {
+            url: url.to_string(),
+            timeout,
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let resp = tokio::time::timeout_at(deadline, self.client.request(req))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| HttpSourceError::Unreachable {
+                url: url.to_string(),
+                why: causes(&e),
+            })?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        match status.as_u16() {
+            200 => {}
+            404 | 410 => {
+                let mut absent = Fetched::absent();
+                absent.ttl = self.ttl_of(&headers);
+                return Ok(absent);
+            }
+            _ => {
+                return Err(HttpSourceError::Status {
+                    url: url.to_string(),
+                    status,
+                    retry_after: headers
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs),
+                })
+            }
+        }
+        let body = tokio::time::timeout_at(
+            deadline,
+            Limited::new(resp.into_body(), self.options.max_body).collect(),
+        )
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| HttpSourceError::Body {
+            url: url.to_string(),
+            why: e.to_string(),
+        })?
+        .to_bytes();
+        let value: V = serde_json::from_slice(&body).map_err(|e| HttpSourceError::Body {
+            url: url.to_string(),
+            why: e.to_string(),
+        })?;
+        let mut fetched = Fetched::value(value);
+        fetched.ttl = self.ttl_of(&headers);
+        if let Some(v) = headers
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim_start_matches("W/").trim_matches('"').parse().ok())
+        {
+            fetched = fetched.with_version(v);
+        }
+        Ok(fetched)
+    }
+
+    /// The answer's own freshness, when asked for.
+    fn ttl_of(&self, headers: &HeaderMap) -> Option<Duration> {
+        if !self.options.ttl_from_cache_control {
+            return None;
+        }
+        let d = Directives::from_cache_control(headers);
+        if d.no_store || d.no_cache.is_some() {
+            return Some(Duration::ZERO);
+        }
+        let age = headers
+            .get(http::header::AGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        d.s_maxage
+            .or(d.max_age)
+            .map(|s| Duration::from_secs(s.saturating_sub(age)))
+    }
+
+    async fn load_one(&self, key: &str) -> Result<Fetched<V>, HttpSourceError> {
+        let url = self.url_of(key);
+        self.budget.deposit();
+        let mut retry = 0;
+        loop {
+            let err = match self.attempt(&url).await {
+                Ok(f) => return Ok(f),
+                Err(e) => e,
+            };
+            let Some(at_least) = err.retry() else {
+                return Err(err);
+            };
+            if retry >= self.options.retries || !self.budget.try_retry() {
+                if retry < self.options.retries {
+                    metrics::counter!("strata_source_retries_refused_total", "source" => self.name.clone())
+                        .increment(1);
+                }
+                return Err(err);
+            }
+            retry += 1;
+            metrics::counter!("strata_source_retries_total", "source" => self.name.clone())
+                .increment(1);
+            tracing::debug!(source = %self.name, retry, error = %err, "retrying a source load");
+            let wait =
+                backoff(retry, self.options.backoff_base, self.options.backoff_cap).max(at_least);
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for HttpSource<V> {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<V>, SharedError>> {
+        Box::pin(async move {
+            self.load_one(key)
+                .await
+                .map_err(|e| Arc::new(e) as SharedError)
+        })
+    }
+
+    fn load_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, Fetched<V>>, SharedError>> {
+        Box::pin(async move {
+            let loads = keys
+                .iter()
+                .map(|k| async move { (k, self.load_one(k).await) });
+            let mut out = HashMap::with_capacity(keys.len());
+            for (k, r) in futures::future::join_all(loads).await {
+                let f = r.map_err(|e| Arc::new(e) as SharedError)?;
+                if f.value.is_some() {
+                    out.insert(k.clone(), f);
+                }
+            }
+            Ok(out)
+        })
+    }
+}
