@@ -259,7 +259,7 @@ fn writable(h: &NsHandle, ns: &str) -> Result<(), ApiError> {
         Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "read_only",
-            format!("{ns} is bound to a query: write the tables it reads; invalidate it here"),
+            format!("{ns} is read-only (bound to a query or an HTTP source): write to its source; invalidate it here"),
         ))
     }
 }

@@ -276,7 +276,7 @@ fn default_redis_timeout() -> Dur {
     Dur(Duration::from_millis(250))
 }
 
-/// `[sources.NAME]`: exactly one of `sqlite` and `postgres`.
+/// `[sources.NAME]`: exactly one of `sqlite`, `postgres` and `http`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
@@ -286,9 +286,43 @@ pub struct SourceConfig {
     /// A PostgreSQL URL.
     #[serde(default)]
     pub postgres: Option<String>,
-    /// Pool size. Default: 16.
+    /// A REST endpoint (`http[s]://host[:port][/path]`): a namespace reads key `k` with `GET {http}/{path}/{k}`
+    /// (see [`strata_http::source`]). Read-only.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// Pool size (SQL sources). Default: 16.
     #[serde(default = "default_pool")]
     pub max_connections: u32,
+    /// An HTTP source's timeout per attempt. Default: 5 s.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// An HTTP source's retries of a failed load (full-jitter backoff). Default: 2.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// The share of an HTTP source's loads that may be retried (the retry budget). Default: 0.1.
+    #[serde(default)]
+    pub retry_ratio: Option<f64>,
+    /// An HTTP source's answers set their own TTL from `Cache-Control` (shorter than the namespace's only).
+    /// Default: false.
+    #[serde(default)]
+    pub ttl_from_cache_control: Option<bool>,
+    /// A PEM file of CA certificates an `https://` source is also trusted by (beside Mozilla's roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl SourceConfig {
+    /// The options of an HTTP source.
+    pub fn http_options(&self) -> strata_http::source::HttpSourceOptions {
+        let d = strata_http::source::HttpSourceOptions::default();
+        strata_http::source::HttpSourceOptions {
+            timeout: self.timeout.map_or(d.timeout, |t| t.0),
+            retries: self.retries.unwrap_or(d.retries),
+            retry_ratio: self.retry_ratio.unwrap_or(d.retry_ratio),
+            ttl_from_cache_control: self.ttl_from_cache_control.unwrap_or(false),
+            ..d
+        }
+    }
 }
 
 fn default_pool() -> u32 {
@@ -322,6 +356,10 @@ pub struct NamespaceConfig {
     /// Instead of a table: a `SELECT` with one row per key (a join, a view). Read-only: PUT and DELETE are refused.
     #[serde(default)]
     pub query: Option<Spanned<String>>,
+    /// For an `http` source: the path under its URL the keys live at (`{url}/{path}/{key}`). Default: none
+    /// (`{url}/{key}`).
+    #[serde(default)]
+    pub path: Option<String>,
     /// The key column. Default: `id`.
     #[serde(default = "default_key_column")]
     pub key_column: String,
@@ -1226,12 +1264,71 @@ impl Config {
         // [sources]
         for (name, s) in &self.sources {
             let field = format!("sources.{name}");
-            match (&s.get_ref().sqlite, &s.get_ref().postgres) {
-                (Some(_), Some(_)) | (None, None) => return Err(at(
+            let src = s.get_ref();
+            let kinds = [
+                src.sqlite.is_some(),
+                src.postgres.is_some(),
+                src.http.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return Err(at(
                     field,
-                    "set exactly one of `sqlite = \"file.db\"` and `postgres = \"postgres://…\"`"
+                    "set exactly one of `sqlite = \"file.db\"`, `postgres = \"postgres://…\"` and \
+                     `http = \"https://host/path\"`"
                         .into(),
-                )),
+                ));
+            }
+            if src.http.is_none() {
+                for (k, set) in [
+                    ("timeout", src.timeout.is_some()),
+                    ("retries", src.retries.is_some()),
+                    ("retry_ratio", src.retry_ratio.is_some()),
+                    (
+                        "ttl_from_cache_control",
+                        src.ttl_from_cache_control.is_some(),
+                    ),
+                    ("ca_file", src.ca_file.is_some()),
+                ] {
+                    if set {
+                        return Err(at(
+                            format!("{field}.{k}"),
+                            "only an `http` source has this setting".into(),
+                        ));
+                    }
+                }
+            }
+            match (&src.sqlite, &src.postgres) {
+                (None, None) => {
+                    let url = src.http.as_deref().unwrap_or_default();
+                    let ok = url.parse::<axum::http::Uri>().is_ok_and(|u| {
+                        matches!(u.scheme_str(), Some("http" | "https"))
+                            && u.authority().is_some()
+                            && u.query().is_none()
+                    });
+                    if !ok {
+                        return Err(at(
+                            format!("{field}.http"),
+                            format!("{url:?}: write http[s]://host[:port][/path] (no query)"),
+                        ));
+                    }
+                    timeout(format!("{field}.timeout"), src.timeout, false)?;
+                    if let Some(r) = src.retries {
+                        range(&format!("{field}.retries"), u64::from(r), 0, 10, "retries")?;
+                    }
+                    if let Some(r) = src.retry_ratio {
+                        if !(0.0..=1.0).contains(&r) {
+                            return Err(at(
+                                format!("{field}.retry_ratio"),
+                                format!("{r}: a share of loads, between 0.0 and 1.0"),
+                            ));
+                        }
+                    }
+                    if let Some(f) = &src.ca_file {
+                        strata_http::client::load_roots(f)
+                            .map_err(|e| at(format!("{field}.ca_file"), e))?;
+                    }
+                }
+                (Some(_), Some(_)) => unreachable!("one kind, checked above"),
                 (None, Some(url)) => {
                     if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
                         return Err(at(
@@ -1316,6 +1413,48 @@ impl Config {
                 }
             }
             let mode = *n.write.get_ref();
+            let on_http = n
+                .source
+                .as_ref()
+                .is_some_and(|src| self.sources[src.get_ref()].get_ref().http.is_some());
+            if on_http {
+                if n.table.is_some() || n.query.is_some() {
+                    let f = if n.table.is_some() { "table" } else { "query" };
+                    return Err(at(
+                        field(f),
+                        "an http source has no tables: give `path` (the keys' path under its URL)"
+                            .into(),
+                    ));
+                }
+                if n.write.span().end > 0 {
+                    return Err((
+                        Some(n.write.span()),
+                        field("write"),
+                        "a namespace on an http source is read-only: leave `write` out".into(),
+                    ));
+                }
+                if let Some(p) = &n.path {
+                    if p.is_empty()
+                        || p.starts_with('/')
+                        || p.ends_with('/')
+                        || !p
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b))
+                    {
+                        return Err(at(
+                            field("path"),
+                            format!(
+                                "{p:?}: write a relative path such as \"users\" or \"v1/users\""
+                            ),
+                        ));
+                    }
+                }
+            } else if n.path.is_some() {
+                return Err(at(
+                    field("path"),
+                    "only a namespace on an `http` source has a `path`".into(),
+                ));
+            }
             if let Some(q) = &n.query {
                 let text = q.get_ref().trim().trim_end_matches(';').trim();
                 let first = text
@@ -1342,7 +1481,7 @@ impl Config {
                     return Err((Some(q.span()), field("query"), p.into()));
                 }
             }
-            if n.source.is_some() {
+            if n.source.is_some() && !on_http {
                 if let Some(t) = &n.table {
                     if let Err(e) = strata_sql::quote_ident("table", t) {
                         return Err(at(field("table"), e.to_string()));
@@ -1974,6 +2113,33 @@ mod tests {
 
         let e = err("[namespaces.price]\nwrite = \"through\"\n");
         assert!(e.message.contains("need a `source`"), "{e}");
+
+        // HTTP sources.
+        let e = err("[sources.api]\nhttp = \"ftp://x\"\n");
+        assert_eq!(e.field, "sources.api.http", "{e}");
+        let e = err("[sources.db]\nsqlite = \"a.db\"\nretries = 2\n");
+        assert_eq!(e.field, "sources.db.retries", "{e}");
+        assert!(e.message.contains("only an `http` source"), "{e}");
+        let e = err("[sources.api]\nhttp = \"http://x\"\nretry_ratio = 2.0\n");
+        assert_eq!(e.field, "sources.api.retry_ratio", "{e}");
+        let e = err("[sources.api]\nhttp = \"http://x\"\n\n[namespaces.u]\nsource = \"api\"\ntable = \"u\"\n");
+        assert_eq!(e.field, "namespaces.u.table", "{e}");
+        let e = err("[sources.api]\nhttp = \"http://x\"\n\n[namespaces.u]\nsource = \"api\"\nwrite = \"through\"\n");
+        assert!(e.message.contains("read-only"), "{e}");
+        let e = err("[sources.api]\nhttp = \"http://x\"\n\n[namespaces.u]\nsource = \"api\"\npath = \"/u\"\n");
+        assert_eq!(e.field, "namespaces.u.path", "{e}");
+        let e = err(
+            "[sources.db]\nsqlite = \"a.db\"\n\n[namespaces.u]\nsource = \"db\"\npath = \"u\"\n",
+        );
+        assert!(
+            e.message.contains("only a namespace on an `http` source"),
+            "{e}"
+        );
+        Config::parse(
+            "[sources.api]\nhttp = \"https://api.example.com/v2\"\nretries = 1\n\n[namespaces.u]\nsource = \"api\"\npath = \"users\"\n",
+            "strata.toml",
+        )
+        .unwrap();
 
         let e = err("[namespaces.price]\njitter = 3.0\n");
         assert_eq!(

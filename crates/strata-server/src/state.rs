@@ -209,6 +209,9 @@ pub async fn connect_sources(config: &Config) -> anyhow::Result<BTreeMap<String,
     let mut pools = BTreeMap::new();
     for (name, s) in &config.sources {
         let s = s.get_ref();
+        if s.http.is_some() {
+            continue; // not a pool: bound per namespace
+        }
         let pool = match (&s.sqlite, &s.postgres) {
             (Some(path), _) => {
                 let path = if path.is_absolute() {
@@ -226,7 +229,7 @@ pub async fn connect_sources(config: &Config) -> anyhow::Result<BTreeMap<String,
                     .await
                     .with_context(|| format!("connecting to source {name:?} (PostgreSQL)"))?,
             ),
-            (None, None) => unreachable!("validated: one of sqlite and postgres"),
+            (None, None) => unreachable!("validated: one of sqlite, postgres and http"),
         };
         pools.insert(name.clone(), pool);
     }
@@ -241,11 +244,13 @@ pub fn bound_tables(config: &Config) -> Vec<(String, String, String)> {
         .filter_map(|(name, n)| {
             let n = n.get_ref();
             match (&n.source, &n.query) {
-                (Some(src), None) => Some((
-                    name.clone(),
-                    src.get_ref().clone(),
-                    n.table.clone().unwrap_or_else(|| name.clone()),
-                )),
+                (Some(src), None) if config.sources[src.get_ref()].get_ref().http.is_none() => {
+                    Some((
+                        name.clone(),
+                        src.get_ref().clone(),
+                        n.table.clone().unwrap_or_else(|| name.clone()),
+                    ))
+                }
                 _ => None,
             }
         })
@@ -382,7 +387,31 @@ impl AppState {
                 b = b.with_change_feed(cdc.slot.clone());
             }
             let mut schema = None;
-            if let Some(src) = &n.source {
+            let http_source = n
+                .source
+                .as_ref()
+                .map(|src| config.sources[src.get_ref()].get_ref())
+                .filter(|s| s.http.is_some());
+            if let Some(src) = http_source {
+                let base = src.http.as_deref().expect("filtered").trim_end_matches('/');
+                let base = match &n.path {
+                    Some(p) => format!("{base}/{p}"),
+                    None => base.to_string(),
+                };
+                let roots = match &src.ca_file {
+                    Some(f) => strata_http::client::load_roots(f).map_err(|e| {
+                        anyhow::anyhow!("namespace {name}: its source's ca_file: {e}")
+                    })?,
+                    None => Vec::new(),
+                };
+                let client = strata_http::client::https_client(&roots)?;
+                b = b.with_source(Arc::new(strata_http::source::HttpSource::<Value>::new(
+                    name,
+                    &base,
+                    client,
+                    src.http_options(),
+                )));
+            } else if let Some(src) = &n.source {
                 let pool = &pools[src.get_ref()];
                 let bound = match &n.query {
                     Some(query) => pool
@@ -434,7 +463,7 @@ impl AppState {
                     ns,
                     mode: *n.write.get_ref(),
                     has_source: n.source.is_some(),
-                    writable: n.source.is_none() || n.query.is_none(),
+                    writable: n.source.is_none() || (n.query.is_none() && http_source.is_none()),
                     description: n.description.clone().unwrap_or_default(),
                     rate_limit: n.rate_limit.as_ref().map(|l| l.get_ref().clone()),
                     http: n
@@ -446,7 +475,7 @@ impl AppState {
                             })
                         })
                         .transpose()?,
-                    hidden_columns: if n.source.is_some() {
+                    hidden_columns: if n.source.is_some() && http_source.is_none() {
                         vec![n.key_column.clone(), n.version_column.clone()]
                     } else {
                         Vec::new()

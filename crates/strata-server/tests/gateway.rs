@@ -1,0 +1,223 @@
+//! The gateway tier through the `strata` binary: namespaces reading through an HTTP source, and a sick source
+//! shed by its namespace's bulkhead — stale answers where there is a value, `503` + `Retry-After` where there is
+//! none, no answer later than the hard timeout — while the namespace beside it is unharmed.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A REST endpoint: `/{path}/{key}` answers `{"path": …, "key": …}` after the delay set for its path's first
+/// segment (`users` or `orders`); key `missing` is a 404.
+struct Endpoint {
+    addr: std::net::SocketAddr,
+    users_delay_ms: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+}
+
+impl Endpoint {
+    fn start() -> Self {
+        let users_delay_ms = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (d, n) = (users_delay_ms.clone(), requests.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+                    let (d, n) = (d.clone(), n.clone());
+                    async move {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        let mut parts = uri.path().trim_start_matches('/').splitn(2, '/');
+                        let (path, key) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                        if path == "users" {
+                            let ms = d.load(Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                        }
+                        if key == "missing" {
+                            return (axum::http::StatusCode::NOT_FOUND, String::new());
+                        }
+                        (
+                            axum::http::StatusCode::OK,
+                            serde_json::json!({"path": path, "key": key}).to_string(),
+                        )
+                    }
+                });
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        Self {
+            addr: rx.recv().unwrap(),
+            users_delay_ms,
+            requests,
+        }
+    }
+}
+
+fn config(dir: &std::path::Path, endpoint: &Endpoint) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let file = dir.join("gateway.toml");
+    let text = format!(
+        r#"[sources.api]
+http = "http://{addr}"
+timeout = "20s"
+retries = 0
+
+[namespaces.users]
+source = "api"
+path = "users"
+ttl = "300ms"
+jitter = 0.0
+fail_safe_for = "60s"
+hard_timeout = "2s"
+max_loads = 1
+max_queue = 0
+max_wait = "10ms"
+
+[namespaces.orders]
+source = "api"
+path = "orders"
+"#,
+        addr = endpoint.addr
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// `(status, the headers asked for, body)`.
+fn get(url: &str, names: &[&str]) -> (u16, Vec<String>, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut resp = agent.get(url).call().unwrap();
+    let headers = names
+        .iter()
+        .map(|n| {
+            resp.headers()
+                .get(*n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    let status = resp.status().as_u16();
+    (
+        status,
+        headers,
+        resp.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn a_namespace_reads_through_an_http_source_and_is_read_only() {
+    let endpoint = Endpoint::start();
+    let dir = common::data_dir("gateway-http-source");
+    let file = config(&dir, &endpoint);
+    let running = common::serve(&dir, &["--config", file.to_str().unwrap()]).unwrap();
+    let (status, _, body) = get(&format!("{}/v1/orders/o%2F1", running.base), &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        // The key `o/1` travels as one path segment.
+        serde_json::json!({"path": "orders", "key": "o%2F1"})
+    );
+    let (status, headers, _) = get(
+        &format!("{}/v1/orders/o%2F1", running.base),
+        &["cache-status"],
+    );
+    assert_eq!(status, 200);
+    assert!(headers[0].contains("hit"), "{headers:?}");
+    assert_eq!(
+        endpoint.requests.load(Ordering::SeqCst),
+        1,
+        "the second read is a hit"
+    );
+    let (status, _, body) = get(&format!("{}/v1/orders/missing", running.base), &[]);
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = common::call("PUT", &format!("{}/v1/orders/o1", running.base), "{}");
+    assert_eq!(status, 405, "{body}");
+    assert!(body.contains("read_only"), "{body}");
+    drop(running);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_sick_source_is_shed_with_stale_answers_and_503s_while_its_neighbour_is_unharmed() {
+    let endpoint = Endpoint::start();
+    let dir = common::data_dir("gateway-shed");
+    let file = config(&dir, &endpoint);
+    let running = common::serve(&dir, &["--config", file.to_str().unwrap()]).unwrap();
+    let base = running.base.clone();
+    let (status, _, _) = get(&format!("{base}/v1/users/cached"), &[]);
+    assert_eq!(status, 200);
+
+    // The users API goes from instant to 12 s; the cached entry expires.
+    endpoint.users_delay_ms.store(12_000, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(400));
+
+    // One load takes the namespace's only slot and waits on the sick source.
+    let b = base.clone();
+    let holder = std::thread::spawn(move || {
+        let started = Instant::now();
+        let (status, _, body) = get(&format!("{b}/v1/users/slow"), &[]);
+        (status, body, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A key with a value: its stale value at once, marked as shed.
+    let started = Instant::now();
+    let (status, headers, body) = get(&format!("{base}/v1/users/cached"), &["cache-status"]);
+    assert_eq!(status, 200, "{body}");
+    assert!(headers[0].contains("stale-overloaded"), "{headers:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A key without one: 503 with Retry-After, at once.
+    let started = Instant::now();
+    let (status, headers, body) = get(&format!("{base}/v1/users/new"), &["retry-after"]);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("overloaded"), "{body}");
+    assert_eq!(headers[0], "1");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The neighbour on the same endpoint answers as before.
+    let started = Instant::now();
+    let (status, _, _) = get(&format!("{base}/v1/orders/o1"), &[]);
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The held load answers by the hard timeout (2 s), not after the source's 12 s.
+    let (status, body, took) = holder.join().unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert!(took < Duration::from_millis(2_800), "{took:?}");
+
+    let (_, stats) = common::call("GET", &format!("{base}/metrics"), "");
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.starts_with("strata_source_shed_total{") && l.contains("users")),
+        "no shed metric"
+    );
+    drop(running);
+    let _ = std::fs::remove_dir_all(dir);
+}
