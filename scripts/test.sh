@@ -131,11 +131,12 @@ need_chromium() {
 }
 
 # Runs the README's curl tour (between the tour markers) against a fresh embedded-default server on :8700 (with
-# its proxy on :8780 in front of the tour's origin on :8000) and checks that each step answered as the README says.
+# its proxy on :8780 in front of the tour's origin on :8000, and the gateway act's server on :8701 with its REST
+# endpoint on :8001) and checks that each step answered as the README says.
 readme_tour() {
   local dir out pid
   dir=$(mktemp -d /tmp/strata-tour.XXXXXX)
-  for port in 8700 8780 8000; do
+  for port in 8700 8780 8000 8701 8001; do
     if timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
       echo "port $port is taken: the README tour needs it" >&2; exit 1
     fi
@@ -147,7 +148,7 @@ readme_tour() {
   for _ in $(seq 100); do grep -q "strata listening" "$dir/server.log" && break; sleep 0.1; done
   grep -q "strata listening" "$dir/server.log" || { cat "$dir/server.log" >&2; exit 1; }
   sed -n '/<!-- tour:start -->/,/<!-- tour:end -->/p' README.md | sed '1,2d;$d' | sed '$d' >"$dir/tour.sh"
-  out=$(bash -e "$dir/tour.sh" 2>&1) || { echo "$out" >&2; exit 1; }
+  out=$(STRATA=target/debug/strata bash -e "$dir/tour.sh" 2>&1) || { echo "$out" >&2; exit 1; }
   for want in 'cache-status: strata; fwd=miss; stored' 'cache-status: strata; hit' '"write":"through"' \
               'etag: "v2"' '"name":"Product 42"' '"name":"OLED TV"' '"write":"behind"' '"9999":null' \
               '"found":1000' 'unknown_namespace' 'colour' 'strata_hits_total' 'ready' '"openapi":"3.1.0"' \
@@ -155,7 +156,9 @@ readme_tour() {
               'detail="stale-while-revalidate"' 'strata_proxy_requests_total' '"purged":{"tag":"product:42"}' \
               'after the purge: cache-status: Strata; fwd=uri-miss' 'after the purge: cache-status: strata; fwd=miss' \
               'after the write: cache-status: Strata; fwd=uri-miss' '"soft":true' 'surrogate-key: product product:7' \
-              'HTTP/1.1 304' 'max-age=31536000, immutable'; do
+              'HTTP/1.1 304' 'max-age=31536000, immutable' '"name":"Ada"' 'HTTP/1.1 429' \
+              'ratelimit-policy: "per_client";q=2;w=60' 'retry-after:' 'detail=stale-overloaded' \
+              'HTTP/1.1 503' '"error":"overloaded"' 'users/2 (no value, waited for the source): 504'; do
     grep -qiF -- "$want" <<<"$out" || { echo "$out" >&2; echo "README tour: expected output containing: $want" >&2; exit 1; }
   done
   kill -TERM "$pid" && wait "$pid" || { cat "$dir/server.log" >&2; echo "strata did not shut down cleanly" >&2; exit 1; }
@@ -253,6 +256,18 @@ echo "$lines"
 echo "$lines" | sed -n 's/.* accuracy=\([0-9.]*\) .*/\1/p' |
   awk '{ if ($1 < 0.98 || $1 > 1.02) { print "ratelimit: accuracy " $1 " is off by more than 2 %" > "/dev/stderr"; bad = 1 } } END { exit bad }' ||
   exit 1
+
+say "strata bench slow-dependency (smoke: the healthy namespace unharmed, no answer past the hard timeout)"
+line=$(target/release/strata bench slow-dependency --before 3 --during 4 --after 2)
+echo "$line"
+field() { echo "$line" | sed -n "s/.* $1=\([0-9.]*\).*/\1/p"; }
+awk -v r="$(field healthy_p99_ratio)" -v e="$(field healthy_errors_during)" -v s="$(field sick_max_ms)" \
+    -v h="$(field hard_timeout_ms)" -v n="$(field naive_sick_max_ms)" 'BEGIN {
+  if (r == "" || r > 1.5) { print "slow-dependency: healthy p99 grew " r "x during the outage (goal <= 1.5)" > "/dev/stderr"; exit 1 }
+  if (e != 0) { print "slow-dependency: the healthy namespace failed " e " requests during the outage" > "/dev/stderr"; exit 1 }
+  if (s == "" || s > h + 100) { print "slow-dependency: a sick answer took " s " ms, past the hard timeout " h " ms" > "/dev/stderr"; exit 1 }
+  if (n < 10000) { print "slow-dependency: the naive run answered in " n " ms: it did not see the outage" > "/dev/stderr"; exit 1 }
+}' || exit 1
 
 line=$(target/release/strata-bench stampede)
 echo "$line"

@@ -16,6 +16,7 @@ pub mod loadgen;
 pub mod proxy;
 pub mod purge;
 pub mod ratelimit;
+pub mod slow_dependency;
 pub mod stampede;
 pub mod writes;
 pub mod xfetch;

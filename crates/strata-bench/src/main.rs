@@ -183,6 +183,40 @@ enum Scenario {
         #[arg(long)]
         start: i64,
     },
+    /// One slow dependency (200 ms → 12 s) beside a healthy one on one server: naive, then with a bulkhead, a
+    /// breaker and a hard timeout; the healthy namespace's p99 and the sick one's slowest answer.
+    SlowDependency {
+        /// The `strata` binary. Default: next to this one, else target/release/strata or target/debug/strata.
+        #[arg(long)]
+        strata: Option<std::path::PathBuf>,
+        /// Seconds before the outage.
+        #[arg(long, default_value_t = 5.0)]
+        before: f64,
+        /// Seconds of outage.
+        #[arg(long, default_value_t = 10.0)]
+        during: f64,
+        /// Seconds after the heal.
+        #[arg(long, default_value_t = 5.0)]
+        after: f64,
+        /// The sick source's latency during the outage (ms).
+        #[arg(long, default_value_t = 12_000)]
+        sick_ms: u64,
+        /// The healthy source's latency (ms).
+        #[arg(long, default_value_t = 5)]
+        healthy_ms: u64,
+        /// Requests per second to the healthy namespace.
+        #[arg(long, default_value_t = 200)]
+        healthy_rate: u64,
+        /// Requests per second to the sick namespace.
+        #[arg(long, default_value_t = 50)]
+        sick_rate: u64,
+        /// `server.max_connections` (the finite resource a hung dependency exhausts).
+        #[arg(long, default_value_t = 200)]
+        max_connections: usize,
+        /// The protected run's hard timeout (ms).
+        #[arg(long, default_value_t = 1_000)]
+        hard_timeout_ms: u64,
+    },
     /// The cluster-wide rate limiter: accuracy of every algorithm with `nodes` nodes on one Redis under a burst
     /// and under steady overload, and the cost of a decision beside one plain `INCR`.
     Ratelimit {
@@ -548,6 +582,44 @@ fn main() {
                 }
                 Err(e) => {
                     eprintln!("ratelimit: {e:#}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Scenario::SlowDependency {
+            strata,
+            before,
+            during,
+            after,
+            sick_ms,
+            healthy_ms,
+            healthy_rate,
+            sick_rate,
+            max_connections,
+            hard_timeout_ms,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let options = strata_bench::slow_dependency::Options {
+                strata,
+                before,
+                during,
+                after,
+                sick_ms,
+                healthy_ms,
+                healthy_rate,
+                sick_rate,
+                max_connections,
+                hard_timeout_ms,
+            };
+            let result = rt.block_on(strata_bench::slow_dependency::run(options));
+            drop(rt);
+            match result {
+                Ok(r) => println!("{r}"),
+                Err(e) => {
+                    eprintln!("slow-dependency: {e:#}");
                     std::process::exit(1);
                 }
             }

@@ -209,13 +209,13 @@ impl StandInCdn {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn locate_strata(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn locate_strata(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p);
     }
@@ -246,15 +246,40 @@ async fn start_node(
 ) -> anyhow::Result<Node> {
     let (api, proxy) = (free_port()?, free_port()?);
     let data = dir.join(format!("node{i}"));
-    std::fs::create_dir_all(&data)?;
+    let child = spawn_serve(
+        strata,
+        config,
+        &data,
+        &["--proxy-listen".into(), format!("127.0.0.1:{proxy}")],
+        api,
+    )
+    .await
+    .with_context(|| format!("node {i}"))?;
+    Ok(Node {
+        child,
+        api: format!("http://127.0.0.1:{api}"),
+        proxy: format!("http://127.0.0.1:{proxy}"),
+    })
+}
+
+/// Starts `strata serve --config {config} --listen 127.0.0.1:{port} --data-dir {data} {extra}` and waits until it
+/// listens (30 s at most); the child is killed when dropped.
+pub(crate) async fn spawn_serve(
+    strata: &PathBuf,
+    config: &PathBuf,
+    data: &std::path::Path,
+    extra: &[String],
+    port: u16,
+) -> anyhow::Result<Child> {
+    std::fs::create_dir_all(data)?;
     let mut child = Command::new(strata)
         .arg("serve")
         .arg("--config")
         .arg(config)
-        .args(["--listen", &format!("127.0.0.1:{api}")])
-        .args(["--proxy-listen", &format!("127.0.0.1:{proxy}")])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .arg("--data-dir")
-        .arg(&data)
+        .arg(data)
         .env("RUST_LOG", "error")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -268,9 +293,9 @@ async fn start_node(
     loop {
         let line = tokio::time::timeout_at(deadline.into(), lines.next_line())
             .await
-            .context("a node did not start within 30 s")??;
+            .context("strata serve did not start within 30 s")??;
         let Some(line) = line else {
-            bail!("node {i} exited at start: {}", seen.join("\n"));
+            bail!("strata serve exited at start: {}", seen.join("\n"));
         };
         if line.starts_with("strata listening on") {
             break;
@@ -278,11 +303,7 @@ async fn start_node(
         seen.push(line);
     }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Node {
-        child,
-        api: format!("http://127.0.0.1:{api}"),
-        proxy: format!("http://127.0.0.1:{proxy}"),
-    })
+    Ok(child)
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -315,7 +336,7 @@ async fn post_purge(client: &HttpClient, base: &str, body: &str) -> anyhow::Resu
     Ok(())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -1,6 +1,7 @@
 //! `strata bench <scenario>`: a thin launcher of the `strata-bench` binary (found next to this executable or on
 //! `PATH`), which runs every scenario (`api`, `stampede`, `xfetch`, `l1`, `l2`, `invalidation`, `hotkey`,
-//! `write-behind-crash`, `writes`, `cdc`, `consistency`, `proxy`, `proxy-stampede`, `purge`, `ratelimit`): it counts allocations with its own global allocator and
+//! `write-behind-crash`, `writes`, `cdc`, `consistency`, `proxy`, `proxy-stampede`, `purge`, `ratelimit`,
+//! `slow-dependency`): it counts allocations with its own global allocator and
 //! re-executes itself for crash tests, which a server binary must not do, and the server's production build
 //! carries no benchmark or test code.
 

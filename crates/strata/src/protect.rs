@@ -132,10 +132,10 @@ impl SourceGuard {
                         self.stats.shed.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("strata_source_shed_total", "namespace" => self.namespace.clone())
                             .increment(1);
+                        let n = self.protection.max_in_flight.unwrap_or(0);
                         Error::Overloaded(format!(
-                            "namespace {:?}: {} loads are in flight against the source and {why}",
+                            "namespace {:?}: all {n} of its source's load slots (max_loads) are taken and {why}",
                             self.namespace,
-                            self.protection.max_in_flight.unwrap_or(0)
                         ))
                     };
                     if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.protection.max_queue {
