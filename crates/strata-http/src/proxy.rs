@@ -113,6 +113,7 @@ pub struct Route {
     policy: EdgePolicy,
     max_object_bytes: Option<usize>,
     hit_for_miss: Option<Duration>,
+    protection: Option<strata::protect::Protection>,
 }
 
 impl Route {
@@ -132,6 +133,7 @@ impl Route {
                 policy: EdgePolicy::default(),
                 max_object_bytes: None,
                 hit_for_miss: None,
+                protection: None,
             }),
             _ => Err(ProxyError::Origin(origin.to_string())),
         }
@@ -178,6 +180,16 @@ impl Route {
     #[must_use]
     pub fn with_hit_for_miss(mut self, d: Duration) -> Self {
         self.hit_for_miss = Some(d);
+        self
+    }
+
+    /// A bulkhead and a breaker in front of the origin ([`strata::protect`]): at most `max_in_flight` requests
+    /// wait for its response head at once; a request refused by either is answered from a stored response inside
+    /// its `stale-if-error` window, else `503` with `Retry-After` (`Cache-Status` detail `overloaded`), and never
+    /// reaches the origin. The slot is held until the response head arrives. Default: none.
+    #[must_use]
+    pub fn with_protection(mut self, p: strata::protect::Protection) -> Self {
+        self.protection = Some(p);
         self
     }
 
@@ -379,6 +391,9 @@ pub enum FetchError {
     /// Past [`ProxyConfig::origin_timeout`].
     #[error("origin timed out")]
     Timeout,
+    /// The route's bulkhead or breaker refused the request (see [`Route::with_protection`]).
+    #[error("origin protected: {0}")]
+    Overloaded(String),
     /// The body broke off or was too large.
     #[error("origin response incomplete: {0}")]
     Incomplete(String),
@@ -445,6 +460,8 @@ pub struct Proxy {
     uncacheable: Mutex<HashMap<String, UnixMillis>>,
     /// Per-route counters, by route index.
     stats: Vec<RouteStats>,
+    /// Per-route origin protection, by route index.
+    guards: Vec<Option<strata::protect::SourceGuard>>,
     /// The routes' names, in route order (their tags, see [`crate::purge`]).
     route_names: Vec<String>,
     /// [`ProxyConfig::name`], shared by every answer's `Cache-Status`.
@@ -515,8 +532,21 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new()).build_http();
         let stats = routes.iter().map(|_| RouteStats::default()).collect();
         let route_names = routes.iter().map(Route::name).collect();
+        let guards = routes
+            .iter()
+            .map(|r| {
+                r.protection.map(|p| {
+                    strata::protect::SourceGuard::new(
+                        &format!("proxy:{}", r.name()),
+                        p,
+                        ns.clock().clone(),
+                    )
+                })
+            })
+            .collect();
         Arc::new(Self {
             stats,
+            guards,
             route_names,
             routes,
             ns,
@@ -1490,6 +1520,23 @@ impl Proxy {
             .map(|i| self.route_names[i].clone())
     }
 
+    /// The index of the route that serves `uri` with `headers` (the target's authority, else `Host`; the path
+    /// normalised as for the cache key, so `/api/../admin` is routed as `/admin` here as in [`handle`](Self::handle)).
+    pub fn route_index_for(&self, uri: &Uri, headers: &HeaderMap) -> Option<usize> {
+        let authority = match uri.authority() {
+            Some(a) => a.as_str(),
+            None => headers.get(HOST)?.to_str().ok()?,
+        };
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        let primary = PrimaryKey::new(&self.config.key_scheme, authority, target).ok()?;
+        self.routes.find_index(primary.host(), primary.path())
+    }
+
+    /// The bulkhead and breaker in front of route `route`'s origin, when it has them.
+    pub fn guard(&self, route: usize) -> Option<&strata::protect::SourceGuard> {
+        self.guards.get(route).and_then(Option::as_ref)
+    }
+
     /// Purges stored responses on every node (see [`crate::purge`] for what a purge covers and guarantees).
     /// Returns what was purged.
     ///
@@ -1588,12 +1635,23 @@ impl Proxy {
         let request = builder
             .body(Full::new(req.body.clone()))
             .map_err(|e| FetchError::Connect(e.to_string()))?;
+        let admitted = match self.guards.get(req.route).and_then(Option::as_ref) {
+            Some(g) => Some(
+                g.admit()
+                    .await
+                    .map_err(|e| FetchError::Overloaded(e.to_string()))?,
+            ),
+            None => None,
+        };
         let request_time = self.now();
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.config.origin_timeout, self.client.request(request))
             .await
             .map_err(|_| FetchError::Timeout)
             .and_then(|r| r.map_err(|e| FetchError::Connect(e.to_string())));
+        if let Some(a) = admitted {
+            a.done(matches!(&result, Ok(r) if !r.status().is_server_error()));
+        }
         let took = started.elapsed();
         if let (Some(s), Some(route)) = (self.stats.get(req.route), self.routes.0.get(req.route)) {
             s.origin(took.as_micros() as u64, result.is_ok());
@@ -1733,11 +1791,17 @@ impl Proxy {
             FetchError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "origin-timeout"),
             FetchError::Connect(_) => (StatusCode::BAD_GATEWAY, "origin-unreachable"),
             FetchError::Incomplete(_) => (StatusCode::BAD_GATEWAY, "origin-incomplete"),
+            FetchError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         };
         tracing::warn!(uri = %ctx.primary, error = %e, "origin failed");
         let status = status.with_detail(detail);
         self.count(ctx, &status);
-        self.local(code, status, ctx.version)
+        let mut r = self.local(code, status, ctx.version);
+        if code == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
     }
 
     /// Counts an answer for a routed request in its route's counters.

@@ -729,6 +729,25 @@ async fn warm(
     Ok(Json(json!({"namespace": ns, "requested": keys.len(), "found": found})).into_response())
 }
 
+/// A bulkhead and breaker's state (`null` without one): the dashboard's light is `breaker`.
+fn protection_json(
+    p: Option<(
+        &strata::protect::ProtectionStats,
+        strata::breaker::BreakerState,
+    )>,
+) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    p.map_or(Value::Null, |(s, breaker)| {
+        json!({
+            "breaker": breaker.as_str(),
+            "in_flight": s.in_flight.load(Relaxed),
+            "peak_in_flight": s.peak_in_flight.load(Relaxed),
+            "shed": s.shed.load(Relaxed),
+            "breaker_refused": s.breaker_refused.load(Relaxed),
+        })
+    })
+}
+
 fn ns_stats_json(h: &NsHandle) -> Value {
     let s = h.ns.stats();
     let lookups = s.hits_l1 + s.hits_l2 + s.negative_hits + s.misses + s.coalesced;
@@ -763,6 +782,7 @@ fn ns_stats_json(h: &NsHandle) -> Value {
         "l1_entries": s.l1_entries,
         "lookups": lookups,
         "hit_ratio": s.hit_ratio(),
+        "protection": protection_json(h.ns.protection().map(|(s, b)| (s.as_ref(), b))),
     })
 }
 
@@ -831,8 +851,12 @@ fn proxy_stats_json(edge: &crate::state::EdgeProxy) -> Value {
         .routes()
         .iter()
         .zip(edge.proxy.stats())
-        .map(|(r, s)| {
+        .enumerate()
+        .map(|(i, (r, s))| {
             json!({
+                "protection": protection_json(
+                    edge.proxy.guard(i).map(|g| (g.stats(), g.breaker_state()))
+                ),
                 "route": s.route,
                 "host": r.host(),
                 "path_prefix": r.path_prefix(),

@@ -438,20 +438,46 @@ pub struct NamespaceConfig {
     pub breaker_open_for: Option<Dur>,
 }
 
+/// The protection fields a namespace and a proxy route share: `(max_loads, max_queue, max_wait,
+/// breaker_failures, breaker_open_for)`.
+type ProtectionFields = (
+    Option<usize>,
+    Option<usize>,
+    Option<Dur>,
+    Option<u32>,
+    Option<Dur>,
+);
+
+/// The protection those fields configure, when a bulkhead or a breaker is.
+fn protection_of(f: ProtectionFields) -> Option<strata::protect::Protection> {
+    let (max_loads, max_queue, max_wait, breaker_failures, breaker_open_for) = f;
+    if max_loads.is_none() && breaker_failures.is_none() {
+        return None;
+    }
+    let d = strata::protect::Protection::default();
+    Some(strata::protect::Protection {
+        max_in_flight: max_loads,
+        max_queue: max_queue.unwrap_or(0),
+        max_wait: max_wait.map_or(d.max_wait, |w| w.0),
+        breaker_failures,
+        breaker_open_for: breaker_open_for.map_or(d.breaker_open_for, |w| w.0),
+    })
+}
+
 impl NamespaceConfig {
+    fn protection_fields(&self) -> ProtectionFields {
+        (
+            self.max_loads,
+            self.max_queue,
+            self.max_wait,
+            self.breaker_failures,
+            self.breaker_open_for,
+        )
+    }
+
     /// The source protection, when a bulkhead or a breaker is configured.
     pub fn protection(&self) -> Option<strata::protect::Protection> {
-        if self.max_loads.is_none() && self.breaker_failures.is_none() {
-            return None;
-        }
-        let d = strata::protect::Protection::default();
-        Some(strata::protect::Protection {
-            max_in_flight: self.max_loads,
-            max_queue: self.max_queue.unwrap_or(0),
-            max_wait: self.max_wait.map_or(d.max_wait, |w| w.0),
-            breaker_failures: self.breaker_failures,
-            breaker_open_for: self.breaker_open_for.map_or(d.breaker_open_for, |w| w.0),
-        })
+        protection_of(self.protection_fields())
     }
 }
 
@@ -755,6 +781,27 @@ pub struct ProxyRouteConfig {
     /// `detail="hit-for-miss"` in `Cache-Status`). Default: 10 s; at most 1 h.
     #[serde(default)]
     pub hit_for_pass: Option<Dur>,
+    /// The rate limit (a name under `[limits]`) every request of this route passes (`429` past it). Default:
+    /// none.
+    #[serde(default)]
+    pub rate_limit: Option<Spanned<String>>,
+    /// Bulkhead: at most this many requests waiting for the origin's response head at once. Default: none.
+    #[serde(default)]
+    pub max_loads: Option<usize>,
+    /// Requests waiting for a bulkhead slot; past it they are shed (stale inside `stale-if-error`, or `503`).
+    /// Default: 0.
+    #[serde(default)]
+    pub max_queue: Option<usize>,
+    /// Longest wait for a bulkhead slot. Default: 100ms.
+    #[serde(default)]
+    pub max_wait: Option<Dur>,
+    /// Consecutive origin failures (no answer, a timeout, a 5xx) that open the route's circuit breaker.
+    /// Default: none.
+    #[serde(default)]
+    pub breaker_failures: Option<u32>,
+    /// How long the breaker stays open before one probe. Default: 5s.
+    #[serde(default)]
+    pub breaker_open_for: Option<Dur>,
 }
 
 fn default_proxy_listen() -> SocketAddr {
@@ -835,6 +882,12 @@ impl ProxyRouteConfig {
             heuristic_cap: None,
             max_retention: None,
             hit_for_pass: None,
+            rate_limit: None,
+            max_loads: None,
+            max_queue: None,
+            max_wait: None,
+            breaker_failures: None,
+            breaker_open_for: None,
         }
     }
 
@@ -861,6 +914,16 @@ impl ProxyRouteConfig {
         p
     }
 
+    fn protection_fields(&self) -> ProtectionFields {
+        (
+            self.max_loads,
+            self.max_queue,
+            self.max_wait,
+            self.breaker_failures,
+            self.breaker_open_for,
+        )
+    }
+
     /// The route; `Err(message)` for an origin that is not `http://host[:port]`.
     pub fn route(&self) -> Result<strata_http::proxy::Route, String> {
         let mut r = strata_http::proxy::Route::new(&self.origin)
@@ -880,6 +943,9 @@ impl ProxyRouteConfig {
         }
         if let Some(d) = self.hit_for_pass {
             r = r.with_hit_for_miss(d.0);
+        }
+        if let Some(p) = protection_of(self.protection_fields()) {
+            r = r.with_protection(p);
         }
         Ok(r)
     }
@@ -1144,6 +1210,27 @@ impl Config {
                 Ok(())
             }
         };
+        let check_protection =
+            |field: &dyn Fn(&str) -> String, p: ProtectionFields| -> Result<(), E> {
+                let (max_loads, max_queue, max_wait, breaker_failures, breaker_open_for) = p;
+                if let Some(m) = max_loads {
+                    range(&field("max_loads"), m as u64, 1, 100_000, "loads")?;
+                }
+                if let Some(m) = max_queue {
+                    range(&field("max_queue"), m as u64, 0, 1_000_000, "loads")?;
+                }
+                if let Some(f) = breaker_failures {
+                    range(
+                        &field("breaker_failures"),
+                        u64::from(f),
+                        1,
+                        1_000,
+                        "failures",
+                    )?;
+                }
+                timeout(field("max_wait"), max_wait, true)?;
+                timeout(field("breaker_open_for"), breaker_open_for, false)
+            };
 
         // [server]
         let sv = &self.server;
@@ -1372,23 +1459,7 @@ impl Config {
                 ));
             }
             let n = ns.get_ref();
-            if let Some(m) = n.max_loads {
-                range(&field("max_loads"), m as u64, 1, 100_000, "loads")?;
-            }
-            if let Some(m) = n.max_queue {
-                range(&field("max_queue"), m as u64, 0, 1_000_000, "loads")?;
-            }
-            if let Some(f) = n.breaker_failures {
-                range(
-                    &field("breaker_failures"),
-                    u64::from(f),
-                    1,
-                    1_000,
-                    "failures",
-                )?;
-            }
-            timeout(field("max_wait"), n.max_wait, true)?;
-            timeout(field("breaker_open_for"), n.breaker_open_for, false)?;
+            check_protection(&field, n.protection_fields())?;
             if let Some(l) = &n.rate_limit {
                 if !self.limits.contains_key(l.get_ref()) {
                     let names: Vec<&str> = self.limits.keys().map(String::as_str).collect();
@@ -1778,6 +1849,21 @@ impl Config {
                 if let Err(e) = r.route() {
                     return Err(at(f("origin"), e));
                 }
+                check_protection(&f, r.protection_fields())?;
+                if let Some(l) = &r.rate_limit {
+                    if !self.limits.contains_key(l.get_ref()) {
+                        let names: Vec<&str> = self.limits.keys().map(String::as_str).collect();
+                        return Err((
+                            Some(l.span()),
+                            f("rate_limit"),
+                            format!(
+                                "no limit {:?} under [limits]; configured: [{}]",
+                                l.get_ref(),
+                                names.join(", ")
+                            ),
+                        ));
+                    }
+                }
                 if let Some(h) = &r.host {
                     let ok = !h.is_empty()
                         && h.len() <= 253
@@ -2113,6 +2199,16 @@ mod tests {
 
         let e = err("[namespaces.price]\nwrite = \"through\"\n");
         assert!(e.message.contains("need a `source`"), "{e}");
+
+        // Proxy routes' limits and protection.
+        let e = err("[proxy]\n\n[[proxy.routes]]\norigin = \"http://a\"\nrate_limit = \"nope\"\n");
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("proxy.routes[0].rate_limit", 5),
+            "{e}"
+        );
+        let e = err("[proxy]\n\n[[proxy.routes]]\norigin = \"http://a\"\nmax_loads = 0\n");
+        assert_eq!(e.field, "proxy.routes[0].max_loads", "{e}");
 
         // HTTP sources.
         let e = err("[sources.api]\nhttp = \"ftp://x\"\n");

@@ -327,6 +327,7 @@ pub async fn serve(
 pub async fn serve_edge(
     listener: TcpListener,
     proxy: Arc<strata_http::proxy::Proxy>,
+    route_limits: Arc<crate::limits::RouteLimits>,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
@@ -334,8 +335,31 @@ pub async fn serve_edge(
     // The guard's limit is a hard wall well past the proxy's own header limit, which answers first.
     let max_head = proxy.config().max_header_bytes.saturating_mul(2);
     let app = axum::Router::new().fallback(move |req: Request<axum::body::Body>| {
-        let proxy = proxy.clone();
-        async move { proxy.handle(req).await }
+        let (proxy, route_limits) = (proxy.clone(), route_limits.clone());
+        async move {
+            let peer = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0);
+            let decided = if route_limits.by_route.iter().any(Option::is_some) {
+                route_limits
+                    .admit(&proxy, &req.uri().clone(), &req.headers().clone(), peer)
+                    .await
+            } else {
+                Ok(None)
+            };
+            match decided {
+                Err(refused) => refused,
+                Ok(decided) => {
+                    let mut r =
+                        axum::response::IntoResponse::into_response(proxy.handle(req).await);
+                    if let Some((limit, d)) = decided {
+                        limit.headers(&d, r.headers_mut());
+                    }
+                    r
+                }
+            }
+        }
     });
     serve_framed(
         listener,

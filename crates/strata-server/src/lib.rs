@@ -161,6 +161,17 @@ pub async fn serve_with(
             Some(tokio::spawn(conn::serve_edge(
                 l,
                 p.proxy.clone(),
+                Arc::new(crate::limits::RouteLimits {
+                    by_route: p
+                        .rate_limits
+                        .iter()
+                        .map(|n| {
+                            n.as_ref()
+                                .and_then(|n| state.limits.by_name.get(n).cloned())
+                        })
+                        .collect(),
+                    trusted: state.limits.trusted.clone(),
+                }),
                 limits,
                 async move {
                     let _ = stop.wait_for(|s| *s).await;

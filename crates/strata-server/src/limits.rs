@@ -392,6 +392,48 @@ pub async fn enforce(
     r
 }
 
+/// The limits of the proxy's routes (`[[proxy.routes]] rate_limit`), by route index.
+#[derive(Default, Clone)]
+pub struct RouteLimits {
+    /// By route index (`None`: unlimited).
+    pub by_route: Vec<Option<Arc<NamedLimit>>>,
+    /// `[server] trusted_proxies`.
+    pub trusted: Vec<Network>,
+}
+
+impl RouteLimits {
+    /// Decides a proxied request: `Err(429)` when its route's limit refuses it, else the decision whose
+    /// `RateLimit` fields the answer carries (none for an unlimited route or a request no route serves).
+    pub async fn admit(
+        &self,
+        proxy: &strata_http::proxy::Proxy,
+        uri: &axum::http::Uri,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Result<Option<(Arc<NamedLimit>, Decision)>, Response> {
+        let Some(route) = proxy.route_index_for(uri, headers) else {
+            return Ok(None);
+        };
+        let Some(limit) = self.by_route.get(route).and_then(Option::as_ref) else {
+            return Ok(None);
+        };
+        let name = proxy
+            .routes()
+            .iter()
+            .nth(route)
+            .map(strata_http::proxy::Route::name)
+            .unwrap_or_default();
+        let peer = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+        let client = client_ip(peer, headers, &self.trusted);
+        let key = format!("route:{name}:{}", limit.key_of(&name, client, headers));
+        let d = limit.acquire(&key, 1).await;
+        if !d.allowed {
+            return Err(limit.refusal(&key, &d));
+        }
+        Ok(Some((limit.clone(), d)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,6 +161,8 @@ pub struct EdgeProxy {
     pub proxy: Arc<strata_http::proxy::Proxy>,
     /// Where it listens.
     pub listen: std::net::SocketAddr,
+    /// Each route's rate limit (a name under `[limits]`), in route order.
+    pub rate_limits: Vec<Option<String>>,
 }
 
 impl EdgeProxy {
@@ -180,6 +182,11 @@ impl EdgeProxy {
         Ok(Self {
             proxy: strata_http::proxy::Proxy::new(routes, ns, section.proxy_config()),
             listen: section.listen,
+            rate_limits: section
+                .routes
+                .iter()
+                .map(|r| r.rate_limit.as_ref().map(|l| l.get_ref().clone()))
+                .collect(),
         })
     }
 }

@@ -59,6 +59,10 @@ async fn the_dashboard_renders_live_charts_in_a_browser() {
         dom.contains("<th>write tag</th>"),
         "the purge counters are on the page:\n{dom}"
     );
+    assert!(
+        dom.contains("<th>source</th>") && dom.contains("<td>—</td>"),
+        "each namespace's source light is on the page (none is protected here):\n{dom}"
+    );
     for chart in ["tiers", "namespaces", "loads", "stale", "bus", "behind"] {
         let marker = format!("id=\"chart-{chart}\" data-points=\"");
         let at = dom

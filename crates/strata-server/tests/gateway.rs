@@ -1,6 +1,7 @@
 //! The gateway tier through the `strata` binary: namespaces reading through an HTTP source, and a sick source
 //! shed by its namespace's bulkhead — stale answers where there is a value, `503` + `Retry-After` where there is
-//! none, no answer later than the hard timeout — while the namespace beside it is unharmed.
+//! none, no answer later than the hard timeout — while the namespace beside it is unharmed; and the same for the
+//! proxy's routes: a rate limit per route, and a bulkhead in front of a route's origin.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A REST endpoint: `/{path}/{key}` answers `{"path": …, "key": …}` after the delay set for its path's first
-/// segment (`users` or `orders`); key `missing` is a 404.
+/// segment (`users` or `orders`), fresh for 1 s (`max-age=1`); key `missing` is a 404.
 struct Endpoint {
     addr: std::net::SocketAddr,
     users_delay_ms: Arc<AtomicU64>,
@@ -41,11 +42,13 @@ impl Endpoint {
                             let ms = d.load(Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(ms)).await;
                         }
+                        let fresh_for = [(axum::http::header::CACHE_CONTROL, "max-age=1")];
                         if key == "missing" {
-                            return (axum::http::StatusCode::NOT_FOUND, String::new());
+                            return (axum::http::StatusCode::NOT_FOUND, fresh_for, String::new());
                         }
                         (
                             axum::http::StatusCode::OK,
+                            fresh_for,
                             serde_json::json!({"path": path, "key": key}).to_string(),
                         )
                     }
@@ -211,6 +214,16 @@ fn a_sick_source_is_shed_with_stale_answers_and_503s_while_its_neighbour_is_unha
     assert_eq!(status, 504, "{body}");
     assert!(took < Duration::from_millis(2_800), "{took:?}");
 
+    let (_, stats) = common::call("GET", &format!("{base}/v1/users/_stats"), "");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let p = &stats["protection"];
+    assert!(p["shed"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(
+        ["closed", "open", "half_open"].contains(&p["breaker"].as_str().unwrap()),
+        "{stats}"
+    );
+    let (_, stats) = common::call("GET", &format!("{base}/v1/orders/_stats"), "");
+    assert!(stats.contains("\"protection\":null"), "{stats}");
     let (_, stats) = common::call("GET", &format!("{base}/metrics"), "");
     assert!(
         stats
@@ -218,6 +231,102 @@ fn a_sick_source_is_shed_with_stale_answers_and_503s_while_its_neighbour_is_unha
             .any(|l| l.starts_with("strata_source_shed_total{") && l.contains("users")),
         "no shed metric"
     );
+    drop(running);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_proxy_route_has_its_own_rate_limit_and_a_bulkhead_in_front_of_its_origin() {
+    let endpoint = Endpoint::start();
+    let dir = common::data_dir("gateway-proxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("edge.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"[limits.per_client]
+limit = 2
+per = "1m"
+key = "ip"
+
+[proxy]
+listen = "127.0.0.1:0"
+origin_timeout = "2s"
+
+[[proxy.routes]]
+name = "orders"
+path_prefix = "/orders/"
+origin = "http://{addr}"
+rate_limit = "per_client"
+
+[[proxy.routes]]
+name = "users"
+path_prefix = "/users/"
+origin = "http://{addr}"
+max_loads = 1
+stale_if_error = "1h"
+"#,
+            addr = endpoint.addr
+        ),
+    )
+    .unwrap();
+    let running = common::serve(&dir, &["--config", file.to_str().unwrap()]).unwrap();
+    let proxy = running.proxy.clone().unwrap();
+
+    // The orders route: two requests a minute per client, then 429 with the IETF fields.
+    for _ in 0..2 {
+        let (status, headers, _) = get(&format!("{proxy}/orders/o1"), &["ratelimit-policy"]);
+        assert_eq!(status, 200);
+        assert_eq!(headers[0], "\"per_client\";q=2;w=60");
+    }
+    let (status, headers, body) = get(&format!("{proxy}/orders/o1"), &["retry-after", "ratelimit"]);
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        !headers[0].is_empty() && headers[1].contains("r=0"),
+        "{headers:?}"
+    );
+    assert!(body.contains("rate_limited"), "{body}");
+    // The users route is not limited.
+    let (status, _, _) = get(&format!("{proxy}/users/cached"), &[]);
+    assert_eq!(status, 200);
+
+    // The users origin falls ill; the stored answer goes stale.
+    endpoint.users_delay_ms.store(12_000, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1_200));
+    let p = proxy.clone();
+    let holder = std::thread::spawn(move || {
+        let started = Instant::now();
+        let (status, _, _) = get(&format!("{p}/users/slow"), &[]);
+        (status, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let (status, headers, body) = get(&format!("{proxy}/users/cached"), &["cache-status"]);
+    assert_eq!(status, 200, "{body}");
+    assert!(headers[0].contains("stale-if-error"), "{headers:?}");
+    let (status, headers, _) = get(
+        &format!("{proxy}/users/new"),
+        &["retry-after", "cache-status"],
+    );
+    assert_eq!(status, 503);
+    assert_eq!(headers[0], "1");
+    assert!(headers[1].contains("overloaded"), "{headers:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, stats) = common::call("GET", &format!("{}/v1/_stats", running.base), "");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let routes = stats["proxy"]["routes"].as_array().unwrap();
+    assert!(routes[0]["protection"].is_null(), "{stats}");
+    assert!(
+        routes[1]["protection"]["shed"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    let (status, took) = holder.join().unwrap();
+    assert_eq!(status, 504);
+    assert!(took < Duration::from_millis(2_800), "{took:?}");
     drop(running);
     let _ = std::fs::remove_dir_all(dir);
 }

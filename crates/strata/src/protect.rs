@@ -61,18 +61,20 @@ pub struct ProtectionStats {
     pub peak_in_flight: AtomicUsize,
 }
 
-/// A namespace's bulkhead and breaker.
-pub(crate) struct SourceGuard {
+/// A source's bulkhead and breaker: a namespace's (built from its [`Protection`]), or a proxy route's in front
+/// of its origin.
+pub struct SourceGuard {
     slots: Option<Arc<Semaphore>>,
     waiting: AtomicUsize,
     protection: Protection,
     breaker: Option<CircuitBreaker>,
     pub(crate) stats: Arc<ProtectionStats>,
+    /// Whose source it guards (metrics, messages): a namespace or a route.
     namespace: String,
 }
 
 /// A load admitted to the source: resolve it with its outcome (dropping it unresolved counts as a failure).
-pub(crate) struct Admitted<'a> {
+pub struct Admitted<'a> {
     _slot: Option<OwnedSemaphorePermit>,
     breaker: Option<Permit>,
     stats: &'a ProtectionStats,
@@ -80,7 +82,7 @@ pub(crate) struct Admitted<'a> {
 
 impl Admitted<'_> {
     /// The load ended: `ok` when the source answered (a value or absent), not when it failed or timed out.
-    pub(crate) fn done(mut self, ok: bool) {
+    pub fn done(mut self, ok: bool) {
         if let Some(p) = self.breaker.take() {
             if ok {
                 p.success();
@@ -98,7 +100,8 @@ impl Drop for Admitted<'_> {
 }
 
 impl SourceGuard {
-    pub(crate) fn new(namespace: &str, protection: Protection, clock: Arc<dyn Clock>) -> Self {
+    /// A guard for the source of `namespace` (a namespace's or a route's name).
+    pub fn new(namespace: &str, protection: Protection, clock: Arc<dyn Clock>) -> Self {
         Self {
             slots: protection
                 .max_in_flight
@@ -113,15 +116,20 @@ impl SourceGuard {
         }
     }
 
+    /// Its counters.
+    pub fn stats(&self) -> &ProtectionStats {
+        &self.stats
+    }
+
     /// The breaker's state (closed without a breaker).
-    pub(crate) fn breaker_state(&self) -> BreakerState {
+    pub fn breaker_state(&self) -> BreakerState {
         self.breaker
             .as_ref()
             .map_or(BreakerState::Closed, CircuitBreaker::state)
     }
 
     /// Admits a load to the source, or refuses it with [`Error::Overloaded`] (see the module docs).
-    pub(crate) async fn admit(&self) -> Result<Admitted<'_>, Error> {
+    pub async fn admit(&self) -> Result<Admitted<'_>, Error> {
         // The bulkhead first: a load shed there says nothing of the source, so it must not use up a probe.
         let slot = match &self.slots {
             None => None,
