@@ -99,3 +99,17 @@ pub trait Sink<V>: Send + Sync + 'static {
         Box::pin(async move { self.delete(key).await.map(|v| v.is_some()) })
     }
 }
+
+/// A shared source is a source (so an `Arc<dyn Source<V>>` can be wrapped, e.g. in a retrying adapter).
+impl<V, S: Source<V> + ?Sized> Source<V> for std::sync::Arc<S> {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<V>, SharedError>> {
+        (**self).load(key)
+    }
+
+    fn load_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, Fetched<V>>, SharedError>> {
+        (**self).load_many(keys)
+    }
+}

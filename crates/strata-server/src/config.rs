@@ -296,10 +296,11 @@ pub struct SourceConfig {
     /// An HTTP source's timeout per attempt. Default: 5 s.
     #[serde(default)]
     pub timeout: Option<Dur>,
-    /// An HTTP source's retries of a failed load (full-jitter backoff). Default: 2.
+    /// Retries of a failed load (full-jitter backoff, within the retry budget). Default: 2 for an HTTP source,
+    /// 0 for a SQL one.
     #[serde(default)]
     pub retries: Option<u32>,
-    /// The share of an HTTP source's loads that may be retried (the retry budget). Default: 0.1.
+    /// The share of loads that may be retried (the retry budget). Default: 0.1.
     #[serde(default)]
     pub retry_ratio: Option<f64>,
     /// An HTTP source's answers set their own TTL from `Cache-Control` (shorter than the namespace's only).
@@ -1365,11 +1366,20 @@ impl Config {
                         .into(),
                 ));
             }
+            if let Some(r) = src.retries {
+                range(&format!("{field}.retries"), u64::from(r), 0, 10, "retries")?;
+            }
+            if let Some(r) = src.retry_ratio {
+                if !(0.0..=1.0).contains(&r) {
+                    return Err(at(
+                        format!("{field}.retry_ratio"),
+                        format!("{r}: a share of loads, between 0.0 and 1.0"),
+                    ));
+                }
+            }
             if src.http.is_none() {
                 for (k, set) in [
                     ("timeout", src.timeout.is_some()),
-                    ("retries", src.retries.is_some()),
-                    ("retry_ratio", src.retry_ratio.is_some()),
                     (
                         "ttl_from_cache_control",
                         src.ttl_from_cache_control.is_some(),
@@ -1399,17 +1409,6 @@ impl Config {
                         ));
                     }
                     timeout(format!("{field}.timeout"), src.timeout, false)?;
-                    if let Some(r) = src.retries {
-                        range(&format!("{field}.retries"), u64::from(r), 0, 10, "retries")?;
-                    }
-                    if let Some(r) = src.retry_ratio {
-                        if !(0.0..=1.0).contains(&r) {
-                            return Err(at(
-                                format!("{field}.retry_ratio"),
-                                format!("{r}: a share of loads, between 0.0 and 1.0"),
-                            ));
-                        }
-                    }
                     if let Some(f) = &src.ca_file {
                         strata_http::client::load_roots(f)
                             .map_err(|e| at(format!("{field}.ca_file"), e))?;
@@ -2213,9 +2212,11 @@ mod tests {
         // HTTP sources.
         let e = err("[sources.api]\nhttp = \"ftp://x\"\n");
         assert_eq!(e.field, "sources.api.http", "{e}");
-        let e = err("[sources.db]\nsqlite = \"a.db\"\nretries = 2\n");
-        assert_eq!(e.field, "sources.db.retries", "{e}");
+        let e = err("[sources.db]\nsqlite = \"a.db\"\ntimeout = \"2s\"\n");
+        assert_eq!(e.field, "sources.db.timeout", "{e}");
         assert!(e.message.contains("only an `http` source"), "{e}");
+        let e = err("[sources.db]\nsqlite = \"a.db\"\nretries = 11\n");
+        assert_eq!(e.field, "sources.db.retries", "{e}");
         let e = err("[sources.api]\nhttp = \"http://x\"\nretry_ratio = 2.0\n");
         assert_eq!(e.field, "sources.api.retry_ratio", "{e}");
         let e = err("[sources.api]\nhttp = \"http://x\"\n\n[namespaces.u]\nsource = \"api\"\ntable = \"u\"\n");

@@ -438,7 +438,15 @@ impl AppState {
                     }
                 };
                 schema = Some(bound.schema);
-                b = b.with_source(bound.source);
+                let sc = config.sources[src.get_ref()].get_ref();
+                b = match sc.retries.unwrap_or(0) {
+                    0 => b.with_source(bound.source),
+                    n => b.with_source(Arc::new(strata::retry_budget::Retrying::new(
+                        bound.source,
+                        n,
+                        sc.retry_ratio.unwrap_or(0.1),
+                    ))),
+                };
                 if let Some(sink) = bound.sink {
                     b = b.with_sink(sink);
                     if let Some(wb) = &write_behind {

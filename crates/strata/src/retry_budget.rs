@@ -14,13 +14,19 @@
 //! [`backoff`] is "full jitter" (AWS Architecture Blog, *Exponential Backoff and Jitter*): a uniform wait in
 //! `[0, min(cap, base × 2^attempt)]`, so retries of many callers spread out instead of arriving together.
 //!
+//! [`Retrying`] puts both in front of any [`Source`] (the SQL tables; the HTTP source has its own, which also
+//! honours `Retry-After`).
+//!
 //! Hand-written: a counter under a mutex; the crates that offer budgets come with a whole middleware stack.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use rand::Rng;
+use strata_core::{Fetched, SharedError, Source};
 
 /// A shared allowance of retries (see the module docs). Cheap to consult; share one per source.
 #[derive(Debug)]
@@ -97,6 +103,92 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
         return Duration::ZERO;
     }
     rand::rng().random_range(Duration::ZERO..=ceiling)
+}
+
+/// Any [`Source`] with its failed loads retried: up to `retries` times, full-jitter backoff between them, and
+/// only while its [`RetryBudget`] allows. Loads are reads, so retrying them is safe; which errors are worth
+/// another attempt is the `retryable` predicate's call (default: every error — the budget bounds the cost of
+/// retrying one that will fail again). The namespace's hard timeout bounds the whole, retries included.
+pub struct Retrying<S> {
+    inner: S,
+    retries: u32,
+    base: Duration,
+    cap: Duration,
+    budget: RetryBudget,
+    retryable: Box<dyn Fn(&SharedError) -> bool + Send + Sync>,
+}
+
+impl<S> Retrying<S> {
+    /// `inner` with up to `retries` retries per load, at most `ratio` of loads retried (plus a reserve of 3),
+    /// backoff ceilings from 50 ms doubling to 2 s.
+    pub fn new(inner: S, retries: u32, ratio: f64) -> Self {
+        Self {
+            inner,
+            retries,
+            base: Duration::from_millis(50),
+            cap: Duration::from_secs(2),
+            budget: RetryBudget::new(ratio, 3),
+            retryable: Box::new(|_| true),
+        }
+    }
+
+    /// Retries only the errors `f` accepts.
+    #[must_use]
+    pub fn with_retryable(
+        mut self,
+        f: impl Fn(&SharedError) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.retryable = Box::new(f);
+        self
+    }
+
+    /// The first backoff ceiling and the cap.
+    #[must_use]
+    pub fn with_backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.base = base;
+        self.cap = cap;
+        self
+    }
+
+    /// The budget's counts: `(loads, retries, retries refused)`.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        self.budget.counts()
+    }
+
+    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, SharedError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, SharedError>>,
+    {
+        self.budget.deposit();
+        let mut retry = 0;
+        loop {
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    if retry >= self.retries || !(self.retryable)(&e) || !self.budget.try_retry() {
+                        return Err(e);
+                    }
+                    retry += 1;
+                    metrics::counter!("strata_source_load_retries_total").increment(1);
+                    tokio::time::sleep(backoff(retry, self.base, self.cap)).await;
+                }
+            }
+        }
+    }
+}
+
+impl<V: Send + 'static, S: Source<V>> Source<V> for Retrying<S> {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Fetched<V>, SharedError>> {
+        Box::pin(self.with_retries(move || self.inner.load(key)))
+    }
+
+    fn load_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, Fetched<V>>, SharedError>> {
+        Box::pin(self.with_retries(move || self.inner.load_many(keys)))
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Source protection under paused time: the bulkhead admits `max_in_flight` loads, queues `max_queue` for at most
 //! `max_wait` and sheds the rest at once (stale when a value is in the fail-safe window, else `Overloaded`); the
-//! breaker opens after consecutive failures, refuses without touching the source, and closes after one probe.
+//! breaker opens after consecutive failures, refuses without touching the source, and closes after one probe;
+//! a retrying source answers after jittered backoff, and against a dead source its retries stay in the budget.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -144,4 +145,102 @@ async fn the_breaker_opens_on_failures_refuses_without_the_source_and_closes_aft
         .unwrap();
     assert_eq!(l.value(), Some(&1), "the probe went through");
     assert_eq!(ns.protection().unwrap().1, BreakerState::Closed);
+}
+
+/// A source that fails its first `fail_first` loads, then answers each key with its length.
+struct Flaky {
+    calls: AtomicUsize,
+    fail_first: usize,
+}
+
+impl strata::Source<u64> for Flaky {
+    fn load<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<strata::Fetched<u64>, strata_core::SharedError>>
+    {
+        Box::pin(async move {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n < self.fail_first {
+                Err(Arc::new(std::io::Error::other("connection reset")) as strata_core::SharedError)
+            } else {
+                Ok(strata::Fetched::value(key.len() as u64))
+            }
+        })
+    }
+
+    fn load_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<std::collections::HashMap<String, strata::Fetched<u64>>, strata_core::SharedError>,
+    > {
+        Box::pin(async move {
+            let mut out = std::collections::HashMap::new();
+            for k in keys {
+                out.insert(k.clone(), self.load(k).await?);
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_that_fails_twice_is_answered_by_its_third_attempt_after_jittered_backoff() {
+    use strata::retry_budget::Retrying;
+    let source = Arc::new(
+        Retrying::new(
+            Flaky {
+                calls: AtomicUsize::new(0),
+                fail_first: 2,
+            },
+            3,
+            1.0,
+        )
+        .with_backoff(Duration::from_millis(100), Duration::from_secs(1)),
+    );
+    let cache = cache();
+    let ns = cache
+        .namespace::<u64>("flaky")
+        .with_source(source.clone())
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let got = ns.fetch("abc").await.unwrap();
+    assert_eq!(got.value(), Some(&3));
+    // Two backoffs: at most 100 ms and 200 ms (full jitter below those ceilings).
+    assert!(
+        started.elapsed() <= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(source.counts(), (1, 2, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_against_a_dead_source_stay_within_a_tenth_of_loads() {
+    use strata::retry_budget::Retrying;
+    let source = Arc::new(Retrying::new(
+        Flaky {
+            calls: AtomicUsize::new(0),
+            fail_first: usize::MAX,
+        },
+        3,
+        0.1,
+    ));
+    let cache = cache();
+    let ns = cache
+        .namespace::<u64>("dead")
+        .with_source(source.clone())
+        .build()
+        .unwrap();
+    for i in 0..200 {
+        assert!(ns.fetch(&format!("k{i}")).await.is_err());
+    }
+    let (loads, retries, refused) = source.counts();
+    assert_eq!(loads, 200);
+    // Without the budget: 200 × 3 retries. With it: the reserve of 3 and a tenth of the loads.
+    assert!(retries <= 3 + 20, "{retries} retries");
+    assert!(refused >= 150, "{refused} refused");
 }
