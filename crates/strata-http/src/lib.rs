@@ -24,6 +24,7 @@
 //! | [`stats`] | per-route counters, and their `metrics` names |
 //! | [`client`] | the outbound client (TLS with Mozilla's roots) for CDN hooks and HTTP sources |
 //! | [`source`] | a REST endpoint as a [`strata_core::Source`]: timeouts, budgeted retries, `max-age` as TTL |
+//! | [`introspect`] | token validation against an OAuth 2.0 introspection endpoint (RFC 7662), valid until `exp` |
 //!
 //! # Consistency model
 //! Every rule module is pure functions of the request, the stored response and an explicit `now`
@@ -56,6 +57,7 @@ pub mod conditional;
 pub mod directives;
 pub mod freshness;
 pub mod headers;
+pub mod introspect;
 pub mod invalidation;
 pub mod key;
 pub mod policy;

@@ -138,63 +138,50 @@ impl HttpSourceError {
     }
 }
 
-/// A REST endpoint read as `GET {base}/{key}` (see the module docs).
-pub struct HttpSource<V> {
-    name: String,
-    base: String,
-    client: HttpsClient,
-    options: HttpSourceOptions,
-    budget: RetryBudget,
-    _value: PhantomData<fn() -> V>,
+/// An answer the endpoint gave (a status that is not retried), with its body read.
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
 }
 
-impl<V> HttpSource<V> {
-    /// A source named `name` (metrics) reading from `base` (`http[s]://host[:port][/path]`).
-    pub fn new(name: &str, base: &str, client: HttpsClient, options: HttpSourceOptions) -> Self {
+/// Calls an endpoint with per-attempt timeouts and budgeted, jittered retries: what [`HttpSource`] and
+/// [`crate::introspect::Introspector`] share.
+pub(crate) struct Caller {
+    pub(crate) name: String,
+    pub(crate) client: HttpsClient,
+    pub(crate) options: HttpSourceOptions,
+    pub(crate) budget: RetryBudget,
+}
+
+impl Caller {
+    pub(crate) fn new(name: &str, client: HttpsClient, options: HttpSourceOptions) -> Self {
         Self {
             name: name.to_string(),
-            base: base.trim_end_matches('/').to_string(),
             client,
             budget: RetryBudget::new(options.retry_ratio, 3),
             options,
-            _value: PhantomData,
         }
     }
 
-    /// Its retry budget's counts: `(loads, retries, retries refused)`.
-    pub fn retry_counts(&self) -> (u64, u64, u64) {
-        self.budget.counts()
-    }
-
-    /// The URL of `key`.
-    pub fn url_of(&self, key: &str) -> String {
-        let mut url = self.base.clone();
-        url.push('/');
-        for b in key.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                url.push(b as char);
-            } else {
-                url.push_str(&format!("%{b:02X}"));
-            }
-        }
-        url
-    }
-}
-
-impl<V: DeserializeOwned> HttpSource<V> {
-    async fn attempt(&self, url: &str) -> Result<Fetched<V>, HttpSourceError> {
-        let mut req = http::Request::get(url);
+    /// One attempt: the request `make` builds for `url`, its answer read whole. A retried status is an error.
+    async fn attempt(
+        &self,
+        url: &str,
+        make: &(dyn Fn() -> Result<http::Request<Full<Bytes>>, http::Error> + Sync),
+    ) -> Result<Answer, HttpSourceError> {
+        let mut req = make().map_err(|e| HttpSourceError::Key {
+            base: url.to_string(),
+            key: String::new(),
+            why: e.to_string(),
+        })?;
         for (k, v) in &self.options.headers {
-            req = req.header(k, v);
+            req.headers_mut().insert(k, v.clone());
         }
-        let req = req
-            .header(http::header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| HttpSourceError::Key {
-                base: self.base.clone(),
-                key: url.to_string(),
-                why: e.to_string(),
-            })?;
+        req.headers_mut().insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/json"),
+        );
         let timeout = self.options.timeout;
         let timed_out = || HttpSourceError::TimedOut {
             url: url.to_string(),
@@ -210,24 +197,16 @@ impl<V: DeserializeOwned> HttpSource<V> {
             })?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        match status.as_u16() {
-            200 => {}
-            404 | 410 => {
-                let mut absent = Fetched::absent();
-                absent.ttl = self.ttl_of(&headers);
-                return Ok(absent);
-            }
-            _ => {
-                return Err(HttpSourceError::Status {
-                    url: url.to_string(),
-                    status,
-                    retry_after: headers
-                        .get(http::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs),
-                })
-            }
+        if matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504) {
+            return Err(HttpSourceError::Status {
+                url: url.to_string(),
+                status,
+                retry_after: headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs),
+            });
         }
         let body = tokio::time::timeout_at(
             deadline,
@@ -240,24 +219,48 @@ impl<V: DeserializeOwned> HttpSource<V> {
             why: e.to_string(),
         })?
         .to_bytes();
-        let value: V = serde_json::from_slice(&body).map_err(|e| HttpSourceError::Body {
-            url: url.to_string(),
-            why: e.to_string(),
-        })?;
-        let mut fetched = Fetched::value(value);
-        fetched.ttl = self.ttl_of(&headers);
-        if let Some(v) = headers
-            .get(http::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim_start_matches("W/").trim_matches('"').parse().ok())
-        {
-            fetched = fetched.with_version(v);
-        }
-        Ok(fetched)
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
     }
 
-    /// The answer's own freshness, when asked for.
-    fn ttl_of(&self, headers: &HeaderMap) -> Option<Duration> {
+    /// Attempts until an answer, a failure that is not worth retrying, or the retries or the budget run out.
+    pub(crate) async fn call(
+        &self,
+        url: &str,
+        make: &(dyn Fn() -> Result<http::Request<Full<Bytes>>, http::Error> + Sync),
+    ) -> Result<Answer, HttpSourceError> {
+        self.budget.deposit();
+        let mut retry = 0;
+        loop {
+            let err = match self.attempt(url, make).await {
+                Ok(a) => return Ok(a),
+                Err(e) => e,
+            };
+            let Some(at_least) = err.retry() else {
+                return Err(err);
+            };
+            if retry >= self.options.retries || !self.budget.try_retry() {
+                if retry < self.options.retries {
+                    metrics::counter!("strata_source_retries_refused_total", "source" => self.name.clone())
+                        .increment(1);
+                }
+                return Err(err);
+            }
+            retry += 1;
+            metrics::counter!("strata_source_retries_total", "source" => self.name.clone())
+                .increment(1);
+            tracing::debug!(source = %self.name, retry, error = %err, "retrying a source call");
+            let wait =
+                backoff(retry, self.options.backoff_base, self.options.backoff_cap).max(at_least);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The answer's own freshness, when asked for (see the module docs).
+    pub(crate) fn ttl_of(&self, headers: &HeaderMap) -> Option<Duration> {
         if !self.options.ttl_from_cache_control {
             return None;
         }
@@ -274,34 +277,88 @@ impl<V: DeserializeOwned> HttpSource<V> {
             .or(d.max_age)
             .map(|s| Duration::from_secs(s.saturating_sub(age)))
     }
+}
 
+/// A REST endpoint read as `GET {base}/{key}` (see the module docs).
+pub struct HttpSource<V> {
+    base: String,
+    caller: Caller,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V> HttpSource<V> {
+    /// A source named `name` (metrics) reading from `base` (`http[s]://host[:port][/path]`).
+    pub fn new(name: &str, base: &str, client: HttpsClient, options: HttpSourceOptions) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            caller: Caller::new(name, client, options),
+            _value: PhantomData,
+        }
+    }
+
+    /// Its retry budget's counts: `(loads, retries, retries refused)`.
+    pub fn retry_counts(&self) -> (u64, u64, u64) {
+        self.caller.budget.counts()
+    }
+
+    /// The URL of `key`.
+    pub fn url_of(&self, key: &str) -> String {
+        let mut url = self.base.clone();
+        url.push('/');
+        percent_encode_into(&mut url, key);
+        url
+    }
+}
+
+/// Appends `s` percent-encoded as one URL component (everything but RFC 3986's unreserved characters).
+pub(crate) fn percent_encode_into(out: &mut String, s: &str) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+impl<V: DeserializeOwned> HttpSource<V> {
     async fn load_one(&self, key: &str) -> Result<Fetched<V>, HttpSourceError> {
         let url = self.url_of(key);
-        self.budget.deposit();
-        let mut retry = 0;
-        loop {
-            let err = match self.attempt(&url).await {
-                Ok(f) => return Ok(f),
-                Err(e) => e,
-            };
-            let Some(at_least) = err.retry() else {
-                return Err(err);
-            };
-            if retry >= self.options.retries || !self.budget.try_retry() {
-                if retry < self.options.retries {
-                    metrics::counter!("strata_source_retries_refused_total", "source" => self.name.clone())
-                        .increment(1);
+        let answer = self
+            .caller
+            .call(&url, &|| {
+                http::Request::get(url.as_str()).body(Full::new(Bytes::new()))
+            })
+            .await?;
+        let mut fetched = match answer.status.as_u16() {
+            200 => {
+                let value: V =
+                    serde_json::from_slice(&answer.body).map_err(|e| HttpSourceError::Body {
+                        url: url.clone(),
+                        why: e.to_string(),
+                    })?;
+                let mut f = Fetched::value(value);
+                if let Some(v) = answer
+                    .headers
+                    .get(http::header::ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim_start_matches("W/").trim_matches('"').parse().ok())
+                {
+                    f = f.with_version(v);
                 }
-                return Err(err);
+                f
             }
-            retry += 1;
-            metrics::counter!("strata_source_retries_total", "source" => self.name.clone())
-                .increment(1);
-            tracing::debug!(source = %self.name, retry, error = %err, "retrying a source load");
-            let wait =
-                backoff(retry, self.options.backoff_base, self.options.backoff_cap).max(at_least);
-            tokio::time::sleep(wait).await;
-        }
+            404 | 410 => Fetched::absent(),
+            _ => {
+                return Err(HttpSourceError::Status {
+                    url,
+                    status: answer.status,
+                    retry_after: None,
+                })
+            }
+        };
+        fetched.ttl = self.caller.ttl_of(&answer.headers);
+        Ok(fetched)
     }
 }
 

@@ -212,6 +212,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::dead_letters::routes())
         .merge(crate::purge::routes())
         .merge(crate::limits::routes())
+        .merge(crate::auth::routes())
         .route_layer(axum::middleware::from_fn(crate::access::json_only))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -396,7 +397,7 @@ fn integral_numbers(v: &mut Value) {
 }
 
 /// `Cache-Status` (RFC 9211) and `Age` of a lookup.
-fn cache_headers(state: &AppState, lookup: &Lookup<Value>) -> HeaderMap {
+pub(crate) fn cache_headers(state: &AppState, lookup: &Lookup<Value>) -> HeaderMap {
     let now = state.cache.clock().now();
     let entry = lookup.entry();
     let ttl_s = (entry.fresh_until() as i64 - now as i64) / 1000;
@@ -480,6 +481,7 @@ async fn get_value(
     request: HeaderMap,
 ) -> Result<Response, ApiError> {
     let h = namespace(&state, &ns)?;
+    crate::auth::data_routes_only(h, &ns)?;
     let key = canonical_key(&state, h, &key)?;
     let wanted = http_caching::requested_version(query.as_deref())
         .map_err(|e| ApiError::bad("bad_version", e))?;
@@ -535,6 +537,7 @@ async fn put_value(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let h = namespace(&state, &ns)?;
+    crate::auth::data_routes_only(h, &ns)?;
     writable(h, &ns)?;
     let key = canonical_key(&state, h, &key)?;
     let tags = crate::purge::write_tags(&headers)?;
@@ -573,6 +576,7 @@ async fn delete_value(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let h = namespace(&state, &ns)?;
+    crate::auth::data_routes_only(h, &ns)?;
     writable(h, &ns)?;
     let key = canonical_key(&state, h, &key)?;
     let tags = crate::purge::write_tags(&headers)?;
@@ -601,6 +605,7 @@ async fn bulk(
     body: Body,
 ) -> Result<Response, ApiError> {
     let h = namespace(&state, &ns)?;
+    crate::auth::data_routes_only(h, &ns)?;
     let body: KeysBody = json_body(&state, body).await?;
     if body.keys.len() > MAX_BULK {
         return Err(ApiError::bad(
@@ -694,6 +699,7 @@ async fn warm(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let h = namespace(&state, &ns)?;
+    crate::auth::data_routes_only(h, &ns)?;
     if !h.has_source {
         return Err(ApiError::bad(
             "no_source",

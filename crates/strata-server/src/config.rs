@@ -422,6 +422,11 @@ pub struct NamespaceConfig {
     /// The rate limit (a name under `[limits]`) every request to `/v1/{ns}/…` passes. Default: none.
     #[serde(default)]
     pub rate_limit: Option<Spanned<String>>,
+    /// An auth namespace: it validates tokens against this introspection endpoint (`POST /v1/{ns}/_introspect`,
+    /// see [`strata_http::introspect`]) and caches each answer — a valid token until its `exp` at the latest, an
+    /// invalid one for `negative_ttl`. Without `source`, `table`, `query`, `path` or `write`.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionConfig>,
     /// Bulkhead: at most this many loads against the source at once (see `strata::protect`). Default: none.
     #[serde(default)]
     pub max_loads: Option<usize>,
@@ -479,6 +484,45 @@ impl NamespaceConfig {
     /// The source protection, when a bulkhead or a breaker is configured.
     pub fn protection(&self) -> Option<strata::protect::Protection> {
         protection_of(self.protection_fields())
+    }
+}
+
+/// `[namespaces.X.introspection]`: an OAuth 2.0 token introspection endpoint (RFC 7662).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The endpoint: `https://idp.example.com/oauth2/introspect`.
+    pub url: String,
+    /// `"POST"` (a form body `token=…`, RFC 7662) or `"GET"` (`?token=…`). Default: `"POST"`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// The environment variable holding the `Authorization` value the endpoint wants (`Basic …`, `Bearer …`).
+    #[serde(default)]
+    pub authorization_env: Option<String>,
+    /// Timeout per attempt. Default: 2 s.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Retries of a failed call (within a budget of a tenth of calls). Default: 1.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// A PEM file of CA certificates the endpoint is also trusted by (beside Mozilla's roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl IntrospectionConfig {
+    /// The method (validated).
+    pub fn method(&self) -> Result<strata_http::introspect::IntrospectionMethod, String> {
+        match self
+            .method
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
+            None | Some("POST") => Ok(strata_http::introspect::IntrospectionMethod::Post),
+            Some("GET") => Ok(strata_http::introspect::IntrospectionMethod::Get),
+            Some(m) => Err(format!("{m:?}: write \"POST\" (RFC 7662) or \"GET\"")),
+        }
     }
 }
 
@@ -1459,6 +1503,42 @@ impl Config {
             }
             let n = ns.get_ref();
             check_protection(&field, n.protection_fields())?;
+            if let Some(i) = &n.introspection {
+                let f = |k: &str| field(&format!("introspection.{k}"));
+                let ok = i.url.parse::<axum::http::Uri>().is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+                });
+                if !ok {
+                    return Err(at(
+                        f("url"),
+                        format!("{:?}: write http[s]://host[:port]/path", i.url),
+                    ));
+                }
+                i.method().map_err(|e| at(f("method"), e))?;
+                timeout(f("timeout"), i.timeout, false)?;
+                if let Some(r) = i.retries {
+                    range(&f("retries"), u64::from(r), 0, 10, "retries")?;
+                }
+                if let Some(file) = &i.ca_file {
+                    strata_http::client::load_roots(file).map_err(|e| at(f("ca_file"), e))?;
+                }
+                let other = [
+                    ("source", n.source.is_some()),
+                    ("table", n.table.is_some()),
+                    ("query", n.query.is_some()),
+                    ("path", n.path.is_some()),
+                    ("write", n.write.span().end > 0),
+                    ("http", n.http.is_some()),
+                ];
+                if let Some((k, _)) = other.iter().find(|(_, set)| *set) {
+                    return Err(at(
+                        field(k),
+                        "an auth namespace (with `introspection`) reads only its introspection endpoint: leave \
+                         this out"
+                            .into(),
+                    ));
+                }
+            }
             if let Some(l) = &n.rate_limit {
                 if !self.limits.contains_key(l.get_ref()) {
                     let names: Vec<&str> = self.limits.keys().map(String::as_str).collect();
@@ -2208,6 +2288,15 @@ mod tests {
         );
         let e = err("[proxy]\n\n[[proxy.routes]]\norigin = \"http://a\"\nmax_loads = 0\n");
         assert_eq!(e.field, "proxy.routes[0].max_loads", "{e}");
+
+        // Auth namespaces.
+        let e = err("[namespaces.t.introspection]\nurl = \"idp\"\n");
+        assert_eq!(e.field, "namespaces.t.introspection.url", "{e}");
+        let e = err("[namespaces.t.introspection]\nurl = \"http://idp/i\"\nmethod = \"PUT\"\n");
+        assert_eq!(e.field, "namespaces.t.introspection.method", "{e}");
+        let e = err("[sources.db]\nsqlite = \"a.db\"\n\n[namespaces.t]\nsource = \"db\"\n\n[namespaces.t.introspection]\nurl = \"http://idp/i\"\n");
+        assert_eq!(e.field, "namespaces.t.source", "{e}");
+        assert!(e.message.contains("auth namespace"), "{e}");
 
         // HTTP sources.
         let e = err("[sources.api]\nhttp = \"ftp://x\"\n");

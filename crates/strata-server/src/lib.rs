@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod cdn;
 pub mod config;

@@ -219,6 +219,28 @@ pub fn document(state: &AppState) -> Value {
         false,
     );
     let all_stats = responses(json!({"200": ok_json("Counters")}), false);
+    let mut introspect = responses(
+        json!({
+            "200": ok_json("The introspection answer (RFC 7662): `{\"active\": true, …claims}` or `{\"active\": false}`; headers Cache-Status, Cache-Control: private, no-store"),
+            "400": error_response("`bad_token` (empty or longer than 8192 bytes), `bad_path`"),
+            "404": error_response("`unknown_namespace`"),
+        }),
+        true,
+    );
+    read_5xx(&mut introspect);
+    let mut revoke = responses(
+        json!({
+            "200": ok_json("The token's cached answer is dropped on every node"),
+            "400": error_response("`bad_token` (empty or longer than 8192 bytes), `bad_path`"),
+            "404": error_response("`unknown_namespace`"),
+        }),
+        true,
+    );
+    auth_errors(&mut revoke);
+    let token_body = json_body(
+        json!({"type": "object", "required": ["token"], "additionalProperties": false,
+        "properties": {"token": {"type": "string", "minLength": 1, "maxLength": crate::auth::MAX_TOKEN}}}),
+    );
     let store_500 = |m: &mut Value| {
         m.as_object_mut().expect("responses").insert(
             "500".into(),
@@ -346,6 +368,24 @@ pub fn document(state: &AppState) -> Value {
             _ => json!({"$ref": "#/components/schemas/Value"}),
         };
         let item = |p: &str| format!("/v1/{name}/{p}");
+        if h.introspector.is_some() {
+            // An auth namespace: tokens in, introspection answers out; no data routes.
+            paths.insert(item("_introspect"), json!({"post": {
+                "summary": format!("Check a token against {name}'s introspection endpoint (cached until its exp)"),
+                "requestBody": token_body.clone(),
+                "responses": introspect,
+            }}));
+            paths.insert(
+                item("_revoke"),
+                json!({"post": {
+                    "summary": "Drop a token's cached answer on every node",
+                    "security": auth,
+                    "requestBody": token_body.clone(),
+                    "responses": revoke,
+                }}),
+            );
+        }
+        let data_routes = h.introspector.is_none();
         paths.insert(item("{key}"), json!({
             "parameters": [key],
             "get": {"summary": format!("Read a value of {name} (read-through)"), "responses": get_value,
@@ -364,6 +404,9 @@ pub fn document(state: &AppState) -> Value {
                        "responses": delete_value},
         }));
         let key_schema = key["schema"].clone();
+        if !data_routes {
+            paths.remove(&item("{key}"));
+        }
         paths.insert(item("_bulk"), json!({"post": {
             "summary": "Read up to 1000 keys (misses load with one query)",
             "requestBody": json_body(json!({"type": "object", "required": ["keys"], "additionalProperties": false,
@@ -393,6 +436,10 @@ pub fn document(state: &AppState) -> Value {
                           "description": "An inclusive integer key range [from, to] of at most 100,000 keys"}}})),
             "responses": warm,
         }}));
+        if !data_routes {
+            paths.remove(&item("_bulk"));
+            paths.remove(&item("_warm"));
+        }
         paths.insert(
             item("_stats"),
             json!({"get": {"summary": format!("{name}'s counters"), "responses": ns_stats}}),

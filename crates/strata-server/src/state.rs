@@ -114,6 +114,8 @@ pub struct NsHandle {
     pub http: Option<crate::http_caching::HttpCaching>,
     /// The rate limit its requests pass (a name in [`AppState::limits`]).
     pub rate_limit: Option<String>,
+    /// An auth namespace's introspection endpoint (see [`crate::auth`]).
+    pub introspector: Option<Arc<strata_http::introspect::Introspector>>,
 }
 
 /// The server's shared state.
@@ -471,6 +473,10 @@ impl AppState {
                         .collect()
                 });
             }
+            let introspector = match &n.introspection {
+                Some(i) => Some(Arc::new(crate::auth::introspector(name, i)?)),
+                None => None,
+            };
             let ns = b.build()?;
             namespaces.insert(
                 name.clone(),
@@ -481,6 +487,7 @@ impl AppState {
                     writable: n.source.is_none() || (n.query.is_none() && http_source.is_none()),
                     description: n.description.clone().unwrap_or_default(),
                     rate_limit: n.rate_limit.as_ref().map(|l| l.get_ref().clone()),
+                    introspector,
                     http: n
                         .http
                         .as_ref()

@@ -330,3 +330,138 @@ stale_if_error = "1h"
     drop(running);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A stand-in OAuth 2.0 introspection endpoint (RFC 7662): `POST /introspect` with `token=…`; it counts calls and
+/// refuses a call without the expected client credentials.
+fn start_idp() -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    let calls = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c = calls.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let app = axum::Router::new().route(
+                "/introspect",
+                axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                    let c = c.clone();
+                    async move {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_secs();
+                        let authorized = headers.get("authorization").and_then(|v| v.to_str().ok())
+                            == Some("Basic c3RyYXRhOnNlY3JldA==");
+                        let form = headers.get("content-type").and_then(|v| v.to_str().ok())
+                            == Some("application/x-www-form-urlencoded");
+                        if !authorized || !form {
+                            return (axum::http::StatusCode::UNAUTHORIZED, "{}".to_string());
+                        }
+                        let answer = match body.as_str() {
+                            "token=good" => {
+                                serde_json::json!({"active": true, "sub": "u1", "exp": now + 2})
+                            }
+                            "token=a%20b%2Bc" => serde_json::json!({"active": true, "sub": "u2"}),
+                            "token=expired" => {
+                                serde_json::json!({"active": true, "sub": "u3", "exp": now - 10})
+                            }
+                            "token=broken" => {
+                                return (
+                                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                                    "oops".into(),
+                                )
+                            }
+                            _ => serde_json::json!({"active": false}),
+                        };
+                        (axum::http::StatusCode::OK, answer.to_string())
+                    }
+                }),
+            );
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    (rx.recv().unwrap(), calls)
+}
+
+#[test]
+fn an_auth_namespace_caches_valid_tokens_until_their_expiry_and_invalid_ones_briefly() {
+    let (idp, calls) = start_idp();
+    std::env::set_var("STRATA_TEST_IDP_AUTH", "Basic c3RyYXRhOnNlY3JldA==");
+    let dir = common::data_dir("gateway-auth");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("auth.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[namespaces.tokens]\nttl = \"60s\"\nnegative_ttl = \"1s\"\n\n[namespaces.tokens.introspection]\n\
+             url = \"http://{idp}/introspect\"\nauthorization_env = \"STRATA_TEST_IDP_AUTH\"\nretries = 0\n"
+        ),
+    )
+    .unwrap();
+    let running = common::serve(&dir, &["--config", file.to_str().unwrap()]).unwrap();
+    let check = |token: &str| {
+        let body = serde_json::json!({ "token": token }).to_string();
+        common::call(
+            "POST",
+            &format!("{}/v1/tokens/_introspect", running.base),
+            &body,
+        )
+    };
+    let n = || calls.load(Ordering::SeqCst);
+
+    // A valid token: asked once, then answered from the cache…
+    let (status, body) = check("good");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["active"].as_bool(), v["sub"].as_str()),
+        (Some(true), Some("u1"))
+    );
+    assert_eq!(check("good").0, 200);
+    assert_eq!(n(), 1);
+    // … but never past its own `exp` (2 s), though the namespace's TTL is 60 s.
+    std::thread::sleep(Duration::from_millis(2_100));
+    assert_eq!(check("good").0, 200);
+    assert_eq!(n(), 2, "the token's exp ends its cached answer");
+
+    // An invalid token: `active: false`, cached for the negative TTL (1 s).
+    let (status, body) = check("nope");
+    assert_eq!((status, body.as_str()), (200, r#"{"active":false}"#));
+    check("nope");
+    assert_eq!(n(), 3);
+    std::thread::sleep(Duration::from_millis(1_100));
+    check("nope");
+    assert_eq!(n(), 4);
+    // An answer that is active but already expired is an invalid token.
+    assert_eq!(check("expired").1, r#"{"active":false}"#);
+
+    // Revocation drops the cached answer; the next check asks again. Tokens travel form-encoded.
+    let (status, body) = check("a b+c");
+    assert!(status == 200 && body.contains("u2"), "{body}");
+    let before = n();
+    check("a b+c");
+    assert_eq!(n(), before);
+    let (status, body) = common::call(
+        "POST",
+        &format!("{}/v1/tokens/_revoke", running.base),
+        r#"{"token": "a b+c"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    check("a b+c");
+    assert_eq!(n(), before + 1);
+
+    // The endpoint failing is a 502 naming the source; a bad request names the field; no data routes.
+    let (status, body) = check("broken");
+    assert_eq!(status, 502, "{body}");
+    let (status, body) = check("");
+    assert!(status == 400 && body.contains("bad_token"), "{body}");
+    let (status, body) = common::call("GET", &format!("{}/v1/tokens/abc", running.base), "");
+    assert!(status == 405 && body.contains("auth_namespace"), "{body}");
+    drop(running);
+    let _ = std::fs::remove_dir_all(dir);
+}
