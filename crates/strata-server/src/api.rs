@@ -750,6 +750,10 @@ fn protection_json(
             "peak_in_flight": s.peak_in_flight.load(Relaxed),
             "shed": s.shed.load(Relaxed),
             "breaker_refused": s.breaker_refused.load(Relaxed),
+            "adaptive_limit": match s.limit.load(Relaxed) {
+                0 => Value::Null,
+                l => Value::from(l),
+            },
         })
     })
 }

@@ -442,22 +442,27 @@ pub struct NamespaceConfig {
     /// How long the breaker stays open before one probe. Default: 5s.
     #[serde(default)]
     pub breaker_open_for: Option<Dur>,
+    /// Adaptive concurrency (AIMD, see `strata::protect`): the loads the source takes at once are found by
+    /// themselves, a load slower than this counting as overload (`max_loads` stays the ceiling). Default: off.
+    #[serde(default)]
+    pub adaptive_latency: Option<Dur>,
 }
 
 /// The protection fields a namespace and a proxy route share: `(max_loads, max_queue, max_wait,
-/// breaker_failures, breaker_open_for)`.
+/// breaker_failures, breaker_open_for, adaptive_latency)`.
 type ProtectionFields = (
     Option<usize>,
     Option<usize>,
     Option<Dur>,
     Option<u32>,
     Option<Dur>,
+    Option<Dur>,
 );
 
 /// The protection those fields configure, when a bulkhead or a breaker is.
 fn protection_of(f: ProtectionFields) -> Option<strata::protect::Protection> {
-    let (max_loads, max_queue, max_wait, breaker_failures, breaker_open_for) = f;
-    if max_loads.is_none() && breaker_failures.is_none() {
+    let (max_loads, max_queue, max_wait, breaker_failures, breaker_open_for, adaptive) = f;
+    if max_loads.is_none() && breaker_failures.is_none() && adaptive.is_none() {
         return None;
     }
     let d = strata::protect::Protection::default();
@@ -467,6 +472,7 @@ fn protection_of(f: ProtectionFields) -> Option<strata::protect::Protection> {
         max_wait: max_wait.map_or(d.max_wait, |w| w.0),
         breaker_failures,
         breaker_open_for: breaker_open_for.map_or(d.breaker_open_for, |w| w.0),
+        adaptive_target: adaptive.map(|a| a.0),
     })
 }
 
@@ -478,6 +484,7 @@ impl NamespaceConfig {
             self.max_wait,
             self.breaker_failures,
             self.breaker_open_for,
+            self.adaptive_latency,
         )
     }
 
@@ -847,6 +854,10 @@ pub struct ProxyRouteConfig {
     /// How long the breaker stays open before one probe. Default: 5s.
     #[serde(default)]
     pub breaker_open_for: Option<Dur>,
+    /// Adaptive concurrency (AIMD, see `strata::protect`): the loads the source takes at once are found by
+    /// themselves, a load slower than this counting as overload (`max_loads` stays the ceiling). Default: off.
+    #[serde(default)]
+    pub adaptive_latency: Option<Dur>,
 }
 
 fn default_proxy_listen() -> SocketAddr {
@@ -933,6 +944,7 @@ impl ProxyRouteConfig {
             max_wait: None,
             breaker_failures: None,
             breaker_open_for: None,
+            adaptive_latency: None,
         }
     }
 
@@ -966,6 +978,7 @@ impl ProxyRouteConfig {
             self.max_wait,
             self.breaker_failures,
             self.breaker_open_for,
+            self.adaptive_latency,
         )
     }
 
@@ -1255,27 +1268,29 @@ impl Config {
                 Ok(())
             }
         };
-        let check_protection =
-            |field: &dyn Fn(&str) -> String, p: ProtectionFields| -> Result<(), E> {
-                let (max_loads, max_queue, max_wait, breaker_failures, breaker_open_for) = p;
-                if let Some(m) = max_loads {
-                    range(&field("max_loads"), m as u64, 1, 100_000, "loads")?;
-                }
-                if let Some(m) = max_queue {
-                    range(&field("max_queue"), m as u64, 0, 1_000_000, "loads")?;
-                }
-                if let Some(f) = breaker_failures {
-                    range(
-                        &field("breaker_failures"),
-                        u64::from(f),
-                        1,
-                        1_000,
-                        "failures",
-                    )?;
-                }
-                timeout(field("max_wait"), max_wait, true)?;
-                timeout(field("breaker_open_for"), breaker_open_for, false)
-            };
+        let check_protection = |field: &dyn Fn(&str) -> String,
+                                p: ProtectionFields|
+         -> Result<(), E> {
+            let (max_loads, max_queue, max_wait, breaker_failures, breaker_open_for, adaptive) = p;
+            timeout(field("adaptive_latency"), adaptive, false)?;
+            if let Some(m) = max_loads {
+                range(&field("max_loads"), m as u64, 1, 100_000, "loads")?;
+            }
+            if let Some(m) = max_queue {
+                range(&field("max_queue"), m as u64, 0, 1_000_000, "loads")?;
+            }
+            if let Some(f) = breaker_failures {
+                range(
+                    &field("breaker_failures"),
+                    u64::from(f),
+                    1,
+                    1_000,
+                    "failures",
+                )?;
+            }
+            timeout(field("max_wait"), max_wait, true)?;
+            timeout(field("breaker_open_for"), breaker_open_for, false)
+        };
 
         // [server]
         let sv = &self.server;
@@ -2288,6 +2303,14 @@ mod tests {
         );
         let e = err("[proxy]\n\n[[proxy.routes]]\norigin = \"http://a\"\nmax_loads = 0\n");
         assert_eq!(e.field, "proxy.routes[0].max_loads", "{e}");
+
+        let e = err("[namespaces.x]\nadaptive_latency = \"0s\"\n");
+        assert_eq!(e.field, "namespaces.x.adaptive_latency", "{e}");
+        Config::parse(
+            "[namespaces.x]\nadaptive_latency = \"200ms\"\nmax_loads = 64\n",
+            "strata.toml",
+        )
+        .unwrap();
 
         // Auth namespaces.
         let e = err("[namespaces.t.introspection]\nurl = \"idp\"\n");

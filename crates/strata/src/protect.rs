@@ -11,6 +11,16 @@
 //!
 //! The bulkhead is a `tokio` semaphore plus a counter of waiters (no hand-written atomics beyond a counter that
 //! only bounds the queue).
+//!
+//! # Adaptive concurrency
+//! With `adaptive_target`, the number of loads a source takes at once is found rather than configured: AIMD,
+//! as Netflix's `concurrency-limits` `AIMDLimit` does it. The limit starts at 10; a load that answers within the
+//! target, while at least half the limit is in use, adds `1/limit` (one more load per round of `limit` loads);
+//! a load that fails, times out or takes longer than the target multiplies it by 0.9 (at least 1). Past the limit
+//! a load is shed at once, as past a full bulkhead — a source that slows down under load is held where it still
+//! answers within the target, instead of being pushed into the 12 s regime. `max_in_flight` stays the hard
+//! ceiling (the limit is a soft bound: admissions racing past it are bounded there). The limit lives under a
+//! mutex; only its published copy in [`ProtectionStats::limit`] is atomic.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,7 +29,16 @@ use std::time::Duration;
 use strata_core::{Clock, Error};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use parking_lot::Mutex;
+
 use crate::breaker::{BreakerState, CircuitBreaker, Permit};
+
+/// The adaptive limit's first value (loads at once).
+const ADAPTIVE_START: usize = 10;
+/// Its ceiling without `max_in_flight`.
+const ADAPTIVE_CEILING: usize = 1000;
+/// Its multiplicative decrease on a slow or failed load.
+const ADAPTIVE_BACKOFF: f64 = 0.9;
 
 /// How a namespace protects its source (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +53,10 @@ pub struct Protection {
     pub breaker_failures: Option<u32>,
     /// How long the breaker stays open before one probe.
     pub breaker_open_for: Duration,
+    /// Adaptive concurrency (AIMD, see the module docs): the loads a source takes at once are found by
+    /// themselves, a load slower than this target (or failed) counting as a sign of overload. `None`: the
+    /// bulkhead's limit is `max_in_flight`, fixed.
+    pub adaptive_target: Option<Duration>,
 }
 
 impl Default for Protection {
@@ -44,6 +67,7 @@ impl Default for Protection {
             max_wait: Duration::from_millis(100),
             breaker_failures: None,
             breaker_open_for: Duration::from_secs(5),
+            adaptive_target: None,
         }
     }
 }
@@ -59,6 +83,8 @@ pub struct ProtectionStats {
     pub in_flight: AtomicUsize,
     /// The most loads in flight at once.
     pub peak_in_flight: AtomicUsize,
+    /// The adaptive limit now (whole loads), with adaptive concurrency; else 0.
+    pub limit: AtomicUsize,
 }
 
 /// A source's bulkhead and breaker: a namespace's (built from its [`Protection`]), or a proxy route's in front
@@ -71,6 +97,8 @@ pub struct SourceGuard {
     pub(crate) stats: Arc<ProtectionStats>,
     /// Whose source it guards (metrics, messages): a namespace or a route.
     namespace: String,
+    /// The adaptive limit (fractional: additive increase adds `1/limit` per load), with adaptive concurrency.
+    adaptive: Option<Mutex<f64>>,
 }
 
 /// A load admitted to the source: resolve it with its outcome (dropping it unresolved counts as a failure).
@@ -78,6 +106,8 @@ pub struct Admitted<'a> {
     _slot: Option<OwnedSemaphorePermit>,
     breaker: Option<Permit>,
     stats: &'a ProtectionStats,
+    guard: &'a SourceGuard,
+    started: tokio::time::Instant,
 }
 
 impl Admitted<'_> {
@@ -90,6 +120,7 @@ impl Admitted<'_> {
                 p.failure();
             }
         }
+        self.guard.sample(ok, self.started.elapsed());
     }
 }
 
@@ -111,9 +142,38 @@ impl SourceGuard {
             breaker: protection
                 .breaker_failures
                 .map(|f| CircuitBreaker::new(clock, f.max(1), protection.breaker_open_for)),
-            stats: Arc::new(ProtectionStats::default()),
+            stats: Arc::new(ProtectionStats {
+                limit: AtomicUsize::new(if protection.adaptive_target.is_some() {
+                    ADAPTIVE_START.min(protection.max_in_flight.unwrap_or(usize::MAX))
+                } else {
+                    0
+                }),
+                ..ProtectionStats::default()
+            }),
             namespace: namespace.to_owned(),
+            adaptive: protection.adaptive_target.map(|_| {
+                Mutex::new(
+                    ADAPTIVE_START.min(protection.max_in_flight.unwrap_or(usize::MAX)) as f64,
+                )
+            }),
         }
+    }
+
+    /// The adaptive limit's AIMD step for one finished load (see the module docs).
+    fn sample(&self, ok: bool, took: Duration) {
+        let (Some(limit), Some(target)) = (&self.adaptive, self.protection.adaptive_target) else {
+            return;
+        };
+        let ceiling = self.protection.max_in_flight.unwrap_or(ADAPTIVE_CEILING) as f64;
+        let mut l = limit.lock();
+        if !ok || took > target {
+            *l = (*l * ADAPTIVE_BACKOFF).max(1.0);
+        } else if self.stats.in_flight.load(Ordering::Relaxed) as f64 * 2.0 >= *l {
+            // (`in_flight` still counts this load: it is released after this step.)
+            // Only a limit that is in use grows: a quiet source does not talk its limit up.
+            *l = (*l + 1.0 / *l).min(ceiling);
+        }
+        self.stats.limit.store(*l as usize, Ordering::Relaxed);
     }
 
     /// Its counters.
@@ -130,7 +190,20 @@ impl SourceGuard {
 
     /// Admits a load to the source, or refuses it with [`Error::Overloaded`] (see the module docs).
     pub async fn admit(&self) -> Result<Admitted<'_>, Error> {
-        // The bulkhead first: a load shed there says nothing of the source, so it must not use up a probe.
+        // The adaptive limit first (a soft bound: admissions racing past it are bounded by `max_in_flight`).
+        if let Some(limit) = &self.adaptive {
+            let l = limit.lock().floor() as usize;
+            if self.stats.in_flight.load(Ordering::Relaxed) >= l.max(1) {
+                self.stats.shed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("strata_source_shed_total", "namespace" => self.namespace.clone())
+                    .increment(1);
+                return Err(Error::Overloaded(format!(
+                    "namespace {:?}: its source's adaptive limit of {l} loads at once is reached",
+                    self.namespace
+                )));
+            }
+        }
+        // The bulkhead next: a load shed there says nothing of the source, so it must not use up a probe.
         let slot = match &self.slots {
             None => None,
             Some(s) => match s.clone().try_acquire_owned() {
@@ -182,6 +255,8 @@ impl SourceGuard {
             _slot: slot,
             breaker,
             stats: &self.stats,
+            guard: self,
+            started: tokio::time::Instant::now(),
         })
     }
 }

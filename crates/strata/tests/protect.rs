@@ -244,3 +244,74 @@ async fn retries_against_a_dead_source_stay_within_a_tenth_of_loads() {
     assert!(retries <= 3 + 20, "{retries} retries");
     assert!(refused >= 150, "{refused} refused");
 }
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_concurrency_finds_the_load_a_slowing_source_takes_within_its_target() {
+    // A source that slows down with load: each load takes 20 ms per load in flight (itself included), so it
+    // answers within the 100 ms target only with at most 5 at once.
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let peak_late = Arc::new(AtomicUsize::new(0));
+    let cache = cache();
+    let ns = cache
+        .namespace::<u64>("adaptive")
+        .with_policy(
+            Policy::builder()
+                .with_hard_timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        )
+        .with_protection(Protection {
+            max_in_flight: Some(64),
+            adaptive_target: Some(Duration::from_millis(100)),
+            ..Protection::default()
+        })
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let clients: Vec<_> = (0..32)
+        .map(|c| {
+            let (ns, in_flight, peak_late) = (ns.clone(), in_flight.clone(), peak_late.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut shed) = (0u32, 0u32);
+                for i in 0..60 {
+                    let (f, p) = (in_flight.clone(), peak_late.clone());
+                    let r = ns
+                        .get_or_load(&format!("c{c}-{i}"), move || async move {
+                            let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+                            if started.elapsed() > Duration::from_secs(3) {
+                                p.fetch_max(now, Ordering::SeqCst);
+                            }
+                            tokio::time::sleep(Duration::from_millis(20 * now as u64)).await;
+                            f.fetch_sub(1, Ordering::SeqCst);
+                            Some(1u64)
+                        })
+                        .await;
+                    match r {
+                        Ok(_) => ok += 1,
+                        Err(Error::Overloaded(_)) => {
+                            shed += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                (ok, shed)
+            })
+        })
+        .collect();
+    let (mut ok, mut shed) = (0, 0);
+    for c in join_all(clients).await {
+        let (o, s) = c.unwrap();
+        ok += o;
+        shed += s;
+    }
+    let (stats, _) = ns.protection().unwrap();
+    let limit = stats.limit.load(Ordering::SeqCst);
+    // 32 clients would put 32 loads on the source at once (640 ms each); the limit settles where the source
+    // still answers in about 100 ms.
+    assert!((2..=8).contains(&limit), "limit {limit}");
+    let peak = peak_late.load(Ordering::SeqCst);
+    assert!(peak <= 10, "{peak} loads at once after the limit settled");
+    assert!(ok > 0 && shed > 0, "ok {ok}, shed {shed}");
+}
