@@ -27,6 +27,34 @@ use strata_core::Fetched;
 use crate::client::HttpsClient;
 use crate::source::{percent_encode_into, Caller, HttpSourceError, HttpSourceOptions};
 
+/// How long an active answer may be trusted, by its `exp` claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// No `exp`: for the namespace's TTL.
+    Never,
+    /// For this long (rounded down to whole milliseconds, so never past `exp`).
+    In(Duration),
+    /// `exp` has passed, or is not a number of seconds (RFC 7519's NumericDate, fractions allowed).
+    Past,
+}
+
+/// How long the answer `claims` may be trusted at `now`.
+pub fn expires_in(claims: &serde_json::Value, now: SystemTime) -> Expiry {
+    let Some(exp) = claims.get("exp") else {
+        return Expiry::Never;
+    };
+    let Some(exp) = exp.as_f64().filter(|e| e.is_finite() && *e > 0.0) else {
+        return Expiry::Past;
+    };
+    let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()) as f64;
+    let left_ms = (exp * 1000.0 - now_ms).floor();
+    if left_ms <= 0.0 {
+        Expiry::Past
+    } else {
+        Expiry::In(Duration::from_millis(left_ms.min(u64::MAX as f64) as u64))
+    }
+}
+
 /// How the token travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IntrospectionMethod {
@@ -122,11 +150,11 @@ impl Introspector {
         if !active {
             return Ok(Fetched::absent());
         }
-        let now_s = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        match claims.get("exp").and_then(serde_json::Value::as_u64) {
-            Some(exp) if exp <= now_s => Ok(Fetched::absent()),
-            Some(exp) => Ok(Fetched::value(claims).with_ttl(Duration::from_secs(exp - now_s))),
-            None => Ok(Fetched::value(claims)),
+        match expires_in(&claims, now) {
+            Expiry::Never => Ok(Fetched::value(claims)),
+            Expiry::In(left) => Ok(Fetched::value(claims).with_ttl(left)),
+            // Expired, or an `exp` that cannot be read: not trusted.
+            Expiry::Past => Ok(Fetched::absent()),
         }
     }
 
@@ -136,5 +164,33 @@ impl Introspector {
         token: &str,
     ) -> Result<Fetched<serde_json::Value>, HttpSourceError> {
         self.introspect_at(token, SystemTime::now()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_read_as_a_numeric_date_and_anything_unreadable_is_not_trusted() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let at = |exp: serde_json::Value| {
+            expires_in(&serde_json::json!({"active": true, "exp": exp}), now)
+        };
+        assert_eq!(
+            expires_in(&serde_json::json!({"active": true}), now),
+            Expiry::Never
+        );
+        assert_eq!(at(1_002.into()), Expiry::In(Duration::from_secs(2)));
+        assert_eq!(at(1_000.5.into()), Expiry::In(Duration::from_millis(500)));
+        assert_eq!(at(1_000.into()), Expiry::Past);
+        assert_eq!(at(999.into()), Expiry::Past);
+        assert_eq!(
+            at("1002".into()),
+            Expiry::Past,
+            "a string is not a NumericDate"
+        );
+        assert_eq!(at((-5).into()), Expiry::Past);
+        assert_eq!(at(serde_json::Value::Null), Expiry::Past);
     }
 }

@@ -138,6 +138,9 @@ impl HttpSourceError {
     }
 }
 
+/// Requests one batch (`load_many`) has in flight at once.
+const BATCH_CONCURRENCY: usize = 8;
+
 /// An answer the endpoint gave (a status that is not retried), with its body read.
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
@@ -242,6 +245,11 @@ impl Caller {
             let Some(at_least) = err.retry() else {
                 return Err(err);
             };
+            // A `Retry-After` longer than the backoff cap is answered at once: waiting would hold the load (and
+            // its bulkhead slot) until the hard timeout.
+            if at_least > self.options.backoff_cap {
+                return Err(err);
+            }
             if retry >= self.options.retries || !self.budget.try_retry() {
                 if retry < self.options.retries {
                     metrics::counter!("strata_source_retries_refused_total", "source" => self.name.clone())
@@ -376,11 +384,16 @@ impl<V: DeserializeOwned + Send + Sync + 'static> Source<V> for HttpSource<V> {
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<HashMap<String, Fetched<V>>, SharedError>> {
         Box::pin(async move {
-            let loads = keys
-                .iter()
-                .map(|k| async move { (k, self.load_one(k).await) });
+            // A few at a time: one batch holds one bulkhead slot, so it must not become a thousand requests.
+            let mut answers = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(BATCH_CONCURRENCY) {
+                let loads = chunk
+                    .iter()
+                    .map(|k| async move { (k, self.load_one(k).await) });
+                answers.extend(futures::future::join_all(loads).await);
+            }
             let mut out = HashMap::with_capacity(keys.len());
-            for (k, r) in futures::future::join_all(loads).await {
+            for (k, r) in answers {
                 let f = r.map_err(|e| Arc::new(e) as SharedError)?;
                 if f.value.is_some() {
                     out.insert(k.clone(), f);

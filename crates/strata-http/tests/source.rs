@@ -242,3 +242,23 @@ async fn a_body_that_is_not_json_or_a_refusal_is_an_error_at_once() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_retry_after_longer_than_the_backoff_cap_is_answered_at_once() {
+    let e =
+        Endpoint::start(|_| (503, vec![("retry-after", "3600")], "later", Duration::ZERO)).await;
+    let s = source(&e, quick());
+    let started = Instant::now();
+    let err = error(s.load("k").await.unwrap_err());
+    assert!(err.contains("503"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        e.requests(),
+        1,
+        "not retried: waiting an hour would hold the load"
+    );
+}

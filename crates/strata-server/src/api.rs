@@ -205,6 +205,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/{ns}/{key}",
             get(get_value).put(put_value).delete(delete_value),
         )
+        // Token checks pass their namespace's rate limit too (RFC 7662 §4: an open introspection route is a
+        // token-guessing oracle without one).
+        .merge(crate::auth::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::limits::enforce,
@@ -212,7 +215,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::dead_letters::routes())
         .merge(crate::purge::routes())
         .merge(crate::limits::routes())
-        .merge(crate::auth::routes())
         .route_layer(axum::middleware::from_fn(crate::access::json_only))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -148,8 +148,16 @@ async fn introspect(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("private, no-store"),
     );
+    // The cache holds an answer no longer than its `exp`; checked again here so that no path (a stale answer, a
+    // clock step) can call an expired token active.
     let answer = lookup
         .value()
+        .filter(|claims| {
+            !matches!(
+                strata_http::introspect::expires_in(claims, std::time::SystemTime::now()),
+                strata_http::introspect::Expiry::Past
+            )
+        })
         .cloned()
         .unwrap_or_else(|| json!({"active": false}));
     Ok((headers, Json(answer)).into_response())

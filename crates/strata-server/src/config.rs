@@ -1537,6 +1537,20 @@ impl Config {
                 if let Some(file) = &i.ca_file {
                     strata_http::client::load_roots(file).map_err(|e| at(f("ca_file"), e))?;
                 }
+                let stale = [
+                    ("stale_for", n.stale_for.is_some()),
+                    ("fail_safe_for", n.fail_safe_for.is_some()),
+                    ("soft_timeout", n.soft_timeout.is_some()),
+                    ("early_refresh", n.early_refresh.is_some()),
+                ];
+                if let Some((k, _)) = stale.iter().find(|(_, set)| *set) {
+                    return Err(at(
+                        field(k),
+                        "an auth namespace never answers from a stale entry (a token's answer must not outlive \
+                         its exp): leave this out"
+                            .into(),
+                    ));
+                }
                 let other = [
                     ("source", n.source.is_some()),
                     ("table", n.table.is_some()),
@@ -2320,6 +2334,8 @@ mod tests {
         let e = err("[sources.db]\nsqlite = \"a.db\"\n\n[namespaces.t]\nsource = \"db\"\n\n[namespaces.t.introspection]\nurl = \"http://idp/i\"\n");
         assert_eq!(e.field, "namespaces.t.source", "{e}");
         assert!(e.message.contains("auth namespace"), "{e}");
+        let e = err("[namespaces.t]\nfail_safe_for = \"1h\"\n\n[namespaces.t.introspection]\nurl = \"http://idp/i\"\n");
+        assert_eq!(e.field, "namespaces.t.fail_safe_for", "{e}");
 
         // HTTP sources.
         let e = err("[sources.api]\nhttp = \"ftp://x\"\n");

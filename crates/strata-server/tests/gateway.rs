@@ -21,43 +21,31 @@ impl Endpoint {
     fn start() -> Self {
         let users_delay_ms = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(AtomicU64::new(0));
-        let (tx, rx) = std::sync::mpsc::channel();
         let (d, n) = (users_delay_ms.clone(), requests.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-                    let (d, n) = (d.clone(), n.clone());
-                    async move {
-                        n.fetch_add(1, Ordering::SeqCst);
-                        let mut parts = uri.path().trim_start_matches('/').splitn(2, '/');
-                        let (path, key) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                        if path == "users" {
-                            let ms = d.load(Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(ms)).await;
-                        }
-                        let fresh_for = [(axum::http::header::CACHE_CONTROL, "max-age=1")];
-                        if key == "missing" {
-                            return (axum::http::StatusCode::NOT_FOUND, fresh_for, String::new());
-                        }
-                        (
-                            axum::http::StatusCode::OK,
-                            fresh_for,
-                            serde_json::json!({"path": path, "key": key}).to_string(),
-                        )
-                    }
-                });
-                axum::serve(listener, app).await.unwrap();
-            });
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let (d, n) = (d.clone(), n.clone());
+            async move {
+                n.fetch_add(1, Ordering::SeqCst);
+                let mut parts = uri.path().trim_start_matches('/').splitn(2, '/');
+                let (path, key) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                if path == "users" {
+                    let ms = d.load(Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                let fresh_for = [(axum::http::header::CACHE_CONTROL, "max-age=1")];
+                if key == "missing" {
+                    return (axum::http::StatusCode::NOT_FOUND, fresh_for, String::new());
+                }
+                (
+                    axum::http::StatusCode::OK,
+                    fresh_for,
+                    serde_json::json!({"path": path, "key": key}).to_string(),
+                )
+            }
         });
+        let addr = common::spawn_app(app);
         Self {
-            addr: rx.recv().unwrap(),
+            addr,
             users_delay_ms,
             requests,
         }
@@ -335,57 +323,42 @@ stale_if_error = "1h"
 /// refuses a call without the expected client credentials.
 fn start_idp() -> (std::net::SocketAddr, Arc<AtomicU64>) {
     let calls = Arc::new(AtomicU64::new(0));
-    let (tx, rx) = std::sync::mpsc::channel();
     let c = calls.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new().route(
-                "/introspect",
-                axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-                    let c = c.clone();
-                    async move {
-                        c.fetch_add(1, Ordering::SeqCst);
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .unwrap()
-                            .as_secs();
-                        let authorized = headers.get("authorization").and_then(|v| v.to_str().ok())
-                            == Some("Basic c3RyYXRhOnNlY3JldA==");
-                        let form = headers.get("content-type").and_then(|v| v.to_str().ok())
-                            == Some("application/x-www-form-urlencoded");
-                        if !authorized || !form {
-                            return (axum::http::StatusCode::UNAUTHORIZED, "{}".to_string());
-                        }
-                        let answer = match body.as_str() {
-                            "token=good" => {
-                                serde_json::json!({"active": true, "sub": "u1", "exp": now + 2})
-                            }
-                            "token=a%20b%2Bc" => serde_json::json!({"active": true, "sub": "u2"}),
-                            "token=expired" => {
-                                serde_json::json!({"active": true, "sub": "u3", "exp": now - 10})
-                            }
-                            "token=broken" => {
-                                return (
-                                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                                    "oops".into(),
-                                )
-                            }
-                            _ => serde_json::json!({"active": false}),
-                        };
-                        (axum::http::StatusCode::OK, answer.to_string())
+    let app = axum::Router::new().route(
+        "/introspect",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let authorized = headers.get("authorization").and_then(|v| v.to_str().ok())
+                    == Some("Basic c3RyYXRhOnNlY3JldA==");
+                let form = headers.get("content-type").and_then(|v| v.to_str().ok())
+                    == Some("application/x-www-form-urlencoded");
+                if !authorized || !form {
+                    return (axum::http::StatusCode::UNAUTHORIZED, "{}".to_string());
+                }
+                let answer = match body.as_str() {
+                    "token=good" => {
+                        serde_json::json!({"active": true, "sub": "u1", "exp": now + 2})
                     }
-                }),
-            );
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    (rx.recv().unwrap(), calls)
+                    "token=a%20b%2Bc" => serde_json::json!({"active": true, "sub": "u2"}),
+                    "token=expired" => {
+                        serde_json::json!({"active": true, "sub": "u3", "exp": now - 10})
+                    }
+                    "token=broken" => {
+                        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "oops".into())
+                    }
+                    _ => serde_json::json!({"active": false}),
+                };
+                (axum::http::StatusCode::OK, answer.to_string())
+            }
+        }),
+    );
+    (common::spawn_app(app), calls)
 }
 
 #[test]
@@ -398,7 +371,8 @@ fn an_auth_namespace_caches_valid_tokens_until_their_expiry_and_invalid_ones_bri
     std::fs::write(
         &file,
         format!(
-            "[namespaces.tokens]\nttl = \"60s\"\nnegative_ttl = \"1s\"\n\n[namespaces.tokens.introspection]\n\
+            "[limits.checks]\nlimit = 1000\nper = \"1m\"\nkey = \"ip\"\n\n\
+             [namespaces.tokens]\nttl = \"60s\"\nnegative_ttl = \"1s\"\nrate_limit = \"checks\"\n\n[namespaces.tokens.introspection]\n\
              url = \"http://{idp}/introspect\"\nauthorization_env = \"STRATA_TEST_IDP_AUTH\"\nretries = 0\n"
         ),
     )
@@ -462,6 +436,23 @@ fn an_auth_namespace_caches_valid_tokens_until_their_expiry_and_invalid_ones_bri
     assert!(status == 400 && body.contains("bad_token"), "{body}");
     let (status, body) = common::call("GET", &format!("{}/v1/tokens/abc", running.base), "");
     assert!(status == 405 && body.contains("auth_namespace"), "{body}");
+    // Token checks pass the namespace's rate limit (an open introspection route must not be a free oracle).
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let resp = agent
+        .post(&format!("{}/v1/tokens/_introspect", running.base))
+        .header("content-type", "application/json")
+        .send(r#"{"token": "good"}"#)
+        .unwrap();
+    assert!(
+        resp.headers()
+            .get("ratelimit-policy")
+            .is_some_and(|v| v.to_str().unwrap().contains("checks")),
+        "{:?}",
+        resp.headers()
+    );
     drop(running);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -168,6 +168,20 @@ impl Permit {
             b.resolve(self.epoch, false);
         }
     }
+
+    /// The call was abandoned by its caller before it ended (a client that went away): it says nothing of the
+    /// tier, so it counts neither way; a half-open probe lets another call probe.
+    pub fn abandon(mut self) {
+        if let Some(b) = self.breaker.take() {
+            let mut guard = b.state.lock();
+            let (state, epoch) = &mut *guard;
+            if *epoch == self.epoch {
+                if let State::HalfOpen { probing } = state {
+                    *probing = false;
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Permit {
@@ -190,6 +204,27 @@ mod tests {
             CircuitBreaker::new(Arc::new(clock.clone()), 3, Duration::from_secs(5)),
             clock,
         )
+    }
+
+    #[test]
+    fn an_abandoned_call_counts_neither_way_and_frees_the_probe() {
+        let (b, clock) = breaker();
+        for _ in 0..2 {
+            b.allow().unwrap().failure();
+        }
+        b.allow().unwrap().abandon();
+        b.allow().unwrap().failure();
+        assert_eq!(
+            b.state(),
+            BreakerState::Open,
+            "the abandoned call did not reset the count"
+        );
+        clock.advance(Duration::from_secs(5));
+        b.allow().unwrap().abandon();
+        assert!(
+            b.allow().is_some(),
+            "an abandoned probe lets another call probe"
+        );
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //! With `adaptive_target`, the number of loads a source takes at once is found rather than configured: AIMD,
 //! as Netflix's `concurrency-limits` `AIMDLimit` does it. The limit starts at 10; a load that answers within the
 //! target, while at least half the limit is in use, adds `1/limit` (one more load per round of `limit` loads);
-//! a load that fails, times out or takes longer than the target multiplies it by 0.9 (at least 1). Past the limit
+//! a load that fails, times out or takes longer than the target multiplies it by 0.9 (at least 1) — once per
+//! round: only a load that began after the last decrease decreases it again, so a burst of slow loads finishing
+//! together lowers the limit once, not once each. Past the limit
 //! a load is shed at once, as past a full bulkhead — a source that slows down under load is held where it still
 //! answers within the target, instead of being pushed into the 12 s regime. `max_in_flight` stays the hard
 //! ceiling (the limit is a soft bound: admissions racing past it are bounded there). The limit lives under a
@@ -97,11 +99,13 @@ pub struct SourceGuard {
     pub(crate) stats: Arc<ProtectionStats>,
     /// Whose source it guards (metrics, messages): a namespace or a route.
     namespace: String,
-    /// The adaptive limit (fractional: additive increase adds `1/limit` per load), with adaptive concurrency.
-    adaptive: Option<Mutex<f64>>,
+    /// The adaptive limit (fractional: additive increase adds `1/limit` per load) and when it last decreased,
+    /// with adaptive concurrency.
+    adaptive: Option<Mutex<(f64, tokio::time::Instant)>>,
 }
 
-/// A load admitted to the source: resolve it with its outcome (dropping it unresolved counts as a failure).
+/// A load admitted to the source: resolve it with its outcome. Dropping it unresolved (its caller went away)
+/// counts neither way: a client that disconnects says nothing of the source, and must not open its breaker.
 pub struct Admitted<'a> {
     _slot: Option<OwnedSemaphorePermit>,
     breaker: Option<Permit>,
@@ -120,13 +124,25 @@ impl Admitted<'_> {
                 p.failure();
             }
         }
-        self.guard.sample(ok, self.started.elapsed());
+        self.guard.sample(ok, self.started, self.started.elapsed());
     }
 }
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
+        if let Some(p) = self.breaker.take() {
+            p.abandon();
+        }
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A place in the bulkhead's wait queue, given back however the wait ends (a cancelled wait too).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -152,25 +168,32 @@ impl SourceGuard {
             }),
             namespace: namespace.to_owned(),
             adaptive: protection.adaptive_target.map(|_| {
-                Mutex::new(
+                Mutex::new((
                     ADAPTIVE_START.min(protection.max_in_flight.unwrap_or(usize::MAX)) as f64,
-                )
+                    tokio::time::Instant::now(),
+                ))
             }),
         }
     }
 
     /// The adaptive limit's AIMD step for one finished load (see the module docs).
-    fn sample(&self, ok: bool, took: Duration) {
+    fn sample(&self, ok: bool, started: tokio::time::Instant, took: Duration) {
         let (Some(limit), Some(target)) = (&self.adaptive, self.protection.adaptive_target) else {
             return;
         };
         let ceiling = self.protection.max_in_flight.unwrap_or(ADAPTIVE_CEILING) as f64;
-        let mut l = limit.lock();
+        let mut guard = limit.lock();
+        let (l, last_decrease) = &mut *guard;
         if !ok || took > target {
-            *l = (*l * ADAPTIVE_BACKOFF).max(1.0);
+            // One decrease per round: the loads that began before the last decrease saw the old limit, and a
+            // burst of them finishing together must not collapse it.
+            if started > *last_decrease {
+                *l = (*l * ADAPTIVE_BACKOFF).max(1.0);
+                *last_decrease = tokio::time::Instant::now();
+            }
         } else if self.stats.in_flight.load(Ordering::Relaxed) as f64 * 2.0 >= *l {
-            // (`in_flight` still counts this load: it is released after this step.)
-            // Only a limit that is in use grows: a quiet source does not talk its limit up.
+            // Only a limit that is in use grows: a quiet source does not talk its limit up. (`in_flight` still
+            // counts this load: it is released after this step.)
             *l = (*l + 1.0 / *l).min(ceiling);
         }
         self.stats.limit.store(*l as usize, Ordering::Relaxed);
@@ -192,7 +215,7 @@ impl SourceGuard {
     pub async fn admit(&self) -> Result<Admitted<'_>, Error> {
         // The adaptive limit first (a soft bound: admissions racing past it are bounded by `max_in_flight`).
         if let Some(limit) = &self.adaptive {
-            let l = limit.lock().floor() as usize;
+            let l = limit.lock().0.floor() as usize;
             if self.stats.in_flight.load(Ordering::Relaxed) >= l.max(1) {
                 self.stats.shed.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("strata_source_shed_total", "namespace" => self.namespace.clone())
@@ -219,14 +242,16 @@ impl SourceGuard {
                             self.namespace,
                         ))
                     };
-                    if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.protection.max_queue {
-                        self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
+                    let place = Waiting(&self.waiting);
+                    if queued >= self.protection.max_queue {
+                        drop(place);
                         return Err(shed("the wait queue is full"));
                     }
                     let got =
                         tokio::time::timeout(self.protection.max_wait, s.clone().acquire_owned())
                             .await;
-                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    drop(place);
                     match got {
                         Ok(Ok(p)) => Some(p),
                         _ => return Err(shed("no slot freed in time")),

@@ -315,3 +315,39 @@ async fn adaptive_concurrency_finds_the_load_a_slowing_source_takes_within_its_t
     assert!(peak <= 10, "{peak} loads at once after the limit settled");
     assert!(ok > 0 && shed > 0, "ok {ok}, shed {shed}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_goes_away_gives_back_its_queue_place_and_says_nothing_of_the_source() {
+    use strata::protect::SourceGuard;
+    let guard = SourceGuard::new(
+        "gone",
+        Protection {
+            max_in_flight: Some(1),
+            max_queue: 1,
+            max_wait: Duration::from_secs(1),
+            breaker_failures: Some(1),
+            ..Protection::default()
+        },
+        Arc::new(strata::TokioClock::new()),
+    );
+    let held = guard.admit().await.unwrap();
+    // A waiter cancelled in the queue (its client disconnected) …
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), guard.admit())
+            .await
+            .is_err()
+    );
+    // … leaves its place: the next one may wait, and gets the slot when it frees.
+    let (waiter, _) = tokio::join!(guard.admit(), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(held); // abandoned too: not a failure of the source
+    });
+    let waiter = waiter.expect("the queue place was given back");
+    assert_eq!(
+        guard.breaker_state(),
+        BreakerState::Closed,
+        "an abandoned load is no failure"
+    );
+    waiter.done(true);
+    assert_eq!(guard.stats().in_flight.load(Ordering::SeqCst), 0);
+}

@@ -221,3 +221,22 @@ pub fn dump_dom(browser: &str, url: &str, budget_ms: u64) -> std::process::Outpu
         .output()
         .unwrap()
 }
+
+/// Serves `app` on `127.0.0.1:0` from a thread of its own (a runtime with two workers) for the rest of the test
+/// process: the stand-in origins, endpoints and identity providers of the tests. Returns where it listens.
+pub fn spawn_app(app: axum::Router) -> std::net::SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
