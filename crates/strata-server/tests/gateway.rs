@@ -349,6 +349,7 @@ fn start_idp() -> (std::net::SocketAddr, Arc<AtomicU64>) {
                     "token=expired" => {
                         serde_json::json!({"active": true, "sub": "u3", "exp": now - 10})
                     }
+                    "token=weird" => serde_json::json!({"ok": 1}),
                     "token=broken" => {
                         return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "oops".into())
                     }
@@ -431,6 +432,9 @@ fn an_auth_namespace_caches_valid_tokens_until_their_expiry_and_invalid_ones_bri
 
     // The endpoint failing is a 502 naming the source; a bad request names the field; no data routes.
     let (status, body) = check("broken");
+    assert_eq!(status, 502, "{body}");
+    // An answer that is not an introspection answer (no boolean `active`) is the endpoint's failure too.
+    let (status, body) = check("weird");
     assert_eq!(status, 502, "{body}");
     let (status, body) = check("");
     assert!(status == 400 && body.contains("bad_token"), "{body}");
